@@ -1,0 +1,45 @@
+# medindex: every target sets up what it needs; a fresh clone needs only python3 (>= 3.10).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Installed first, alone: here it is the CPU build on disk, elsewhere the usual wheel.
+# The project's own torch range admits it, so nothing bigger is downloaded after.
+TORCH ?= torch==2.13.0
+
+.PHONY: help install demo up test lint format clean
+
+help:
+	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
+	@echo "make test    the test suite (real Redis, real Celery workers, embedded Qdrant)"
+	@echo "make up      the local stack in the foreground (Redis + workers)"
+	@echo "make lint    ruff check + format check"
+	@echo "make clean   remove the virtual environment and local state"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/medindex demo
+
+up: install
+	$(BIN)/medindex up
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .medindex .pytest_cache

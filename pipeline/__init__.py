@@ -1,0 +1,1 @@
+"""The core of medindex: settings, Celery app, model, sources, schemas, store."""

@@ -1,0 +1,66 @@
+"""The Celery application: broker, queues, serialisation and delivery guarantees in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+from kombu import Queue
+
+from pipeline.settings import get_settings
+
+EMBED_QUEUE = "embed"
+UPSERT_QUEUE = "upsert"
+STORE_QUEUE = "store"
+
+TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+TASK_LOG_FORMAT = (
+    "%(asctime)s %(levelname)s [%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+)
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    app = Celery("medindex", broker=settings.broker_url, backend=settings.broker_url)
+    app.conf.update(
+        include=TASK_MODULES,
+        # Never pickle: vectors travel as msgpack binary, everything else as plain data.
+        task_serializer="msgpack",
+        result_serializer="json",
+        accept_content=["msgpack", "json"],
+        task_queues=[Queue(EMBED_QUEUE), Queue(UPSERT_QUEUE), Queue(STORE_QUEUE)],
+        task_default_queue=EMBED_QUEUE,
+        task_routes={
+            "medindex.embed": {"queue": EMBED_QUEUE},
+            "medindex.upsert": {"queue": UPSERT_QUEUE},
+            "medindex.store_call": {"queue": STORE_QUEUE},
+        },
+        # At-least-once: a job is acknowledged after it ran, and comes back if its worker dies.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        result_expires=3600,
+        task_ignore_result=True,
+        # Flower and `medindex status` see every task.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=True,
+        worker_log_format=LOG_FORMAT,
+        worker_task_log_format=TASK_LOG_FORMAT,
+    )
+    return app
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _quiet_libraries(logger: logging.Logger, **_: object) -> None:
+    # httpx logs every Qdrant request at INFO; keep worker logs about jobs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+app = create_app()

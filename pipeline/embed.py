@@ -1,0 +1,42 @@
+"""The mapper: one job's row references in, its points (and its failed images) out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pipeline.images import ImageError, decode_rgb
+from pipeline.model import Embedder
+from pipeline.schemas import EmbedJob, PointBatch, point_id
+from pipeline.settings import Settings
+from pipeline.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    batch: PointBatch
+    failures: list[dict]  # {"row", "key", "reason"}
+
+
+def embed_job(job: EmbedJob, embedder: Embedder, settings: Settings) -> EmbedResult:
+    """Read, decode and embed a job's rows; a bad image fails alone with its reason."""
+    source = open_source(job.source)
+    images, ids, rows, payloads, failures = [], [], [], [], []
+    for record in source.read(job.rows):
+        try:
+            image = decode_rgb(record.image, settings.max_image_pixels, settings.max_image_bytes)
+        except ImageError as exc:
+            failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
+            continue
+        images.append(image)
+        ids.append(point_id(job.source.name, record.key))
+        rows.append(record.row)
+        payloads.append(record.payload)
+    vectors = embedder.embed(images)
+    for failure in failures:
+        log.warning(
+            "job=%s row=%s %s: %s", job.job_id, failure["row"], failure["key"], failure["reason"]
+        )
+    return EmbedResult(PointBatch.build(job, ids, rows, payloads, vectors), failures)

@@ -1,0 +1,57 @@
+"""Bytes to an RGB picture, refusing what would be unsafe or impossible to decode."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """One image that cannot be indexed; its message is the reason recorded for it."""
+
+
+def decode_rgb(data: bytes | None, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Decode one image to RGB; raise ImageError with a short reason when it cannot be."""
+    if not data:
+        raise ImageError("empty image (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageError(f"image file is {len(data)} bytes (limit {max_bytes})")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below; PIL's bomb warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"image is {width}x{height} pixels (limit {max_pixels} pixels)")
+            image.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a readable image (unknown or corrupt format)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, alpha, CMYK and 16-bit pictures all become 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Scale the actual range to 8 bits instead of clipping everything above 255 to white.
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    elif image.mode in ("P", "PA", "LA", "RGBA"):
+        # Transparent areas become white, not whatever colour hides behind the alpha.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")

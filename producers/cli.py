@@ -1,0 +1,179 @@
+"""Subcommands of the producer side: sample-data, make-model, ingest, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as ProgressBar
+from rich.text import Text
+
+from pipeline.progress import JobTracker, Progress, connect_redis
+from pipeline.settings import get_settings
+from producers.ingest import IngestRequest, start_ingest, wait
+
+err = Console(stderr=True)
+
+
+def register_sample_data(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("sample-data", help="write a synthetic skin-lesion dataset")
+    cmd.add_argument("--out", type=Path, required=True, help="folder to write (Parquet)")
+    cmd.add_argument("--n", type=int, default=200, help="number of images")
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.set_defaults(run=_sample_data)
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from pipeline.samples import write_sample_dataset
+
+    if args.n < 1:
+        raise SystemExit("medindex sample-data: error: --n must be at least 1")
+    out = write_sample_dataset(args.out, args.n, args.seed)
+    err.print(f"wrote {args.n} images to {out}")
+    return 0
+
+
+def register_make_model(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "make-model", help="save a randomly initialised ViT-S/16 (dino-vits16's shape) offline"
+    )
+    cmd.add_argument("--out", type=Path, required=True)
+    cmd.add_argument("--layers", type=int, default=12, help="transformer layers (12 = ViT-S)")
+    cmd.set_defaults(run=_make_model)
+
+
+def _make_model(args: argparse.Namespace) -> int:
+    from pipeline.model import build_random_vit
+
+    build_random_vit(args.out, num_layers=args.layers)
+    err.print(f"saved a random ViT ({args.layers} layers, 384-d) to {args.out}")
+    return 0
+
+
+def register_ingest(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("ingest", help="index a dataset through the running pipeline")
+    cmd.add_argument("--dataset", required=True, help="Hugging Face hub id or local folder")
+    cmd.add_argument("--split", default="train")
+    cmd.add_argument("--collection", default=None, help="default: MEDINDEX_COLLECTION")
+    cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
+    cmd.add_argument(
+        "--source-name", default=None, help="identity point ids derive from (default: --dataset)"
+    )
+    cmd.add_argument("--job-id", default=None)
+    cmd.add_argument("--no-wait", action="store_true", help="enqueue and return")
+    cmd.add_argument("--timeout", type=float, default=None, help="stop waiting after SECONDS")
+    cmd.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    cmd.set_defaults(run=_ingest)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    request = IngestRequest(
+        dataset=args.dataset,
+        collection=args.collection or settings.collection,
+        split=args.split,
+        model=args.model,
+        source_name=args.source_name,
+        job_id=args.job_id,
+    )
+    started = time.monotonic()
+    job_id, total = start_ingest(request, settings)
+    err.print(
+        f"job {job_id}: {total} images in jobs of {settings.job_size} -> {request.collection}"
+    )
+    if args.no_wait:
+        print(json.dumps({"job_id": job_id, "images": total}) if args.json else job_id)
+        return 0
+    tracker = JobTracker(connect_redis(settings.broker_url))
+    with _progress_bar() as bar:
+        task = bar.add_task(f"job {job_id}", total=total)
+
+        def show(progress: Progress) -> None:
+            bar.update(task, completed=progress.done)
+
+        try:
+            final = wait(tracker, job_id, show, timeout_s=args.timeout)
+        except KeyboardInterrupt:
+            err.print(f"stopped waiting; job {job_id} goes on: `medindex report {job_id}`")
+            return 130
+    seconds = time.monotonic() - started
+    rate = final.indexed / seconds if seconds else 0.0
+    err.print(
+        f"job {job_id}: {final.indexed} indexed, {final.failed} failed of {final.total} "
+        f"in {seconds:.1f}s ({rate:.1f} images/s)"
+        + (f"; details: medindex report {job_id}" if final.failed else "")
+    )
+    if args.json:
+        summary = {
+            "job_id": job_id,
+            "indexed": final.indexed,
+            "failed": final.failed,
+            "seconds": round(seconds, 3),
+        }
+        print(json.dumps(summary))
+    return 0 if final.finished else 1
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: object) -> Text:
+        rate = task.completed / task.elapsed if task.elapsed else 0.0
+        return Text(f"{rate:.1f} images/s")
+
+
+def _progress_bar() -> ProgressBar:
+    return ProgressBar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+def register_report(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("report", help="a job's progress and each failed image's reason")
+    cmd.add_argument("job_id")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(run=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    tracker = JobTracker(connect_redis(get_settings().broker_url))
+    progress = tracker.progress(args.job_id)
+    failures = tracker.failures(args.job_id)
+    if args.json:
+        summary = {
+            "job_id": args.job_id,
+            "total": progress.total,
+            "indexed": progress.indexed,
+            "failed": progress.failed,
+            "failures": failures,
+            **progress.meta,
+        }
+        print(json.dumps(summary))
+        return 0
+    out = Console()
+    out.print(
+        f"job {args.job_id} -> {progress.meta.get('collection')}: {progress.indexed} indexed, "
+        f"{progress.failed} failed, {progress.total - progress.done} pending of {progress.total}"
+    )
+    for failure in failures:
+        out.print(f"  row {failure['row']} {failure['key']}: {failure['reason']}")
+    sys.stdout.flush()
+    return 0

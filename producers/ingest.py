@@ -1,0 +1,86 @@
+"""Shard a dataset into jobs of `job_size` row references, enqueue them, follow progress."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pipeline.celery_app import EMBED_QUEUE, app
+from pipeline.model import vector_size
+from pipeline.progress import JobTracker, Progress, connect_redis
+from pipeline.remote_store import open_store
+from pipeline.schemas import EmbedJob, SourceRef
+from pipeline.settings import Settings
+from pipeline.sources import DatasetSource, resolve
+
+EMBED_TASK = "medindex.embed"
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    dataset: str
+    collection: str
+    split: str = "train"
+    model: str | None = None
+    source_name: str | None = None
+    job_id: str | None = None
+
+
+def shards(total: int, size: int) -> Iterator[list[int]]:
+    for start in range(0, total, size):
+        yield list(range(start, min(start + size, total)))
+
+
+def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int]:
+    """Check everything a worker will need, then enqueue; returns (job id, images)."""
+    ref = resolve(request.dataset, request.split, request.source_name)
+    total = len(DatasetSource(ref))
+    model = request.model or settings.model
+    tracker = JobTracker(connect_redis(settings.broker_url))
+    store = open_store(settings)
+    store.ensure_collection(request.collection, vector_size(model))
+    job_id = request.job_id or uuid.uuid4().hex[:12]
+    tracker.create(job_id, total, _meta(request, ref, model))
+    enqueue(job_id, request.collection, ref, model, total, settings.job_size)
+    return job_id, total
+
+
+def enqueue(job_id: str, collection: str, ref: SourceRef, model: str, total: int, size: int) -> int:
+    count = 0
+    with app.producer_or_acquire() as producer:
+        for rows in shards(total, size):
+            job = EmbedJob(job_id=job_id, collection=collection, source=ref, model=model, rows=rows)
+            app.send_task(
+                EMBED_TASK, args=(job.model_dump(),), queue=EMBED_QUEUE, producer=producer
+            )
+            count += 1
+    return count
+
+
+def wait(
+    tracker: JobTracker,
+    job_id: str,
+    on_progress: Callable[[Progress], None],
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+) -> Progress:
+    """Poll the job's state in Redis until every image is indexed or failed."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        progress = tracker.progress(job_id)
+        on_progress(progress)
+        if progress.finished or (deadline is not None and time.monotonic() > deadline):
+            return progress
+        time.sleep(poll_s)
+
+
+def _meta(request: IngestRequest, ref: SourceRef, model: str) -> dict:
+    return {
+        "collection": request.collection,
+        "dataset": ref.dataset,
+        "split": ref.split,
+        "source_name": ref.name,
+        "model": model,
+    }

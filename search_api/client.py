@@ -1,0 +1,155 @@
+"""Query by image, point id or vector, with Qdrant's JSON filters; batches; count, scroll,
+groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import MedindexError
+from pipeline.images import ImageError, decode_rgb
+from pipeline.remote_store import open_store
+from pipeline.settings import Settings, get_settings
+from pipeline.store import Hit, parse_filter
+
+if TYPE_CHECKING:
+    from pipeline.model import Embedder
+
+MAX_LIMIT = 1000
+
+
+class QueryError(MedindexError):
+    """A query the caller got wrong; the message says how."""
+
+
+@dataclass
+class Query:
+    """One search: exactly one of image, point_id, vector."""
+
+    image: Path | bytes | None = None
+    point_id: str | None = None
+    vector: list[float] | None = None
+    filter: dict | None = None
+    limit: int = 10
+    score_threshold: float | None = None
+    with_payload: bool | list | dict = True
+
+
+class SearchClient:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.store = open_store(self.settings)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """Loaded on the first image query only: torch is slow to import."""
+        from pipeline.model import Embedder
+
+        return Embedder(self.settings.model, self.settings.device)
+
+    def search(self, collection: str, query: Query) -> list[Hit]:
+        return self.store.search(collection, **self._request(collection, query))
+
+    def search_batch(self, collection: str, queries: list[Query]) -> list[list[Hit]]:
+        """Many queries in one store call, each with its own filter, limit and payload."""
+        return self.store.search_batch(collection, [self._request(collection, q) for q in queries])
+
+    def groups(
+        self, collection: str, query: Query, group_by: str, groups: int = 10, per_group: int = 1
+    ) -> list[dict]:
+        """The closest cases per value of `group_by` (e.g. the most similar case per dx)."""
+        request = self._request(collection, query)
+        return self.store.groups(
+            collection,
+            request["vector"],
+            group_by,
+            limit=_bounded(groups),
+            group_size=_bounded(per_group),
+            filter=request["filter"],
+        )
+
+    def recommend(
+        self,
+        collection: str,
+        positive: list[str],
+        negative: list[str] | None = None,
+        filter: dict | None = None,
+        limit: int = 10,
+    ) -> list[Hit]:
+        if not positive:
+            raise QueryError("recommend needs at least one positive example")
+        return self.store.recommend(
+            collection, positive, negative or [], filter=_filter(filter), limit=_bounded(limit)
+        )
+
+    def count(self, collection: str, filter: dict | None = None) -> int:
+        return self.store.count(collection, filter=_filter(filter))
+
+    def scroll(
+        self,
+        collection: str,
+        filter: dict | None = None,
+        limit: int = 10,
+        offset: str | None = None,
+    ) -> dict:
+        return self.store.scroll(
+            collection, filter=_filter(filter), limit=_bounded(limit), offset=offset
+        )
+
+    def vector_of(self, collection: str, point_id: str) -> list[float]:
+        found = self.store.retrieve(collection, [point_id], with_vectors=True)
+        if not found:
+            raise QueryError(f"no point {point_id!r} in collection {collection!r}")
+        return found[0]["vector"]
+
+    def embed_image(self, image: Path | bytes) -> list[float]:
+        data = image if isinstance(image, bytes) else _read(image, self.settings.max_image_bytes)
+        try:
+            picture = decode_rgb(
+                data, self.settings.max_image_pixels, self.settings.max_image_bytes
+            )
+        except ImageError as exc:
+            raise QueryError(f"query image refused: {exc}") from exc
+        return self.embedder.embed([picture])[0].tolist()
+
+    def _request(self, collection: str, query: Query) -> dict:
+        given = [x is not None for x in (query.image, query.point_id, query.vector)]
+        if sum(given) != 1:
+            raise QueryError("give exactly one of: an image, a point id, a vector")
+        if query.image is not None:
+            vector = self.embed_image(query.image)
+        elif query.point_id is not None:
+            vector = self.vector_of(collection, query.point_id)
+        else:
+            vector = [float(x) for x in query.vector]
+        return {
+            "vector": vector,
+            "filter": _filter(query.filter),
+            "limit": _bounded(query.limit),
+            "score_threshold": query.score_threshold,
+            "with_payload": query.with_payload,
+        }
+
+
+def _filter(value: dict | None) -> dict | None:
+    """Validate here, with a readable error, and send plain JSON on."""
+    parsed = parse_filter(value)
+    return None if parsed is None else parsed.model_dump(mode="json", exclude_none=True)
+
+
+def _bounded(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+    return limit
+
+
+def _read(path: Path, max_bytes: int) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise QueryError(f"query image {path} is {size} bytes (limit {max_bytes})")
+        return path.read_bytes()
+    except OSError as exc:
+        raise QueryError(f"cannot read query image {path}: {exc.strerror}") from exc

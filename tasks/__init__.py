@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers over `pipeline`, one module per queue."""

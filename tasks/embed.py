@@ -1,0 +1,34 @@
+"""medindex.embed: one job of row references in, its points out to the `upsert` queue."""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+
+from pipeline.celery_app import UPSERT_QUEUE, app
+from pipeline.embed import embed_job
+from pipeline.model import get_embedder
+from pipeline.schemas import EmbedJob
+from pipeline.settings import get_settings
+from tasks.upsert import upsert
+from tasks.worker_state import tracker
+
+log = get_task_logger(__name__)
+
+
+@app.task(name="medindex.embed")
+def embed(job: dict) -> dict:
+    settings = get_settings()
+    parsed = EmbedJob.model_validate(job)
+    result = embed_job(parsed, get_embedder(parsed.model, settings.device), settings)
+    tracker().mark_failed(parsed.job_id, result.failures)
+    if len(result.batch):
+        upsert.apply_async(kwargs={"batch": result.batch.model_dump()}, queue=UPSERT_QUEUE)
+    log.info(
+        "job=%s rows %d-%d: %d embedded, %d failed",
+        parsed.job_id,
+        parsed.rows[0],
+        parsed.rows[-1],
+        len(result.batch),
+        len(result.failures),
+    )
+    return {"job_id": parsed.job_id, "points": len(result.batch), "failed": len(result.failures)}

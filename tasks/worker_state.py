@@ -1,0 +1,19 @@
+"""What a worker process opens once and reuses: created lazily, so always after the fork."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pipeline.progress import JobTracker, connect_redis
+from pipeline.settings import get_settings
+from pipeline.store import Store, connect
+
+
+@cache
+def tracker() -> JobTracker:
+    return JobTracker(connect_redis(get_settings().broker_url))
+
+
+@cache
+def store() -> Store:
+    return connect(get_settings())
