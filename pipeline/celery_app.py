@@ -24,12 +24,12 @@ TASK_LOG_FORMAT = (
 
 def create_app() -> Celery:
     settings = get_settings()
-    app = Celery("medindex", broker=settings.broker_url, backend=settings.broker_url)
+    # No result backend: tasks report through job state in Redis (pipeline.progress).
+    app = Celery("medindex", broker=settings.broker_url)
     app.conf.update(
         include=TASK_MODULES,
         # Never pickle: vectors travel as msgpack binary, everything else as plain data.
         task_serializer="msgpack",
-        result_serializer="json",
         accept_content=["msgpack", "json"],
         task_queues=[Queue(EMBED_QUEUE), Queue(UPSERT_QUEUE), Queue(STORE_QUEUE)],
         task_default_queue=EMBED_QUEUE,
@@ -44,7 +44,6 @@ def create_app() -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
-        result_expires=3600,
         task_ignore_result=True,
         # Flower and `medindex status` see every task.
         worker_send_task_events=True,

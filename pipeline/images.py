@@ -48,7 +48,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float32)
         low, high = float(pixels.min()), float(pixels.max())
         scaled = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        image = Image.fromarray(scaled.astype(np.uint8))
     elif image.mode in ("P", "PA", "LA", "RGBA"):
         # Transparent areas become white, not whatever colour hides behind the alpha.
         rgba = image.convert("RGBA")

@@ -6,10 +6,12 @@ store worker owns it and everyone else (producer, search) calls it through the b
 
 from __future__ import annotations
 
+import json
+import uuid
 from functools import partial
 from typing import Any
 
-from celery.exceptions import TimeoutError as CeleryTimeout
+import redis
 
 from pipeline.celery_app import STORE_QUEUE, app
 from pipeline.progress import connect_redis
@@ -17,6 +19,7 @@ from pipeline.settings import Settings
 from pipeline.store import Store, StoreError, connect
 
 STORE_CALL_TASK = "medindex.store_call"
+REPLY_PREFIX = "medindex:reply:"
 # Reads, and creating a collection: never raw writes, which go through the upsert queue.
 REMOTE_CALLS = frozenset(
     {
@@ -40,7 +43,7 @@ class RemoteStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.description = f"embedded store via the store worker at {settings.broker_url}"
-        connect_redis(settings.broker_url)  # fail early, on one line, if the broker is down
+        self.redis = connect_redis(settings.broker_url)  # fails early, on one line, if down
 
     def __getattr__(self, method: str) -> Any:
         if method not in REMOTE_CALLS:
@@ -48,23 +51,20 @@ class RemoteStore:
         return partial(self._call, method)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        # The answer comes back on a reply list of its own: no result backend to keep.
         timeout = self.settings.store_call_timeout_s
-        result = app.send_task(
-            STORE_CALL_TASK,
-            kwargs={"method": method, "args": list(args), "kwargs": kwargs},
-            queue=STORE_QUEUE,
-        )
-        try:
-            answer = result.get(timeout=timeout, propagate=False)
-        except CeleryTimeout as exc:
+        reply_to = REPLY_PREFIX + uuid.uuid4().hex
+        call = {"method": method, "args": list(args), "kwargs": kwargs, "reply_to": reply_to}
+        app.send_task(STORE_CALL_TASK, kwargs=call, queue=STORE_QUEUE, expires=timeout)
+        answer = self.redis.blpop([reply_to], timeout=timeout)
+        if answer is None:
             raise StoreError(
                 f"no store worker answered within {timeout:g}s: is `medindex up` running?"
-            ) from exc
-        finally:
-            result.forget()
-        if not isinstance(answer, dict) or "error" in answer:
-            raise StoreError(answer.get("error") if isinstance(answer, dict) else str(answer))
-        return answer["value"]
+            )
+        result = json.loads(answer[1])
+        if "error" in result:
+            raise StoreError(result["error"])
+        return result["value"]
 
     def close(self) -> None:
         """Nothing to release: the store worker keeps the store open."""
@@ -74,11 +74,18 @@ def open_store(settings: Settings) -> Store | RemoteStore:
     return connect(settings) if settings.qdrant_url else RemoteStore(settings)
 
 
-def answer_store_call(store: Store, method: str, args: list, kwargs: dict) -> dict:
+def answer_store_call(
+    store: Store, client: redis.Redis, reply_to: str, method: str, args: list, kwargs: dict
+) -> None:
     """Run one remote call on the store this process owns; errors travel back as text."""
     if method not in REMOTE_CALLS:
-        return {"error": f"store call {method!r} is not allowed"}
-    try:
-        return {"value": getattr(store, method)(*args, **kwargs)}
-    except StoreError as exc:
-        return {"error": str(exc)}
+        answer = {"error": f"store call {method!r} is not allowed"}
+    else:
+        try:
+            answer = {"value": getattr(store, method)(*args, **kwargs)}
+        except StoreError as exc:
+            answer = {"error": str(exc)}
+    pipe = client.pipeline()
+    pipe.rpush(reply_to, json.dumps(answer))
+    pipe.expire(reply_to, 300)  # a caller that gave up leaves nothing behind for long
+    pipe.execute()

@@ -136,7 +136,9 @@ class SearchClient:
 def _filter(value: dict | None) -> dict | None:
     """Validate here, with a readable error, and send plain JSON on."""
     parsed = parse_filter(value)
-    return None if parsed is None else parsed.model_dump(mode="json", exclude_none=True)
+    return (
+        None if parsed is None else parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
 
 
 def _bounded(limit: int) -> int:

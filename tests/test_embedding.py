@@ -1,0 +1,33 @@
+"""The seed's embedding, faithfully: mean of last_hidden_state over all tokens, float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, ViTModel
+
+from pipeline.model import Embedder, vector_size
+from pipeline.schemas import point_id
+
+
+def test_embedder_matches_the_notebooks_code(tiny_model: Path, dataset: Path) -> None:
+    images = list(datasets.load_dataset(str(dataset), split="train").select(range(4))["image"])
+    processor = AutoImageProcessor.from_pretrained(tiny_model)
+    model = ViTModel.from_pretrained(tiny_model).eval()
+    with torch.no_grad():  # the notebook's get_embeddings, line for line
+        inputs = processor(images=images, return_tensors="pt")
+        expected = model(**inputs).last_hidden_state.mean(dim=1).cpu().numpy()
+    got = Embedder(str(tiny_model), "cpu").embed(images)
+    assert got.dtype == np.float32 and got.shape == (4, 384)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert vector_size(str(tiny_model)) == 384
+
+
+def test_point_ids_are_deterministic_per_source_and_key() -> None:
+    assert point_id("marmal88/skin_cancer", "ISIC_0024329") == point_id(
+        "marmal88/skin_cancer", "ISIC_0024329"
+    )
+    assert point_id("marmal88/skin_cancer", "ISIC_0024329") != point_id("other", "ISIC_0024329")
