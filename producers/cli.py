@@ -22,7 +22,6 @@ from rich.text import Text
 
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import get_settings
-from producers.ingest import IngestRequest, start_ingest, wait
 
 err = Console(stderr=True)
 
@@ -79,6 +78,8 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from producers.ingest import IngestRequest, start_ingest, wait  # torch: slow to import
+
     settings = get_settings()
     request = IngestRequest(
         dataset=args.dataset,

@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.errors import MedindexError
 from pipeline.settings import get_settings
-from search_api.client import Query, QueryError, SearchClient
 
 SHOWN_FIELDS = ("image_id", "dx", "age", "sex", "localization")
 
@@ -31,6 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from search_api.client import Query, SearchClient  # qdrant-client: slow to import
+
     collection = args.collection or get_settings().collection
     query = Query(
         image=args.image,
@@ -58,11 +60,13 @@ def _json_arg(text: str, what: str) -> object:
         try:
             text = Path(text[1:]).read_text()
         except OSError as exc:
-            raise QueryError(f"cannot read {what} file {text[1:]}: {exc.strerror}") from exc
+            raise MedindexError(f"cannot read {what} file {text[1:]}: {exc.strerror}") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise QueryError(f"malformed {what}: not JSON ({exc.msg} at column {exc.colno})") from exc
+        raise MedindexError(
+            f"malformed {what}: not JSON ({exc.msg} at column {exc.colno})"
+        ) from exc
 
 
 def _print_table(hits: list[dict]) -> None:

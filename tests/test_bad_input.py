@@ -1,0 +1,92 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, and nothing indexed is harmed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import Result, Stack, free_port, run_medindex
+
+from search_api import SearchClient
+
+
+def assert_one_line_error(result: Result, *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def indexed_count(ingested: dict) -> int:
+    return SearchClient().count("skin")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_harmed(indexed_count: int) -> None:
+    yield
+    assert SearchClient().count("skin") == indexed_count
+
+
+def test_dataset_folder_that_does_not_exist(stack: Stack) -> None:
+    result = stack.medindex("ingest", "--dataset", "./no/such/dir", "--collection", "skin")
+    assert_one_line_error(result, "does not exist")
+
+
+def test_dataset_without_an_image_column(stack: Stack, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"image_id": ["a", "b"], "dx": ["melanoma", "melanoma"]}).to_parquet(
+        tmp_path / "data" / "train-00000-of-00001.parquet"
+    )
+    result = stack.medindex("ingest", "--dataset", str(tmp_path), "--collection", "skin")
+    assert_one_line_error(result, "no image column")
+
+
+def test_redis_not_running(stack: Stack, dataset: Path) -> None:
+    env = stack.env | {"MEDINDEX_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    result = run_medindex("ingest", "--dataset", str(dataset), "--collection", "skin", env=env)
+    assert_one_line_error(result, "cannot reach Redis")
+
+
+def test_qdrant_url_that_refuses(stack: Stack, dataset: Path) -> None:
+    env = stack.env | {"MEDINDEX_QDRANT_URL": f"http://127.0.0.1:{free_port()}"}
+    result = run_medindex("ingest", "--dataset", str(dataset), "--collection", "skin", env=env)
+    assert_one_line_error(result, "cannot reach Qdrant")
+    result = run_medindex("search", "--collection", "skin", "--vector", "[0.1, 0.2]", env=env)
+    assert_one_line_error(result, "cannot reach Qdrant")
+
+
+@pytest.mark.parametrize(
+    ("filter", "words"),
+    [
+        (
+            '{"must": [{"key": "sex", "match": {"valu": "female"}}]',
+            ("malformed filter", "not JSON"),
+        ),
+        ('{"must": [{"key": "sex", "match": {"valu": "female"}}]}', ("malformed filter", "must.0")),
+        ('{"must": "sex"}', ("malformed filter", "must")),
+    ],
+)
+def test_malformed_filter(stack: Stack, filter: str, words: tuple[str, ...]) -> None:
+    result = stack.medindex(
+        "search", "--collection", "skin", "--vector", "[0.1]", "--filter", filter
+    )
+    assert_one_line_error(result, *words)
+
+
+def test_unknown_collection_and_point(stack: Stack, ingested: dict) -> None:
+    result = stack.medindex("search", "--collection", "nope", "--vector", "[0.1]")
+    assert_one_line_error(result, "nope")
+    missing = "00000000-0000-0000-0000-000000000000"
+    result = stack.medindex("search", "--collection", "skin", "--id", missing)
+    assert_one_line_error(result, "no point")
+
+
+def test_limit_is_bounded(stack: Stack, ingested: dict) -> None:
+    result = stack.medindex(
+        "search", "--collection", "skin", "--vector", "[0.1]", "--limit", "5000"
+    )
+    assert_one_line_error(result, "limit")
