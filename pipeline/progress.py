@@ -28,7 +28,8 @@ class BrokerError(MedindexError):
 class Progress:
     job_id: str
     total: int
-    indexed: int
+    embedded: int  # vectors made, maybe still buffered before their write
+    indexed: int  # written to the store
     failed: int
     created_at: float
     meta: dict
@@ -63,6 +64,10 @@ class JobTracker:
         pipe.zadd(JOB_INDEX, {job_id: now})
         pipe.execute()
 
+    def mark_embedded(self, job_id: str, rows: list[int]) -> None:
+        if rows:
+            self.redis.sadd(f"{PREFIX}{job_id}:embedded", *rows)
+
     def mark_indexed(self, job_id: str, rows: list[int]) -> None:
         if not rows:
             return
@@ -81,14 +86,16 @@ class JobTracker:
     def progress(self, job_id: str) -> Progress:
         pipe = self.redis.pipeline()
         pipe.hgetall(PREFIX + job_id)
+        pipe.scard(f"{PREFIX}{job_id}:embedded")
         pipe.scard(f"{PREFIX}{job_id}:indexed")
         pipe.hlen(f"{PREFIX}{job_id}:failed")
-        record, indexed, failed = pipe.execute()
+        record, embedded, indexed, failed = pipe.execute()
         if not record:
             raise MedindexError(f"no job {job_id!r} is known to {self._where()}")
         return Progress(
             job_id=job_id,
             total=int(record["total"]),
+            embedded=int(embedded),
             indexed=int(indexed),
             failed=int(failed),
             created_at=float(record["created_at"]),

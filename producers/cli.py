@@ -99,10 +99,10 @@ def _ingest(args: argparse.Namespace) -> int:
         return 0
     tracker = JobTracker(connect_redis(settings.broker_url))
     with _progress_bar() as bar:
-        task = bar.add_task(f"job {job_id}", total=total)
+        task = bar.add_task(f"job {job_id}", total=total, embedded=0)
 
         def show(progress: Progress) -> None:
-            bar.update(task, completed=progress.done)
+            bar.update(task, completed=progress.done, embedded=progress.embedded)
 
         try:
             final = wait(tracker, job_id, show, timeout_s=args.timeout)
@@ -138,7 +138,7 @@ def _progress_bar() -> ProgressBar:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("images"),
+        TextColumn("indexed ({task.fields[embedded]} embedded)"),
         RateColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -162,6 +162,7 @@ def _report(args: argparse.Namespace) -> int:
         summary = {
             "job_id": args.job_id,
             "total": progress.total,
+            "embedded": progress.embedded,
             "indexed": progress.indexed,
             "failed": progress.failed,
             "failures": failures,
@@ -171,7 +172,8 @@ def _report(args: argparse.Namespace) -> int:
         return 0
     out = Console()
     out.print(
-        f"job {args.job_id} -> {progress.meta.get('collection')}: {progress.indexed} indexed, "
+        f"job {args.job_id} -> {progress.meta.get('collection')}: {progress.indexed} indexed "
+        f"({progress.embedded} embedded), "
         f"{progress.failed} failed, {progress.total - progress.done} pending of {progress.total}"
     )
     for failure in failures:

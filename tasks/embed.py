@@ -21,6 +21,7 @@ def embed(job: dict) -> dict:
     parsed = EmbedJob.model_validate(job)
     result = embed_job(parsed, get_embedder(parsed.model, settings.device), settings)
     tracker().mark_failed(parsed.job_id, result.failures)
+    tracker().mark_embedded(parsed.job_id, result.batch.rows)
     if len(result.batch):
         upsert.apply_async(kwargs={"batch": result.batch.model_dump()}, queue=UPSERT_QUEUE)
     log.info(

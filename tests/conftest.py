@@ -41,7 +41,6 @@ os.environ.update(
     MEDINDEX_HOME=str(TEST_HOME / "home"),
     MEDINDEX_LOCAL_REDIS_PORT=str(free_port()),
     MEDINDEX_MODEL=str(TEST_HOME / "vit-tiny"),
-    MEDINDEX_FLUSH_INTERVAL_S="0.5",
 )
 
 from pipeline.model import build_random_vit  # noqa: E402  (after the environment above)
