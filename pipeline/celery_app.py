@@ -8,6 +8,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Queue
 
+from pipeline import logs
 from pipeline.settings import get_settings
 
 EMBED_QUEUE = "embed"
@@ -15,11 +16,6 @@ UPSERT_QUEUE = "upsert"
 STORE_QUEUE = "store"
 
 TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store"]
-
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
-TASK_LOG_FORMAT = (
-    "%(asctime)s %(levelname)s [%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
-)
 
 
 def create_app() -> Celery:
@@ -49,15 +45,14 @@ def create_app() -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=True,
-        worker_log_format=LOG_FORMAT,
-        worker_task_log_format=TASK_LOG_FORMAT,
     )
     return app
 
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _quiet_libraries(logger: logging.Logger, **_: object) -> None:
+def _setup_logging(logger: logging.Logger, **_: object) -> None:
+    logs.configure(logger, as_json=get_settings().log_json)
     # httpx logs every Qdrant request at INFO; keep worker logs about jobs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -33,6 +33,7 @@ class Progress:
     failed: int
     created_at: float
     meta: dict
+    cancelled: bool = False
 
     @property
     def done(self) -> int:
@@ -40,7 +41,22 @@ class Progress:
 
     @property
     def finished(self) -> bool:
-        return self.done >= self.total
+        return self.cancelled or self.done >= self.total
+
+    @property
+    def state(self) -> str:
+        if self.done >= self.total:
+            return "done"
+        return "cancelled" if self.cancelled else "running"
+
+    def rate(self, now: float | None = None) -> float:
+        """Images per second since the job was created."""
+        elapsed = (now or time.time()) - self.created_at
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self) -> float | None:
+        rate = self.rate()
+        return (self.total - self.done) / rate if rate and not self.finished else None
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -63,6 +79,33 @@ class JobTracker:
         pipe.hset(PREFIX + job_id, mapping=record)
         pipe.zadd(JOB_INDEX, {job_id: now})
         pipe.execute()
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(PREFIX + job_id))
+
+    def resume(self, job_id: str) -> None:
+        self.redis.hdel(PREFIX + job_id, "cancelled")
+
+    def cancel(self, job_id: str) -> None:
+        """Shards still queued are skipped by the embed workers; written points stay."""
+        if not self.exists(job_id):
+            raise MedindexError(f"no job {job_id!r} is known to {self._where()}")
+        self.redis.hset(PREFIX + job_id, "cancelled", 1)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return self.redis.hget(PREFIX + job_id, "cancelled") is not None
+
+    def done_rows(self, job_id: str) -> set[int]:
+        """Rows indexed or failed: what a resumed job need not enqueue again."""
+        pipe = self.redis.pipeline()
+        pipe.smembers(f"{PREFIX}{job_id}:indexed")
+        pipe.hkeys(f"{PREFIX}{job_id}:failed")
+        indexed, failed = pipe.execute()
+        return {int(row) for row in (*indexed, *failed)}
+
+    def recent_jobs(self, limit: int = 10) -> list[str]:
+        """Newest first."""
+        return list(self.redis.zrevrange(JOB_INDEX, 0, limit - 1))
 
     def mark_embedded(self, job_id: str, rows: list[int]) -> None:
         if rows:
@@ -100,6 +143,7 @@ class JobTracker:
             failed=int(failed),
             created_at=float(record["created_at"]),
             meta=json.loads(record["meta"]),
+            cancelled="cancelled" in record,
         )
 
     def failures(self, job_id: str) -> list[dict]:

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     store_call_timeout_s: float = Field(60.0, gt=0)
 
     log_level: str = "INFO"
+    log_json: bool = False  # JSON lines instead of text, for log shippers
+
+    # Flower, started by `medindex up` on 127.0.0.1 (0 turns it off). Basic auth when both set.
+    flower_port: int = Field(5555, ge=0, le=65535)
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
 
     @property
     def broker_url(self) -> str:
@@ -68,6 +74,12 @@ class Settings(BaseSettings):
     @property
     def local_redis_dir(self) -> Path:
         return self.home / "redis"
+
+    @property
+    def flower_basic_auth(self) -> str | None:
+        if self.flower_user and self.flower_password:
+            return f"{self.flower_user}:{self.flower_password.get_secret_value()}"
+        return None
 
 
 @cache

@@ -62,6 +62,8 @@ class Stack:
             if self.settings.uses_local_redis:
                 self._start_redis()
             self._start_workers()
+            if self.settings.flower_port:
+                self._start_flower()
             self._wait_ready()
             print(
                 f"medindex up: ready (broker {self.settings.broker_url}); Ctrl-C stops", flush=True
@@ -132,6 +134,21 @@ class Stack:
             [
                 *celery, "-Q", "upsert,store", "-c", "1",
                 "--prefetch-multiplier", str(prefetch), "-n", f"store-{tag}@%h", *level,
+            ],
+        )  # fmt: skip
+
+    def _start_flower(self) -> None:
+        """Flower on the same broker, its state kept in MEDINDEX_HOME across restarts."""
+        db = (self.settings.home / "flower.db").resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        if self.settings.flower_basic_auth:  # through the environment: not visible in `ps`
+            self.env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
+        self._spawn(
+            "flower",
+            [
+                sys.executable, "-m", "celery", "-A", "pipeline.celery_app", "flower",
+                "--address=127.0.0.1", f"--port={self.settings.flower_port}",
+                "--persistent=True", f"--db={db}",
             ],
         )  # fmt: skip
 

@@ -70,7 +70,10 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--source-name", default=None, help="identity point ids derive from (default: --dataset)"
     )
-    cmd.add_argument("--job-id", default=None)
+    cmd.add_argument("--job-id", default=None, help="a new id, or a known one to resume")
+    cmd.add_argument(
+        "--resume", action="store_true", help="continue the last unfinished job of this dataset"
+    )
     cmd.add_argument("--no-wait", action="store_true", help="enqueue and return")
     cmd.add_argument("--timeout", type=float, default=None, help="stop waiting after SECONDS")
     cmd.add_argument("--json", action="store_true", help="last line: a JSON summary")
@@ -88,12 +91,12 @@ def _ingest(args: argparse.Namespace) -> int:
         model=args.model,
         source_name=args.source_name,
         job_id=args.job_id,
+        resume=args.resume,
     )
     started = time.monotonic()
-    job_id, total = start_ingest(request, settings)
-    err.print(
-        f"job {job_id}: {total} images in jobs of {settings.job_size} -> {request.collection}"
-    )
+    job_id, total, enqueued = start_ingest(request, settings)
+    size, collection = settings.job_size, request.collection
+    err.print(f"job {job_id}: {total} images, {enqueued} jobs of {size} queued -> {collection}")
     if args.no_wait:
         print(json.dumps({"job_id": job_id, "images": total}) if args.json else job_id)
         return 0
@@ -124,7 +127,9 @@ def _ingest(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 3),
         }
         print(json.dumps(summary))
-    return 0 if final.finished else 1
+    if final.cancelled:
+        err.print(f"job {job_id} was cancelled")
+    return 0 if final.done >= final.total else 1
 
 
 class RateColumn(ProgressColumn):
@@ -179,4 +184,44 @@ def _report(args: argparse.Namespace) -> int:
     for failure in failures:
         out.print(f"  row {failure['row']} {failure['key']}: {failure['reason']}")
     sys.stdout.flush()
+    return 0
+
+
+def register_status(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("status", help="queue depths, live workers, jobs' progress")
+    cmd.add_argument("job_id", nargs="?", help="one job (default: the 10 newest)")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(run=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from producers.status import collect
+
+    status = collect(get_settings(), args.job_id)
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    out = Console()
+    queues = ", ".join(f"{name} {depth}" for name, depth in status["queues"].items())
+    out.print(f"queues: {queues}; delivered but unacknowledged: {status['unacked']}")
+    out.print(f"workers: {', '.join(status['workers']) or 'none answering'}")
+    for job in status["jobs"]:
+        eta = "-" if job["eta_s"] is None else f"{job['eta_s']:.0f}s"
+        out.print(
+            f"job {job['job_id']} -> {job['collection']}: {job['state']}, "
+            f"{job['indexed']} indexed, {job['failed']} failed of {job['total']} "
+            f"({job['embedded']} embedded), {job['images_per_s']:.1f} images/s, ETA {eta}"
+        )
+    return 0
+
+
+def register_cancel(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("cancel", help="stop a job: its queued shards are skipped")
+    cmd.add_argument("job_id")
+    cmd.set_defaults(run=_cancel)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    JobTracker(connect_redis(get_settings().broker_url)).cancel(args.job_id)
+    err.print(f"job {args.job_id} cancelled; `medindex ingest --job-id {args.job_id}` resumes it")
     return 0

@@ -41,7 +41,8 @@ def run_demo(settings: Settings, n: int) -> int:
         out.print(f"[bold]1. sample data[/]: {n} synthetic 600x450 lesion images -> {data}")
         write_sample_dataset(data, n, seed=0)
     collection = "demo_skin_lesions"
-    env = dict(os.environ, MEDINDEX_MODEL=model, MEDINDEX_HOME=str(home))
+    # Flower off: the demo must not depend on port 5555 being free.
+    env = dict(os.environ, MEDINDEX_MODEL=model, MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0")
     up_log = home / "demo" / "up.log"
     out.print(f"[bold]2. medindex up[/]: Redis + embed worker + store worker (log: {up_log})")
     with up_log.open("w") as log, _running_stack(env, log, up_log):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipeline.celery_app import EMBED_QUEUE, app
+from pipeline.errors import MedindexError
 from pipeline.model import vector_size
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.remote_store import open_store
@@ -26,6 +27,7 @@ class IngestRequest:
     model: str | None = None
     source_name: str | None = None
     job_id: str | None = None
+    resume: bool = False  # continue the newest unfinished job of this dataset and collection
 
 
 def shards(total: int, size: int) -> Iterator[list[int]]:
@@ -33,30 +35,42 @@ def shards(total: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(start + size, total)))
 
 
-def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int]:
-    """Check everything a worker will need, then enqueue; returns (job id, images)."""
+def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, int]:
+    """Check everything a worker will need, then enqueue.
+
+    Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
+    only the shards that still hold rows neither indexed nor failed.
+    """
     ref = resolve(request.dataset, request.split, request.source_name)
     total = len(DatasetSource(ref))
     model = request.model or settings.model
     tracker = JobTracker(connect_redis(settings.broker_url))
     store = open_store(settings)
     store.ensure_collection(request.collection, vector_size(model))
-    job_id = request.job_id or uuid.uuid4().hex[:12]
-    tracker.create(job_id, total, _meta(request, ref, model))
-    enqueue(job_id, request.collection, ref, model, total, settings.job_size)
-    return job_id, total
+    meta = _meta(request, ref, model)
+    job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
+    if job_id and tracker.exists(job_id):
+        _check_same_job(tracker, job_id, meta)
+        tracker.resume(job_id)
+        done = tracker.done_rows(job_id)
+    else:
+        job_id = job_id or uuid.uuid4().hex[:12]
+        tracker.create(job_id, total, meta)
+        done = set()
+    todo = [rows for rows in shards(total, settings.job_size) if not done.issuperset(rows)]
+    enqueue(job_id, request.collection, ref, model, todo)
+    return job_id, total, len(todo)
 
 
-def enqueue(job_id: str, collection: str, ref: SourceRef, model: str, total: int, size: int) -> int:
-    count = 0
+def enqueue(
+    job_id: str, collection: str, ref: SourceRef, model: str, shard_rows: list[list[int]]
+) -> None:
     with app.producer_or_acquire() as producer:
-        for rows in shards(total, size):
+        for rows in shard_rows:
             job = EmbedJob(job_id=job_id, collection=collection, source=ref, model=model, rows=rows)
             app.send_task(
                 EMBED_TASK, args=(job.model_dump(),), queue=EMBED_QUEUE, producer=producer
             )
-            count += 1
-    return count
 
 
 def wait(
@@ -84,3 +98,21 @@ def _meta(request: IngestRequest, ref: SourceRef, model: str) -> dict:
         "source_name": ref.name,
         "model": model,
     }
+
+
+def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
+    for job_id in tracker.recent_jobs(limit=100):
+        progress = tracker.progress(job_id)
+        same = all(progress.meta.get(k) == meta[k] for k in ("dataset", "split", "collection"))
+        if same and progress.state != "done":
+            return job_id
+    return None
+
+
+def _check_same_job(tracker: JobTracker, job_id: str, meta: dict) -> None:
+    known = tracker.progress(job_id).meta
+    for key in ("dataset", "split", "collection", "model", "source_name"):
+        if known.get(key) != meta[key]:
+            raise MedindexError(
+                f"job {job_id} was started with {key}={known.get(key)!r}, not {meta[key]!r}"
+            )

@@ -6,6 +6,7 @@ from celery.utils.log import get_task_logger
 
 from pipeline.celery_app import UPSERT_QUEUE, app
 from pipeline.embed import embed_job
+from pipeline.logs import bind_job
 from pipeline.model import get_embedder
 from pipeline.schemas import EmbedJob
 from pipeline.settings import get_settings
@@ -19,14 +20,19 @@ log = get_task_logger(__name__)
 def embed(job: dict) -> dict:
     settings = get_settings()
     parsed = EmbedJob.model_validate(job)
+    bind_job(parsed.job_id)
+    if tracker().is_cancelled(parsed.job_id):
+        log.info(
+            "job=%s cancelled: rows %d-%d skipped", parsed.job_id, parsed.rows[0], parsed.rows[-1]
+        )
+        return {"job_id": parsed.job_id, "skipped": len(parsed.rows)}
     result = embed_job(parsed, get_embedder(parsed.model, settings.device), settings)
     tracker().mark_failed(parsed.job_id, result.failures)
     tracker().mark_embedded(parsed.job_id, result.batch.rows)
     if len(result.batch):
         upsert.apply_async(kwargs={"batch": result.batch.model_dump()}, queue=UPSERT_QUEUE)
     log.info(
-        "job=%s rows %d-%d: %d embedded, %d failed",
-        parsed.job_id,
+        "rows %d-%d: %d embedded, %d failed",
         parsed.rows[0],
         parsed.rows[-1],
         len(result.batch),

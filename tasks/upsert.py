@@ -16,6 +16,7 @@ from celery_batches import Batches, SimpleRequest
 
 from pipeline.batching import plan_flush
 from pipeline.celery_app import app
+from pipeline.logs import bind_job
 from pipeline.schemas import PointBatch
 from pipeline.settings import get_settings
 from pipeline.writer import Span, Writer
@@ -104,9 +105,9 @@ def _apply_write(task: PointBatches, requests: list[SimpleRequest], spans: list)
 def upsert(requests: list[SimpleRequest], spans: list) -> dict:
     writer = Writer(store(), tracker(), settings.upsert_batch_size)
     batches = [PointBatch.model_validate(r.kwargs["batch"]) for r in requests]
+    bind_job(",".join(sorted({b.job_id for b in batches})))
     written = writer.write(
         [Span(b, start, stop) for b, (start, stop) in zip(batches, spans, strict=True)]
     )
-    jobs = sorted({b.job_id for b in batches})
-    log.info("job=%s wrote %d points from %d messages", ",".join(jobs), written, len(requests))
+    log.info("wrote %d points from %d messages", written, len(requests))
     return {"written": written}

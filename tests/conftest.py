@@ -41,6 +41,9 @@ os.environ.update(
     MEDINDEX_HOME=str(TEST_HOME / "home"),
     MEDINDEX_LOCAL_REDIS_PORT=str(free_port()),
     MEDINDEX_MODEL=str(TEST_HOME / "vit-tiny"),
+    MEDINDEX_FLOWER_PORT=str(free_port()),
+    MEDINDEX_FLOWER_USER="medindex",
+    MEDINDEX_FLOWER_PASSWORD="flower-test-password",
 )
 
 from pipeline.model import build_random_vit  # noqa: E402  (after the environment above)

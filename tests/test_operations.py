@@ -1,0 +1,126 @@
+"""Operating the pipeline: Flower sees it, `status` / `cancel` / resume, logs name the job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ARTIFACTS, N_IMAGES, Stack
+
+from pipeline.logs import JobContext, configure
+from pipeline.settings import get_settings
+from search_api import SearchClient
+
+
+def flower(path: str, auth: bool = True) -> httpx.Response:
+    settings = get_settings()
+    credentials = (settings.flower_user, settings.flower_password.get_secret_value())
+    url = f"http://127.0.0.1:{settings.flower_port}{path}"
+    return httpx.get(url, auth=credentials if auth else None, timeout=30)
+
+
+def test_flower_lists_workers_and_counts_succeeded_tasks(ingested: dict) -> None:
+    assert flower("/api/workers", auth=False).status_code == 401
+    workers = flower("/api/workers?refresh=1").json()
+    assert {name.split("-")[0] for name in workers} >= {"embed", "store"}
+    for task, at_least in (("medindex.embed", N_IMAGES // 16), ("medindex.upsert", N_IMAGES // 16)):
+        tasks = flower(f"/api/tasks?taskname={task}&state=SUCCESS").json()
+        assert len(tasks) >= at_least, (task, len(tasks))
+    metrics = flower("/metrics").text
+    for task in ("medindex.embed", "medindex.upsert"):
+        pattern = rf'flower_events_total\{{task="{task}",type="task-succeeded",[^}}]*\}} (\d+)'
+        counted = sum(float(n) for n in re.findall(pattern, metrics))
+        assert counted >= N_IMAGES // 16, (task, counted)
+
+
+def test_flower_dashboard_in_headless_chromium(ingested: dict) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed: `make test` installs it"
+    settings = get_settings()
+    password = settings.flower_password.get_secret_value()
+    url = f"http://{settings.flower_user}:{password}@127.0.0.1:{settings.flower_port}/workers"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "flower-dashboard.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={ARTIFACTS / 'chromium-profile'}",
+            "--window-size=1400,900", "--virtual-time-budget=5000", f"--screenshot={shot}", url,
+        ],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert shot.stat().st_size > 10_000  # a rendered page, not an empty canvas
+
+
+def test_status_cancel_and_resume(stack: Stack, dataset: Path) -> None:
+    started = stack.medindex(
+        "ingest", "--dataset", str(dataset), "--collection", "ops", "--no-wait", "--json"
+    )
+    assert started.returncode == 0, started.stderr
+    job_id = started.json()["job_id"]
+    assert stack.medindex("cancel", job_id).returncode == 0
+    status = _status(stack, job_id)
+    assert status["jobs"][0]["state"] in ("cancelled", "done")
+    assert {w.split("-")[0] for w in status["workers"]} >= {"embed", "store"}
+    assert set(status["queues"]) == {"embed", "upsert", "store"}
+    _until_queues_drain(stack, job_id)
+    partial = _status(stack, job_id)["jobs"][0]
+    assert partial["state"] == "cancelled" and partial["indexed"] < N_IMAGES
+
+    resumed = stack.medindex(
+        "ingest", "--dataset", str(dataset), "--collection", "ops", "--job-id", job_id, "--json"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    queued = int(re.search(r"(\d+) jobs of 16 queued", resumed.stderr).group(1))
+    assert queued < -(-N_IMAGES // 16)  # only the shards not yet done
+    assert resumed.json()["indexed"] == N_IMAGES
+    assert SearchClient().count("ops") == N_IMAGES
+    assert _status(stack, job_id)["jobs"][0]["state"] == "done"
+
+
+def _status(stack: Stack, job_id: str) -> dict:
+    result = stack.medindex("status", job_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return result.json()
+
+
+def _until_queues_drain(stack: Stack, job_id: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _status(stack, job_id)
+        if not any(status["queues"].values()) and not status["unacked"]:
+            return
+        time.sleep(1)
+    pytest.fail("queues did not drain")
+
+
+def test_worker_logs_name_job_and_task(stack: Stack, ingested: dict) -> None:
+    lines = [line for line in stack.log.read_text().splitlines() if "ForkPoolWorker" in line]
+    embedded = [
+        line for line in lines if "embedded" in line and f"job={ingested['job_id']}" in line
+    ]
+    assert embedded, "no embed log line names the job"
+    assert all(re.search(r"task=[0-9a-f-]{36} ", line) for line in embedded)
+    written = [line for line in lines if "wrote" in line and ingested["job_id"] in line]
+    assert written, "no upsert log line names the job"
+
+
+def test_json_log_lines_carry_the_context(capsys: pytest.CaptureFixture) -> None:
+    logger = logging.getLogger("medindex.test.json")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    configure(logger, as_json=True)
+    logger.warning("hello %s", "there")
+    record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert record["message"] == "hello there"
+    assert record["job_id"] == "-" and record["task_id"] == "-"
+    assert any(isinstance(f, JobContext) for f in handler.filters)
