@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from pipeline.celery_app import STORE_QUEUE, app
+from pipeline.errors import first_line
 from pipeline.progress import connect_redis
 from pipeline.settings import Settings
 from pipeline.store import Store, StoreError, connect
@@ -59,7 +60,8 @@ class RemoteStore:
         answer = self.redis.blpop([reply_to], timeout=timeout)
         if answer is None:
             raise StoreError(
-                f"no store worker answered within {timeout:g}s: is `medindex up` running?"
+                f"no store worker answered within {timeout:g}s: "
+                "is `medindex up` running (or the store worker busy)?"
             )
         result = json.loads(answer[1])
         if "error" in result:
@@ -85,6 +87,8 @@ def answer_store_call(
             answer = {"value": getattr(store, method)(*args, **kwargs)}
         except StoreError as exc:
             answer = {"error": str(exc)}
+        except Exception as exc:  # a bad argument must still get an answer, not a timeout
+            answer = {"error": f"store call {method} failed: {first_line(exc)}"}
     pipe = client.pipeline()
     pipe.rpush(reply_to, json.dumps(answer))
     pipe.expire(reply_to, 300)  # a caller that gave up leaves nothing behind for long

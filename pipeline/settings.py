@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # Store. With `qdrant_url` set, a Qdrant server; otherwise an embedded engine in `home`.
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
-    qdrant_timeout_s: float = 30.0
+    qdrant_timeout_s: float = Field(30.0, gt=0)
     collection: str = "skin_lesions"
 
     # Where local state lives: the embedded store, the local Redis' data, models made offline.

@@ -7,6 +7,7 @@ its own stops the whole stack, so a half-working pipeline never hides.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import math
@@ -35,9 +36,16 @@ class Child:
 
 def register(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser("up", help="run Redis and the workers locally, in the foreground")
-    cmd.add_argument("--embed-workers", type=int, default=None, help="embed worker processes")
+    cmd.add_argument("--embed-workers", type=_positive, default=None, help="embed worker processes")
     cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
     cmd.set_defaults(run=lambda args: Stack(get_settings(), args.embed_workers, args.model).run())
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _die_with_parent() -> None:
@@ -156,12 +164,15 @@ class Stack:
         from pipeline.celery_app import app
 
         deadline = time.monotonic() + timeout_s
-        expected = {"embed", "store"}
+        # Our own workers, not another stack's on a shared broker.
+        expected = {f"embed-{os.getpid()}", f"store-{os.getpid()}"}
         while time.monotonic() < deadline:
             self._check_children()
-            replies = app.control.ping(timeout=1.0)
-            names = {next(iter(r)).split("-")[0] for r in replies}
-            if expected <= names:
+            try:
+                replies = app.control.ping(timeout=1.0)
+            except OSError as exc:  # kombu's OperationalError included
+                raise MedindexError(f"lost the broker while starting: {exc}") from exc
+            if expected <= {name.split("@")[0] for r in replies for name in r}:
                 return
         raise MedindexError(f"workers did not answer within {timeout_s:.0f}s")
 
@@ -182,24 +193,34 @@ class Stack:
         raise KeyboardInterrupt
 
     def stop(self) -> None:
-        """Workers first (they finish or return their jobs), Redis last."""
+        """Workers and Flower together (they finish or return their jobs), Redis last."""
         self._stopping = True
-        for child in reversed(self.children):
-            _terminate(child)
+        # A second Ctrl-C must not abandon the shutdown half way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        redis_child = [c for c in self.children if c.name == "redis"]
+        _terminate([c for c in self.children if c.name != "redis"])
+        _terminate(redis_child)
         self.children.clear()
 
 
-def _terminate(child: Child) -> None:
-    if child.process.poll() is not None:
-        return
-    try:
-        os.killpg(child.process.pid, signal.SIGTERM)
-        child.process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.process.pid, signal.SIGKILL)
-        child.process.wait()
-    except ProcessLookupError:
-        pass
+def _terminate(children: list[Child]) -> None:
+    """SIGTERM to each child's process group, then SIGKILL to what outlives the grace."""
+    running = [c for c in children if c.process.poll() is None]
+    for child in running:
+        _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in running:
+        try:
+            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(child, signal.SIGKILL)
+            child.process.wait()
+
+
+def _signal_group(child: Child, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.process.pid, signum)
 
 
 def _redis_answers(url: str) -> bool:

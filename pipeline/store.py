@@ -7,6 +7,7 @@ cross the broker to the process that owns an embedded store (see `pipeline.remot
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +30,15 @@ Hit = dict[str, Any]  # {"id", "score", "payload"[, "vector"]}
 
 
 class StoreError(MedindexError):
-    """Qdrant refused or could not be reached; the message is meant for the user."""
+    """Qdrant refused or could not be reached; the message is meant for the user.
+
+    `transient`: worth retrying (unreachable, timeout, 5xx, 429); otherwise the request itself
+    was refused and sending it again would fail again.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def parse_filter(value: dict | models.Filter | None) -> models.Filter | None:
@@ -48,13 +57,24 @@ def parse_filter(value: dict | models.Filter | None) -> models.Filter | None:
 
 def parse_payload_selector(value: bool | list | dict) -> Any:
     """`true`/`false`, a list of fields, or {"include": [...]} / {"exclude": [...]}."""
-    if isinstance(value, dict):
-        if "include" in value:
-            return models.PayloadSelectorInclude(include=list(value["include"]))
-        if "exclude" in value:
-            return models.PayloadSelectorExclude(exclude=list(value["exclude"]))
-        raise StoreError('payload selector must be {"include": [...]} or {"exclude": [...]}')
-    return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, fields),) = value.items()
+        if kind in ("include", "exclude") and _is_field_list(fields):
+            selector = (
+                models.PayloadSelectorInclude
+                if kind == "include"
+                else models.PayloadSelectorExclude
+            )
+            return selector(**{kind: list(fields)})
+    if isinstance(value, bool) or _is_field_list(value):
+        return value
+    raise StoreError(
+        'payload selector: true, false, [fields], {"include": [...]} or {"exclude": [...]}'
+    )
+
+
+def _is_field_list(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(f, str) for f in value)
 
 
 def _hit(point: models.ScoredPoint | models.Record) -> Hit:
@@ -146,17 +166,17 @@ class Store:
 
     def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
         """Each query: {"vector", "filter"?, "limit"?, "score_threshold"?, "with_payload"?}."""
-        requests = [
-            models.QueryRequest(
-                query=list(q["vector"]),
-                filter=parse_filter(q.get("filter")),
-                limit=q.get("limit", 10),
-                score_threshold=q.get("score_threshold"),
-                with_payload=parse_payload_selector(q.get("with_payload", True)),
-            )
-            for q in queries
-        ]
         with self._errors():
+            requests = [
+                models.QueryRequest(
+                    query=list(q["vector"]),
+                    filter=parse_filter(q.get("filter")),
+                    limit=q.get("limit", 10),
+                    score_threshold=q.get("score_threshold"),
+                    with_payload=parse_payload_selector(q.get("with_payload", True)),
+                )
+                for q in queries
+            ]
             responses = self.client.query_batch_points(name, requests=requests)
         return [[_hit(p) for p in r.points] for r in responses]
 
@@ -190,10 +210,10 @@ class Store:
         limit: int = 10,
     ) -> list[Hit]:
         """Points like the positive examples and unlike the negative ones (examples excluded)."""
-        query = models.RecommendQuery(
-            recommend=models.RecommendInput(positive=list(positive), negative=list(negative))
-        )
         with self._errors():
+            query = models.RecommendQuery(
+                recommend=models.RecommendInput(positive=list(positive), negative=list(negative))
+            )
             response = self.client.query_points(
                 name, query=query, query_filter=parse_filter(filter), limit=limit
             )
@@ -249,9 +269,14 @@ class Store:
             raise
         except UnexpectedResponse as exc:
             detail = exc.content.decode(errors="replace")[:300] if exc.content else ""
-            raise StoreError(f"Qdrant ({where}) answered {exc.status_code}: {detail}") from exc
+            transient = exc.status_code is not None and (
+                exc.status_code >= 500 or exc.status_code == 429
+            )
+            message = f"Qdrant ({where}) answered {exc.status_code}: {detail}"
+            raise StoreError(message, transient=transient) from exc
         except (ResponseHandlingException, OSError, TimeoutError) as exc:
-            raise StoreError(f"cannot reach Qdrant at {where}: {first_line(exc)}") from exc
+            message = f"cannot reach Qdrant at {where}: {first_line(exc)}"
+            raise StoreError(message, transient=True) from exc
         except (ValueError, ValidationError) as exc:
             raise StoreError(f"Qdrant ({where}) refused the request: {first_line(exc)}") from exc
 
@@ -260,9 +285,8 @@ def connect(settings: Settings) -> Store:
     """The store this process may open directly: a server, or the embedded folder."""
     if settings.qdrant_url:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        client = QdrantClient(
-            url=settings.qdrant_url, api_key=api_key, timeout=int(settings.qdrant_timeout_s)
-        )
+        timeout = math.ceil(settings.qdrant_timeout_s)
+        client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=timeout)
         return Store(client, settings.qdrant_url)
     path = settings.embedded_store_path
     path.mkdir(parents=True, exist_ok=True)

@@ -35,14 +35,42 @@ class Writer:
         self._ensured: set[str] = set()
 
     def write(self, spans: list[Span]) -> int:
-        """Write every span's points; returns how many. Raises StoreError once retries run out."""
+        """Write every span's points; returns how many were written.
+
+        An outage is retried with backoff, then raised (the caller requeues the messages).
+        A refusal (bad vector, wrong size) is narrowed down to the messages that cause it:
+        their images are recorded as failed, with the reason, and the others are written.
+        """
         by_collection: dict[str, list[Span]] = defaultdict(list)
         for span in spans:
             by_collection[span.batch.collection].append(span)
-        written = 0
-        for collection, group in by_collection.items():
-            written += self._write_collection(collection, group)
-        return written
+        return sum(self._write_or_narrow(group) for group in by_collection.values())
+
+    def _write_or_narrow(self, spans: list[Span]) -> int:
+        try:
+            return self._write_collection(spans[0].batch.collection, spans)
+        except StoreError as exc:
+            if exc.transient:
+                raise
+            if len(spans) > 1:
+                return sum(self._write_or_narrow([span]) for span in spans)
+            self._refuse(spans[0], exc)
+            return 0
+
+    def _refuse(self, span: Span, exc: StoreError) -> None:
+        batch = span.batch
+        log.error(
+            "job=%s: the store refused %d points: %s", batch.job_id, span.stop - span.start, exc
+        )
+        failures = [
+            {
+                "row": row,
+                "key": str(batch.payloads[i].get("image_id", row)),
+                "reason": f"store refused: {exc}",
+            }
+            for i, row in enumerate(batch.rows[span.start : span.stop], start=span.start)
+        ]
+        self.tracker.mark_failed(batch.job_id, failures)
 
     def _write_collection(self, collection: str, spans: list[Span]) -> int:
         ids = [i for s in spans for i in s.batch.ids[s.start : s.stop]]
@@ -67,7 +95,7 @@ class Writer:
             try:
                 self.store.upsert(collection, ids, vectors, payloads)
             except StoreError as exc:
-                if delay is None:
+                if delay is None or not exc.transient:
                     raise
                 log.warning("write of %d points failed (try %d): %s", len(ids), attempt, exc)
                 time.sleep(delay)

@@ -30,6 +30,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.set_defaults(run=_search)
 
 
+def register_serve(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("serve", help="the search API over HTTP (JSON; image uploads)")
+    cmd.add_argument("--host", default="127.0.0.1")
+    cmd.add_argument("--port", type=int, default=8000)
+    cmd.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("search_api.http:app", host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _search(args: argparse.Namespace) -> int:
     from search_api.client import Query, SearchClient  # qdrant-client: slow to import
 

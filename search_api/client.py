@@ -123,7 +123,7 @@ class SearchClient:
         elif query.point_id is not None:
             vector = self.vector_of(collection, query.point_id)
         else:
-            vector = [float(x) for x in query.vector]
+            vector = _vector(query.vector)
         return {
             "vector": vector,
             "filter": _filter(query.filter),
@@ -139,6 +139,15 @@ def _filter(value: dict | None) -> dict | None:
     return (
         None if parsed is None else parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
     )
+
+
+def _vector(value: object) -> list[float]:
+    numbers = isinstance(value, list | tuple) and value
+    if not numbers or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in value
+    ):
+        raise QueryError("a vector must be a non-empty list of numbers")
+    return [float(x) for x in value]
 
 
 def _bounded(limit: int) -> int:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from celery.utils.log import get_task_logger
 from celery_batches import Batches, SimpleRequest
@@ -19,8 +21,8 @@ from pipeline.celery_app import app
 from pipeline.logs import bind_job
 from pipeline.schemas import PointBatch
 from pipeline.settings import get_settings
-from pipeline.writer import Span, Writer
-from tasks.worker_state import store, tracker
+from pipeline.writer import Span
+from tasks.worker_state import writer
 
 log = get_task_logger(__name__)
 settings = get_settings()
@@ -28,6 +30,18 @@ settings = get_settings()
 
 def _size(request: Any) -> int:
     return len(request.kwargs["batch"]["ids"])
+
+
+@dataclass
+class _Delivery:
+    """What the consumer knows of one buffered message (one delivery: a redelivered message
+    is a new Request object, so it starts clean)."""
+
+    first_seen: float
+    written: int = 0  # points already handed to a write call
+    in_flight: int = 0  # pool calls holding some of its points
+    last_sent: bool = False  # its last point is in a call
+    failed: bool = False  # a call holding some of its points failed
 
 
 class PointBatches(Batches):
@@ -40,36 +54,41 @@ class PointBatches(Batches):
 
     def __init__(self) -> None:
         super().__init__()
-        self._written: dict[str, int] = {}  # message id -> points already written
-        self._first_seen: dict[str, float] = {}
-        self._failed: set[str] = set()  # messages a failed call held part of
+        self._deliveries: WeakKeyDictionary[Any, _Delivery] = WeakKeyDictionary()
 
     def flush(self, requests: list[Any]) -> Any:
-        now = time.monotonic()
-        fresh = any(r.id not in self._first_seen for r in requests)
-        for request in requests:
-            self._first_seen.setdefault(request.id, now)
-        sizes = [_size(r) for r in requests]
-        skip = self._written.get(requests[0].id, 0)
-        waited = now - min(self._first_seen[r.id] for r in requests)
-        if sum(sizes) - skip < self.batch_size and fresh and waited < self.max_wait_s:
-            # Less than a full write while points still arrive: wait for a quiet interval.
-            self._keep(requests)
-            return None
-        plan = plan_flush(sizes, skip, self.batch_size)
-        whole = requests[: plan.complete]
-        spans = [(skip if i == 0 else 0, size) for i, size in enumerate(sizes[: plan.complete])]
-        split = requests[plan.complete] if plan.take else None
-        if split is not None:
-            start = skip if plan.complete == 0 else 0
-            spans.append((start, start + plan.take))
-            self._written[split.id] = start + plan.take
-        self._keep(requests[plan.complete :])
-        in_call = whole + ([split] if split is not None else [])
+        kept = requests
+        try:
+            now = time.monotonic()
+            fresh = any(r not in self._deliveries for r in requests)
+            states = [self._deliveries.setdefault(r, _Delivery(now)) for r in requests]
+            sizes = [_size(r) for r in requests]
+            skip = states[0].written
+            waited = now - min(state.first_seen for state in states)
+            if sum(sizes) - skip < self.batch_size and fresh and waited < self.max_wait_s:
+                return None  # less than a full write while points still arrive: wait
+            plan = plan_flush(sizes, skip, self.batch_size)
+            spans = [(skip if i == 0 else 0, size) for i, size in enumerate(sizes[: plan.complete])]
+            if plan.take:
+                start = skip if plan.complete == 0 else 0
+                spans.append((start, start + plan.take))
+            in_call = requests[: len(spans)]
+            kept = requests[plan.complete :]
+            return self._send(in_call, spans)
+        finally:
+            self._keep(kept)  # whatever happens, nothing drained is forgotten
+
+    def _send(self, in_call: list[Any], spans: list[tuple[int, int]]) -> Any:
+        for request, (_, stop) in zip(in_call, spans, strict=True):
+            state = self._deliveries[request]
+            state.written, state.in_flight = stop, state.in_flight + 1
+            state.last_sent = stop == _size(request)
         return self._pool.apply_async(
             _apply_write,
             (self, [SimpleRequest.from_request(r) for r in in_call], spans),
-            callback=lambda result: self._settle(whole, split, result),
+            callback=lambda result: self._settle(in_call, result),
+            # A pool process that died (OOM, SIGKILL) reports here, not to `callback`.
+            error_callback=lambda exc: self._settle(in_call, None),
         )
 
     def _keep(self, requests: list[Any]) -> None:
@@ -77,21 +96,23 @@ class PointBatches(Batches):
         for request in requests:
             self._buffer.put(request)
 
-    def _settle(self, whole: list[Any], split: Any, result: Any) -> None:
-        """Runs in the consumer once the pool call returned: acknowledge or requeue."""
+    def _settle(self, in_call: list[Any], result: Any) -> None:
+        """In the consumer, once a pool call ended: a message is acknowledged when every call
+        holding its points succeeded, and requeued whole if any failed."""
         ok = isinstance(result, dict) and "written" in result
-        if not ok and split is not None:
-            self._failed.add(split.id)
-        for request in whole:
-            self._first_seen.pop(request.id, None)
-            self._written.pop(request.id, None)
-            if ok and request.id not in self._failed:
-                request.acknowledge()
-                request.send_event("task-succeeded", result=repr(result), runtime=0)
-            else:
-                self._failed.discard(request.id)
+        for request in in_call:
+            state = self._deliveries[request]
+            state.in_flight -= 1
+            state.failed = state.failed or not ok
+            if not state.last_sent or state.in_flight:
+                continue
+            del self._deliveries[request]
+            if state.failed:
                 request.reject(requeue=True)
                 request.send_event("task-failed", exception="write failed; requeued")
+            else:
+                request.acknowledge()
+                request.send_event("task-succeeded", result=repr(result), runtime=0)
 
 
 def _apply_write(task: PointBatches, requests: list[SimpleRequest], spans: list) -> Any:
@@ -103,10 +124,9 @@ def _apply_write(task: PointBatches, requests: list[SimpleRequest], spans: list)
 
 @app.task(name="medindex.upsert", base=PointBatches)
 def upsert(requests: list[SimpleRequest], spans: list) -> dict:
-    writer = Writer(store(), tracker(), settings.upsert_batch_size)
     batches = [PointBatch.model_validate(r.kwargs["batch"]) for r in requests]
     bind_job(",".join(sorted({b.job_id for b in batches})))
-    written = writer.write(
+    written = writer().write(
         [Span(b, start, stop) for b, (start, stop) in zip(batches, spans, strict=True)]
     )
     log.info("wrote %d points from %d messages", written, len(requests))

@@ -7,6 +7,7 @@ from functools import cache
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.settings import get_settings
 from pipeline.store import Store, connect
+from pipeline.writer import Writer
 
 
 @cache
@@ -17,3 +18,9 @@ def tracker() -> JobTracker:
 @cache
 def store() -> Store:
     return connect(get_settings())
+
+
+@cache
+def writer() -> Writer:
+    """One per process, so a collection is checked once, not before every write."""
+    return Writer(store(), tracker(), get_settings().upsert_batch_size)

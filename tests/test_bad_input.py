@@ -85,6 +85,12 @@ def test_unknown_collection_and_point(stack: Stack, ingested: dict) -> None:
     assert_one_line_error(result, "no point")
 
 
+@pytest.mark.parametrize("vector", ['["x"]', '{"a": 1}', "3", "[]"])
+def test_malformed_vector(stack: Stack, vector: str) -> None:
+    result = stack.medindex("search", "--collection", "skin", "--vector", vector)
+    assert_one_line_error(result, "vector")
+
+
 def test_limit_is_bounded(stack: Stack, ingested: dict) -> None:
     result = stack.medindex(
         "search", "--collection", "skin", "--vector", "[0.1]", "--limit", "5000"

@@ -1,0 +1,120 @@
+"""The HTTP face of search_api: the same queries as `SearchClient`, as JSON over HTTP.
+
+Run with `medindex serve`. Bounds: `limit` (search_api.client.MAX_LIMIT), upload size and
+image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_MAX_IMAGE_PIXELS).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from pipeline.errors import MedindexError
+from pipeline.settings import get_settings
+from search_api.client import MAX_LIMIT, Query, SearchClient
+
+app = FastAPI(title="medindex search", version="1")
+
+
+class SearchBody(BaseModel):
+    """One query: exactly one of `point_id` and `vector` (images go to /search/image)."""
+
+    point_id: str | None = None
+    vector: list[float] | None = None
+    filter: dict | None = None
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    score_threshold: float | None = None
+    with_payload: bool | list[str] | dict = True
+
+    def query(self) -> Query:
+        return Query(**self.model_dump())
+
+
+class BatchBody(BaseModel):
+    queries: list[SearchBody] = Field(min_length=1, max_length=100)
+
+
+class GroupsBody(SearchBody):
+    group_by: str
+    groups: int = Field(10, ge=1, le=MAX_LIMIT)
+    per_group: int = Field(1, ge=1, le=100)
+
+
+class RecommendBody(BaseModel):
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = []
+    filter: dict | None = None
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+
+
+@cache
+def client() -> SearchClient:
+    return SearchClient(get_settings())
+
+
+@app.exception_handler(MedindexError)
+async def _user_error(request: Request, exc: MedindexError) -> JSONResponse:
+    unreachable = "cannot reach" in str(exc) or "no store worker answered" in str(exc)
+    return JSONResponse({"detail": str(exc)}, status_code=503 if unreachable else 400)
+
+
+@app.get("/healthz")
+def healthz() -> dict:
+    client().store.ping()
+    return {"ok": True}
+
+
+@app.post("/collections/{collection}/search")
+def search(collection: str, body: SearchBody) -> list[dict]:
+    return client().search(collection, body.query())
+
+
+@app.post("/collections/{collection}/search/batch")
+def search_batch(collection: str, body: BatchBody) -> list[list[dict]]:
+    return client().search_batch(collection, [q.query() for q in body.queries])
+
+
+@app.post("/collections/{collection}/search/image")
+def search_image(
+    collection: str,
+    image: Annotated[UploadFile, File()],
+    filter: Annotated[str | None, Form()] = None,
+    limit: Annotated[int, Form(ge=1, le=MAX_LIMIT)] = 10,
+    score_threshold: Annotated[float | None, Form()] = None,
+) -> list[dict]:
+    max_bytes = get_settings().max_image_bytes
+    data = image.file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"upload larger than {max_bytes} bytes")
+    query = Query(image=data, filter=_json(filter), limit=limit, score_threshold=score_threshold)
+    return client().search(collection, query)
+
+
+@app.post("/collections/{collection}/groups")
+def groups(collection: str, body: GroupsBody) -> list[dict]:
+    query = SearchBody(**body.model_dump(include=set(SearchBody.model_fields))).query()
+    return client().groups(collection, query, body.group_by, body.groups, body.per_group)
+
+
+@app.post("/collections/{collection}/recommend")
+def recommend(collection: str, body: RecommendBody) -> list[dict]:
+    return client().recommend(collection, body.positive, body.negative, body.filter, body.limit)
+
+
+@app.get("/collections/{collection}/count")
+def count(collection: str, filter: str | None = None) -> dict:
+    return {"count": client().count(collection, _json(filter))}
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"malformed filter: not JSON ({exc.msg})") from exc
