@@ -57,7 +57,7 @@ def all_commands() -> list[str]:
 
 def test_compose_and_manifests_parse() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
-    assert {"redis", "qdrant", "embed-worker", "upsert-worker", "flower"} <= set(
+    assert {"redis", "qdrant", "embed-worker", "upsert-worker", "flower", "search-api"} <= set(
         compose["services"]
     )
     kinds = {d["kind"] for m in MANIFESTS for d in yaml.safe_load_all(m.read_text()) if d}

@@ -1,0 +1,93 @@
+"""The HTTP face of search_api (`medindex serve`), a real server against the real stack."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import httpx
+import pytest
+from conftest import ARTIFACTS, Stack, free_port
+
+from pipeline.schemas import point_id
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack, ingested: dict) -> Iterator[httpx.Client]:
+    port = free_port()
+    log = (ARTIFACTS / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port)],
+        env=stack.env | {"MEDINDEX_MAX_IMAGE_BYTES": "2000000"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+        time.sleep(0.5)
+    yield client
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def first_row(dataset: Path) -> dict:
+    return datasets.load_dataset(str(dataset), split="train")[0]
+
+
+def test_search_by_id_with_filter(api: httpx.Client, dataset: Path, first_row: dict) -> None:
+    pid = point_id(str(dataset.resolve()), first_row["image_id"])
+    hits = api.post("/collections/skin/search", json={"point_id": pid, "limit": 3}).json()
+    assert hits[0]["id"] == pid and hits[0]["score"] >= 0.999
+    female = {"must": [{"key": "sex", "match": {"value": "female"}}]}
+    body = {"point_id": pid, "limit": 20, "filter": female}
+    hits = api.post("/collections/skin/search", json=body).json()
+    assert len(hits) == 20 and all(h["payload"]["sex"] == "female" for h in hits)
+    count = api.get("/collections/skin/count", params={"filter": '{"must": []}'}).json()
+    assert count["count"] > 0
+
+
+def test_search_by_uploaded_image(api: httpx.Client, first_row: dict) -> None:
+    buffer = io.BytesIO()
+    first_row["image"].save(buffer, format="JPEG", quality=95)
+    files = {"image": ("q.jpg", buffer.getvalue(), "image/jpeg")}
+    hits = api.post("/collections/skin/search/image", files=files, data={"limit": "3"}).json()
+    assert hits[0]["payload"]["image_id"] == first_row["image_id"]
+
+
+def test_batch_groups_and_recommend(api: httpx.Client, dataset: Path, first_row: dict) -> None:
+    pid = point_id(str(dataset.resolve()), first_row["image_id"])
+    queries = [{"point_id": pid, "limit": 2}, {"point_id": pid, "limit": 4}]
+    results = api.post("/collections/skin/search/batch", json={"queries": queries}).json()
+    assert [len(r) for r in results] == [2, 4]
+    groups = api.post("/collections/skin/groups", json={"point_id": pid, "group_by": "dx"}).json()
+    assert len({g["group"] for g in groups}) == len(groups) > 1
+    hits = api.post("/collections/skin/recommend", json={"positive": [pid], "limit": 5}).json()
+    assert len(hits) == 5 and pid not in {h["id"] for h in hits}
+
+
+def test_bounds_and_mistakes(api: httpx.Client) -> None:
+    too_many = api.post("/collections/skin/search", json={"vector": [0.1] * 384, "limit": 5000})
+    assert too_many.status_code == 422
+    bad_filter = {"vector": [0.1] * 384, "filter": {"must": "sex"}}
+    response = api.post("/collections/skin/search", json=bad_filter)
+    assert response.status_code == 400 and "malformed filter" in response.json()["detail"]
+    huge = {"image": ("big.jpg", b"\xff\xd8" + b"0" * 2_100_000, "image/jpeg")}
+    assert api.post("/collections/skin/search/image", files=huge).status_code == 413
+    garbage = {"image": ("x.jpg", b"not an image", "image/jpeg")}
+    response = api.post("/collections/skin/search/image", files=garbage)
+    assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
+    assert api.post("/collections/nope/search", json={"vector": [0.1]}).status_code == 400
