@@ -23,6 +23,37 @@ class ModelError(MedindexError):
     """A model that cannot be loaded; the message is meant for the user, on one line."""
 
 
+# How each known image model's output becomes one vector. Any other transformers image model
+# works too, with the pooling stated (`--pooling`; "mean" when not).
+POOLINGS = ("mean", "cls", "pooler")
+KNOWN_POOLING = {
+    "facebook/dino-vits16": "mean",  # the seed's: mean of last_hidden_state, 384-d
+    "facebook/dino-vitb16": "mean",  # 768-d
+    "microsoft/resnet-50": "pooler",  # global average pool, 2048-d
+}
+
+
+def default_pooling(model_name: str) -> str:
+    return KNOWN_POOLING.get(model_name, "mean")
+
+
+def describe(model_name: str, pooling: str) -> dict:
+    """What made a collection's vectors, recorded with it: model, revision, pooling,
+    preprocessing and size. Reads configs only (cheap: no weights)."""
+    try:
+        config = AutoConfig.from_pretrained(model_name)
+        processor = AutoImageProcessor.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {model_name!r}: {first_line(exc)}") from exc
+    return {
+        "model": model_name,
+        "revision": getattr(config, "_commit_hash", None) or "local",
+        "pooling": pooling,
+        "preprocessing": type(processor).__name__,
+        "dim": hidden_size(config),
+    }
+
+
 def resolve_device(setting: str) -> str:
     """Only ever called inside a worker process, after the fork: CUDA cannot survive a fork."""
     if setting == "auto":
@@ -33,8 +64,11 @@ def resolve_device(setting: str) -> str:
 class Embedder:
     """Image processor + model, loaded once; `embed` maps RGB pictures to float32 vectors."""
 
-    def __init__(self, model_name: str, device: str = "auto") -> None:
+    def __init__(self, model_name: str, device: str = "auto", pooling: str = "mean") -> None:
+        if pooling not in POOLINGS:
+            raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         self.device = resolve_device(device)
+        self.pooling = pooling
         try:
             self.processor = AutoImageProcessor.from_pretrained(model_name)
             self.model = AutoModel.from_pretrained(model_name).eval().to(self.device)
@@ -48,26 +82,24 @@ class Embedder:
         if not images:
             return np.empty((0, self.dim), dtype=np.float32)
         inputs = self.processor(images=images, return_tensors="pt").to(self.device)
-        hidden = self.model(**inputs).last_hidden_state
-        return hidden.mean(dim=1).float().cpu().numpy()
+        output = self.model(**inputs)
+        if self.pooling == "pooler":
+            pooled = output.pooler_output.flatten(start_dim=1)
+        elif self.pooling == "cls":
+            pooled = output.last_hidden_state[:, 0]
+        else:
+            pooled = output.last_hidden_state.mean(dim=1)
+        return pooled.float().cpu().numpy()
 
 
 @cache
-def get_embedder(model_name: str, device: str) -> Embedder:
-    return Embedder(model_name, device)
+def get_embedder(model_name: str, device: str, pooling: str = "mean") -> Embedder:
+    return Embedder(model_name, device, pooling)
 
 
 def hidden_size(config: object) -> int:
     sizes = getattr(config, "hidden_sizes", None)  # ResNet-like configs
     return int(sizes[-1]) if sizes else int(config.hidden_size)
-
-
-def vector_size(model_name: str) -> int:
-    """The model's output size, read from its config alone (cheap: no weights)."""
-    try:
-        return hidden_size(AutoConfig.from_pretrained(model_name))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {model_name!r}: {first_line(exc)}") from exc
 
 
 def build_random_vit(out_dir: Path, num_layers: int = 12, seed: int = 0) -> Path:

@@ -21,12 +21,16 @@ from pipeline.store import Store, StoreError, connect
 
 STORE_CALL_TASK = "medindex.store_call"
 REPLY_PREFIX = "medindex:reply:"
-# Reads, and creating a collection: never raw writes, which go through the upsert queue.
+# Reads and collection management: never point writes, which go through the upsert queue.
 REMOTE_CALLS = frozenset(
     {
+        "aliases",
         "collection_info",
+        "collections",
         "count",
+        "delete_collection",
         "ensure_collection",
+        "finish_bulk",
         "groups",
         "ping",
         "recommend",
@@ -34,6 +38,8 @@ REMOTE_CALLS = frozenset(
         "scroll",
         "search",
         "search_batch",
+        "set_metadata",
+        "switch_alias",
     }
 )
 
@@ -72,7 +78,10 @@ class RemoteStore:
         """Nothing to release: the store worker keeps the store open."""
 
 
-def open_store(settings: Settings) -> Store | RemoteStore:
+AnyStore = Store | RemoteStore
+
+
+def open_store(settings: Settings) -> AnyStore:
     return connect(settings) if settings.qdrant_url else RemoteStore(settings)
 
 

@@ -33,6 +33,7 @@ class EmbedJob(BaseModel):
     collection: str
     source: SourceRef
     model: str
+    pooling: str = "mean"
     rows: list[int] = Field(min_length=1)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +74,19 @@ def parse_payload_selector(value: bool | list | dict) -> Any:
     )
 
 
+def _check_same_vectors(name: str, existing: dict, spec: dict) -> None:
+    if existing["dim"] != spec["dim"]:
+        have, want = existing["dim"], spec["dim"]
+        raise StoreError(f"collection {name!r} holds {have}-d vectors, the model makes {want}-d")
+    recorded = existing["metadata"]
+    for key in ("model", "pooling"):
+        if key in recorded and key in spec and recorded[key] != spec[key]:
+            raise StoreError(
+                f"collection {name!r} was made with {key} {recorded[key]!r}, not {spec[key]!r}: "
+                "use `medindex reindex` for a new model"
+            )
+
+
 def _is_field_list(value: object) -> bool:
     return isinstance(value, list | tuple) and all(isinstance(f, str) for f in value)
 
@@ -95,23 +109,71 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------
 
-    def ensure_collection(self, name: str, dim: int) -> dict:
-        """Create a cosine collection with payload indexes; refuse one of another size."""
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
+        """Create a cosine collection recording `spec` (what makes its vectors: model,
+        pooling, dim, ...) with payload indexes; refuse to reuse one made another way.
+
+        `bulk`: HNSW construction deferred (m=0) until `finish_bulk`, Qdrant's advice for a
+        large first load.
+        """
         with self._errors():
             if self.client.collection_exists(name):
                 existing = self.collection_info(name)
-                if existing["dim"] != dim:
-                    raise StoreError(
-                        f"collection {name!r} holds {existing['dim']}-d vectors, "
-                        f"the model makes {dim}-d ones"
-                    )
+                _check_same_vectors(name, existing, spec)
                 return existing
             self.client.create_collection(
-                name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                name,
+                vectors_config=models.VectorParams(
+                    size=spec["dim"], distance=models.Distance.COSINE
+                ),
+                hnsw_config=models.HnswConfigDiff(m=0) if bulk else None,
+                metadata=spec | {"created_at": time.time()},
             )
             self._create_payload_indexes(name)
-            log.info("created collection %s (%d-d cosine) in %s", name, dim, self.description)
+            log.info(
+                "created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description
+            )
             return self.collection_info(name)
+
+    def finish_bulk(self, name: str, m: int = 16) -> None:
+        """Build the HNSW index deferred during a bulk load and wait until it is ready."""
+        with self._errors():
+            self.client.update_collection(name, hnsw_config=models.HnswConfigDiff(m=m))
+            while self.client.get_collection(name).status != models.CollectionStatus.GREEN:
+                time.sleep(0.5)
+
+    def set_metadata(self, name: str, metadata: dict) -> None:
+        """Merged into what the collection already records."""
+        with self._errors():
+            self.client.update_collection(name, metadata=metadata)
+
+    def delete_collection(self, name: str) -> None:
+        with self._errors():
+            self.client.delete_collection(name)
+
+    def collections(self) -> list[str]:
+        with self._errors():
+            return sorted(c.name for c in self.client.get_collections().collections)
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> collection."""
+        with self._errors():
+            return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def switch_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` in one atomic operation."""
+        operations: list = []
+        if alias in self.aliases():
+            operations.append(
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            )
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)
+            )
+        )
+        with self._errors():
+            self.client.update_collection_aliases(change_aliases_operations=operations)
 
     def upsert(
         self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]
@@ -140,6 +202,7 @@ class Store:
                 "dim": params.size,
                 "distance": params.distance.value,
                 "points": count,
+                "metadata": info.config.metadata or {},
             }
 
     def search(

@@ -86,7 +86,7 @@ class Writer:
 
     def _ensure(self, collection: str, dim: int) -> None:
         if collection not in self._ensured:
-            self.store.ensure_collection(collection, dim)
+            self.store.ensure_collection(collection, {"dim": dim})
             self._ensured.add(collection)
 
     def _write_once(self, collection: str, ids: list, vectors: np.ndarray, payloads: list) -> None:

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.progress import Progress as ProgressBar
+from rich.table import Table
 from rich.text import Text
 
 from pipeline.progress import JobTracker, Progress, connect_redis
@@ -67,6 +68,7 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--split", default="train")
     cmd.add_argument("--collection", default=None, help="default: MEDINDEX_COLLECTION")
     cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
+    _pooling_argument(cmd)
     cmd.add_argument(
         "--source-name", default=None, help="identity point ids derive from (default: --dataset)"
     )
@@ -92,6 +94,7 @@ def _ingest(args: argparse.Namespace) -> int:
         source_name=args.source_name,
         job_id=args.job_id,
         resume=args.resume,
+        pooling=args.pooling,
     )
     started = time.monotonic()
     job_id, total, enqueued = start_ingest(request, settings)
@@ -224,4 +227,133 @@ def register_cancel(commands: argparse._SubParsersAction) -> None:
 def _cancel(args: argparse.Namespace) -> int:
     JobTracker(connect_redis(get_settings().broker_url)).cancel(args.job_id)
     err.print(f"job {args.job_id} cancelled; `medindex ingest --job-id {args.job_id}` resumes it")
+    return 0
+
+
+def _pooling_argument(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--pooling",
+        choices=("mean", "cls", "pooler"),
+        default=None,
+        help="how the model's output becomes one vector (default: the model's own, else mean)",
+    )
+
+
+def register_reindex(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "reindex", help="build a new version behind an alias, verify it, then switch atomically"
+    )
+    cmd.add_argument("--alias", required=True, help="the name searches use")
+    cmd.add_argument("--dataset", required=True)
+    cmd.add_argument("--split", default="train")
+    cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
+    _pooling_argument(cmd)
+    cmd.add_argument("--source-name", default=None)
+    cmd.add_argument(
+        "--min-quality", type=float, default=None, help="refuse below this k-NN agreement"
+    )
+    cmd.add_argument(
+        "--max-quality-drop",
+        type=float,
+        default=None,
+        help="refuse if this much worse than serving",
+    )
+    cmd.add_argument("--keep", type=int, default=2, help="old versions to keep (default 2)")
+    cmd.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    cmd.set_defaults(run=_reindex)
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from producers.reindex import ReindexRequest, reindex  # torch: slow to import
+
+    request = ReindexRequest(
+        alias=args.alias,
+        dataset=args.dataset,
+        split=args.split,
+        model=args.model,
+        pooling=args.pooling,
+        source_name=args.source_name,
+        min_quality=args.min_quality,
+        max_quality_drop=args.max_quality_drop,
+        keep=args.keep,
+    )
+    started = time.monotonic()
+    with _progress_bar() as bar:
+        task = bar.add_task(f"reindex {args.alias}", total=None, embedded=0)
+
+        def show(progress: Progress) -> None:
+            bar.update(
+                task, total=progress.total, completed=progress.done, embedded=progress.embedded
+            )
+
+        summary = reindex(request, get_settings(), show)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    err.print(
+        f"{args.alias} -> {summary['collection']} (was {summary['previous']}): "
+        f"{summary['indexed']} indexed, {summary['failed']} failed, quality {summary['quality']} "
+        f"(was {summary['previous_quality']}), {summary['seconds']}s"
+        + (f"; deleted {', '.join(summary['deleted'])}" if summary["deleted"] else "")
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def register_rollback(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("rollback", help="point an alias back at its previous version")
+    cmd.add_argument("--alias", required=True)
+    cmd.set_defaults(run=_rollback)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from pipeline.remote_store import open_store
+    from producers.reindex import rollback
+
+    was, now = rollback(open_store(get_settings()), args.alias)
+    err.print(f"{args.alias} -> {now} (was {was})")
+    return 0
+
+
+def register_collections(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("collections", help="collections and versions, with what made them")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(run=_collections)
+
+
+def _collections(args: argparse.Namespace) -> int:
+    from pipeline.remote_store import open_store
+
+    store = open_store(get_settings())
+    serving = {collection: alias for alias, collection in store.aliases().items()}
+    rows = []
+    for name in store.collections():
+        info = store.collection_info(name)
+        meta = info["metadata"]
+        rows.append(
+            {
+                "collection": name,
+                "alias": serving.get(name),
+                "points": info["points"],
+                "dim": info["dim"],
+                "model": meta.get("model"),
+                "pooling": meta.get("pooling"),
+                "dataset": meta.get("dataset"),
+                "quality": meta.get("quality"),
+                "status": meta.get("status"),
+                "created_at": meta.get("created_at"),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = Table("collection", "serving as", "points", "model", "dataset", "quality", "created")
+    for row in rows:
+        created = row["created_at"] and time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(row["created_at"])
+        )
+        table.add_row(
+            row["collection"], row["alias"] or "", str(row["points"]), str(row["model"]),
+            str(row["dataset"]), str(row["quality"]), created or "",
+        )  # fmt: skip
+    Console(width=200).print(table)
     return 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pipeline.celery_app import EMBED_QUEUE, app
 from pipeline.errors import MedindexError
-from pipeline.model import vector_size
+from pipeline.model import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.remote_store import open_store
 from pipeline.schemas import EmbedJob, SourceRef
@@ -27,6 +27,7 @@ class IngestRequest:
     model: str | None = None
     source_name: str | None = None
     job_id: str | None = None
+    pooling: str | None = None  # default: the model's known pooling, else "mean"
     resume: bool = False  # continue the newest unfinished job of this dataset and collection
 
 
@@ -44,10 +45,11 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     ref = resolve(request.dataset, request.split, request.source_name)
     total = len(DatasetSource(ref))
     model = request.model or settings.model
+    pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
     store = open_store(settings)
-    store.ensure_collection(request.collection, vector_size(model))
-    meta = _meta(request, ref, model)
+    store.ensure_collection(request.collection, describe(model, pooling) | {"dataset": ref.dataset})
+    meta = _meta(request, ref, model) | {"pooling": pooling}
     job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
     if job_id and tracker.exists(job_id):
         _check_same_job(tracker, job_id, meta)
@@ -58,16 +60,28 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
         tracker.create(job_id, total, meta)
         done = set()
     todo = [rows for rows in shards(total, settings.job_size) if not done.issuperset(rows)]
-    enqueue(job_id, request.collection, ref, model, todo)
+    enqueue(job_id, request.collection, ref, model, pooling, todo)
     return job_id, total, len(todo)
 
 
 def enqueue(
-    job_id: str, collection: str, ref: SourceRef, model: str, shard_rows: list[list[int]]
+    job_id: str,
+    collection: str,
+    ref: SourceRef,
+    model: str,
+    pooling: str,
+    shard_rows: list[list[int]],
 ) -> None:
     with app.producer_or_acquire() as producer:
         for rows in shard_rows:
-            job = EmbedJob(job_id=job_id, collection=collection, source=ref, model=model, rows=rows)
+            job = EmbedJob(
+                job_id=job_id,
+                collection=collection,
+                source=ref,
+                model=model,
+                pooling=pooling,
+                rows=rows,
+            )
             app.send_task(
                 EMBED_TASK, args=(job.model_dump(),), queue=EMBED_QUEUE, producer=producer
             )

@@ -4,7 +4,6 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,12 +41,20 @@ class SearchClient:
         self.settings = settings or get_settings()
         self.store = open_store(self.settings)
 
-    @cached_property
-    def embedder(self) -> Embedder:
-        """Loaded on the first image query only: torch is slow to import."""
-        from pipeline.model import Embedder
+    def embedder_for(self, collection: str) -> Embedder:
+        """The model and pooling that made the collection's vectors (loaded on the first image
+        query only: torch is slow to import). A model set explicitly that differs is refused."""
+        from pipeline.model import default_pooling, get_embedder
 
-        return Embedder(self.settings.model, self.settings.device)
+        recorded = self.store.collection_info(collection)["metadata"]
+        model = recorded.get("model", self.settings.model)
+        chosen = "model" in self.settings.model_fields_set and self.settings.model
+        if chosen and chosen != model:
+            raise QueryError(
+                f"collection {collection!r} was made with model {model!r}, not {chosen!r}"
+            )
+        pooling = recorded.get("pooling", default_pooling(model))
+        return get_embedder(model, self.settings.device, pooling)
 
     def search(self, collection: str, query: Query) -> list[Hit]:
         return self.store.search(collection, **self._request(collection, query))
@@ -104,7 +111,7 @@ class SearchClient:
             raise QueryError(f"no point {point_id!r} in collection {collection!r}")
         return found[0]["vector"]
 
-    def embed_image(self, image: Path | bytes) -> list[float]:
+    def embed_image(self, collection: str, image: Path | bytes) -> list[float]:
         data = image if isinstance(image, bytes) else _read(image, self.settings.max_image_bytes)
         try:
             picture = decode_rgb(
@@ -112,14 +119,14 @@ class SearchClient:
             )
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
-        return self.embedder.embed([picture])[0].tolist()
+        return self.embedder_for(collection).embed([picture])[0].tolist()
 
     def _request(self, collection: str, query: Query) -> dict:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]
         if sum(given) != 1:
             raise QueryError("give exactly one of: an image, a point id, a vector")
         if query.image is not None:
-            vector = self.embed_image(query.image)
+            vector = self.embed_image(collection, query.image)
         elif query.point_id is not None:
             vector = self.vector_of(collection, query.point_id)
         else:

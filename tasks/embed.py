@@ -26,7 +26,9 @@ def embed(job: dict) -> dict:
             "job=%s cancelled: rows %d-%d skipped", parsed.job_id, parsed.rows[0], parsed.rows[-1]
         )
         return {"job_id": parsed.job_id, "skipped": len(parsed.rows)}
-    result = embed_job(parsed, get_embedder(parsed.model, settings.device), settings)
+    result = embed_job(
+        parsed, get_embedder(parsed.model, settings.device, parsed.pooling), settings
+    )
     tracker().mark_failed(parsed.job_id, result.failures)
     tracker().mark_embedded(parsed.job_id, result.batch.rows)
     if len(result.batch):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, ViTModel
 
-from pipeline.model import Embedder, vector_size
+from pipeline.model import Embedder, describe
 from pipeline.schemas import point_id
 
 
@@ -23,7 +23,9 @@ def test_embedder_matches_the_notebooks_code(tiny_model: Path, dataset: Path) ->
     got = Embedder(str(tiny_model), "cpu").embed(images)
     assert got.dtype == np.float32 and got.shape == (4, 384)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    assert vector_size(str(tiny_model)) == 384
+    recorded = describe(str(tiny_model), "mean")
+    assert recorded["dim"] == 384 and recorded["pooling"] == "mean"
+    assert recorded["preprocessing"].startswith("ViTImageProcessor")
 
 
 def test_point_ids_are_deterministic_per_source_and_key() -> None:

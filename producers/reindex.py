@@ -1,0 +1,187 @@
+"""Zero-downtime reindexing: a new versioned collection behind an alias, bulk-loaded through
+the normal pipeline, verified, measured, and only then switched to, atomically.
+
+Searches go through the alias, so they never see a half-built version. Qdrant's own advice:
+a collection per version, HNSW deferred during the bulk load, an alias switch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis import Redis
+
+from pipeline.errors import MedindexError
+from pipeline.model import default_pooling, describe
+from pipeline.progress import JobTracker, Progress, connect_redis
+from pipeline.quality import knn_agreement
+from pipeline.remote_store import AnyStore, open_store
+from pipeline.schemas import SourceRef
+from pipeline.settings import Settings
+from pipeline.sources import DatasetSource, resolve
+from producers.ingest import IngestRequest, start_ingest, wait
+
+PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
+ROUND_TRIP_SAMPLE = 16
+
+
+class ReindexRefused(MedindexError):
+    """The new version was built but not switched to; the message says why."""
+
+
+@dataclass(frozen=True)
+class ReindexRequest:
+    alias: str
+    dataset: str
+    split: str = "train"
+    model: str | None = None
+    pooling: str | None = None
+    source_name: str | None = None
+    min_quality: float | None = None  # absolute floor for the new version
+    max_quality_drop: float | None = None  # how much worse than the serving version it may be
+    keep: int = 2  # old versions kept besides the serving one
+
+
+def version_name(alias: str, number: int) -> str:
+    return f"{alias}__v{number}"
+
+
+def versions(names: list[str], alias: str) -> list[tuple[int, str]]:
+    """(number, name) of the alias' versions, oldest first."""
+    pattern = re.compile(rf"{re.escape(alias)}__v(\d+)")
+    found = [(int(m.group(1)), n) for n in names if (m := pattern.fullmatch(n))]
+    return sorted(found)
+
+
+def reindex(
+    request: ReindexRequest, settings: Settings, on_progress: Callable[[Progress], None]
+) -> dict:
+    store = open_store(settings)
+    redis = connect_redis(settings.broker_url)
+    tracker = JobTracker(redis)
+    aliases = store.aliases()
+    names = store.collections()
+    if request.alias in names:
+        raise MedindexError(f"{request.alias!r} is a collection, not an alias: pick another name")
+    serving = aliases.get(request.alias)
+    model = request.model or settings.model
+    pooling = request.pooling or default_pooling(model)
+    ref = resolve(request.dataset, request.split, request.source_name)
+    spec = describe(model, pooling) | {"dataset": ref.dataset, "split": ref.split}
+
+    pending = _pending(redis, request.alias, spec, names)
+    if pending:
+        collection, job_id = pending["collection"], pending["job_id"]
+    else:
+        number = max((n for n, _ in versions(names, request.alias)), default=0) + 1
+        collection, job_id = version_name(request.alias, number), None
+        store.ensure_collection(collection, spec, bulk=True)
+    ingest = IngestRequest(
+        dataset=request.dataset,
+        collection=collection,
+        split=request.split,
+        model=model,
+        pooling=pooling,
+        source_name=request.source_name,
+        job_id=job_id,
+    )
+    job_id, total, _ = start_ingest(ingest, settings)
+    redis.set(
+        PENDING + request.alias, json.dumps({"collection": collection, "job_id": job_id} | spec)
+    )
+    progress = wait(tracker, job_id, on_progress)
+    store.finish_bulk(collection)
+
+    summary = {
+        "alias": request.alias,
+        "collection": collection,
+        "previous": serving,
+        "job_id": job_id,
+        "images": total,
+        "indexed": progress.indexed,
+        "failed": progress.failed,
+    }
+    try:
+        _verify(store, collection, progress, ref)
+        summary["quality"] = knn_agreement(store, collection)
+        summary["previous_quality"] = knn_agreement(store, serving) if serving else None
+        _guard(request, summary["quality"], summary["previous_quality"])
+    except ReindexRefused as refused:
+        store.set_metadata(collection, {"status": f"refused: {refused}"})
+        redis.delete(PENDING + request.alias)
+        raise
+    store.set_metadata(collection, {"quality": summary["quality"], "status": "verified"})
+    store.switch_alias(request.alias, collection)
+    redis.delete(PENDING + request.alias)
+    summary["deleted"] = _prune(store, request.alias, collection, request.keep)
+    return summary
+
+
+def rollback(store: AnyStore, alias: str) -> tuple[str, str]:
+    """Point the alias back at the newest version older than the serving one."""
+    serving = store.aliases().get(alias)
+    if serving is None:
+        raise MedindexError(f"no alias {alias!r}")
+    numbers = dict((name, n) for n, name in versions(store.collections(), alias))
+    older = [name for name, n in numbers.items() if n < numbers.get(serving, 0)]
+    if not older:
+        raise MedindexError(f"alias {alias!r} serves {serving}: there is no older version")
+    previous = max(older, key=numbers.__getitem__)
+    store.switch_alias(alias, previous)
+    return serving, previous
+
+
+def _pending(redis: Redis, alias: str, spec: dict, names: list[str]) -> dict | None:
+    """An interrupted reindex of the same data with the same model, to resume."""
+    raw = redis.get(PENDING + alias)
+    if not raw:
+        return None
+    pending = json.loads(raw)
+    same = all(pending.get(k) == spec[k] for k in ("model", "pooling", "dataset", "split"))
+    return pending if same and pending["collection"] in names else None
+
+
+def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef) -> None:
+    count = store.count(collection)
+    if count != progress.indexed:
+        raise ReindexRefused(
+            f"{collection} holds {count} points, the job indexed {progress.indexed}"
+        )
+    if progress.done != progress.total:
+        raise ReindexRefused(
+            f"{progress.total - progress.done} images are neither indexed nor failed"
+        )
+    sample = store.scroll(collection, limit=256)["points"]
+    chosen = random.Random(0).sample(sample, min(ROUND_TRIP_SAMPLE, len(sample)))
+    rows = {p["payload"]["source"]["row"]: p for p in chosen}
+    for record in DatasetSource(ref).read(sorted(rows)):
+        point = rows[record.row]
+        if any(point["payload"].get(k) != v for k, v in record.payload.items()):
+            raise ReindexRefused(f"point {point['id']} does not carry row {record.row}'s payload")
+    vectors = store.retrieve(collection, [p["id"] for p in chosen], with_vectors=True)
+    queries = [{"vector": v["vector"], "limit": 1, "with_payload": False} for v in vectors]
+    for point, hits in zip(vectors, store.search_batch(collection, queries), strict=True):
+        if not hits or hits[0]["id"] != point["id"] or hits[0]["score"] < 0.999:
+            raise ReindexRefused(f"point {point['id']} does not find itself first")
+
+
+def _guard(request: ReindexRequest, quality: float | None, previous: float | None) -> None:
+    if request.min_quality is not None and (quality is None or quality < request.min_quality):
+        raise ReindexRefused(f"quality {quality} is below --min-quality {request.min_quality}")
+    drop = request.max_quality_drop
+    if drop is not None and previous is not None and (quality or 0.0) < previous - drop:
+        raise ReindexRefused(
+            f"quality {quality} is more than {drop} below the serving version's {previous}"
+        )
+
+
+def _prune(store: AnyStore, alias: str, serving: str, keep: int) -> list[str]:
+    older = [name for _, name in versions(store.collections(), alias) if name != serving]
+    doomed = older[: max(0, len(older) - keep)]
+    for name in doomed:
+        store.delete_collection(name)
+    return doomed
