@@ -64,14 +64,8 @@ def _make_model(args: argparse.Namespace) -> int:
 
 def register_ingest(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser("ingest", help="index a dataset through the running pipeline")
-    cmd.add_argument("--dataset", required=True, help="Hugging Face hub id or local folder")
-    cmd.add_argument("--split", default="train")
+    _source_arguments(cmd)
     cmd.add_argument("--collection", default=None, help="default: MEDINDEX_COLLECTION")
-    cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
-    _pooling_argument(cmd)
-    cmd.add_argument(
-        "--source-name", default=None, help="identity point ids derive from (default: --dataset)"
-    )
     cmd.add_argument("--job-id", default=None, help="a new id, or a known one to resume")
     cmd.add_argument(
         "--resume", action="store_true", help="continue the last unfinished job of this dataset"
@@ -230,12 +224,19 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pooling_argument(cmd: argparse.ArgumentParser) -> None:
+def _source_arguments(cmd: argparse.ArgumentParser) -> None:
+    """What to index and with which model: shared by ingest and reindex."""
+    cmd.add_argument("--dataset", required=True, help="Hugging Face hub id or local folder")
+    cmd.add_argument("--split", default="train")
+    cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
     cmd.add_argument(
         "--pooling",
         choices=("mean", "cls", "pooler"),
         default=None,
         help="how the model's output becomes one vector (default: the model's own, else mean)",
+    )
+    cmd.add_argument(
+        "--source-name", default=None, help="identity point ids derive from (default: --dataset)"
     )
 
 
@@ -244,11 +245,7 @@ def register_reindex(commands: argparse._SubParsersAction) -> None:
         "reindex", help="build a new version behind an alias, verify it, then switch atomically"
     )
     cmd.add_argument("--alias", required=True, help="the name searches use")
-    cmd.add_argument("--dataset", required=True)
-    cmd.add_argument("--split", default="train")
-    cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
-    _pooling_argument(cmd)
-    cmd.add_argument("--source-name", default=None)
+    _source_arguments(cmd)
     cmd.add_argument(
         "--min-quality", type=float, default=None, help="refuse below this k-NN agreement"
     )
