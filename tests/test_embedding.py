@@ -33,3 +33,16 @@ def test_point_ids_are_deterministic_per_source_and_key() -> None:
         "marmal88/skin_cancer", "ISIC_0024329"
     )
     assert point_id("marmal88/skin_cancer", "ISIC_0024329") != point_id("other", "ISIC_0024329")
+
+
+def test_resnet_style_models_use_their_pooled_output(tmp_path: Path, dataset: Path) -> None:
+    """The registry's ResNet-50 entry: pooler output (global average pool), flattened."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+
+    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
+    ResNetModel(config).save_pretrained(tmp_path)
+    ConvNextImageProcessor(size={"shortest_edge": 64}).save_pretrained(tmp_path)
+    images = list(datasets.load_dataset(str(dataset), split="train").select(range(2))["image"])
+    vectors = Embedder(str(tmp_path), "cpu", pooling="pooler").embed(images)
+    assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
+    assert describe(str(tmp_path), "pooler")["dim"] == 32
