@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.images import ImageError, decode_rgb
-from pipeline.model import Embedder
+from pipeline.model import Embedder, TrivialEmbedder
 from pipeline.schemas import EmbedJob, PointBatch, point_id
 from pipeline.settings import Settings
 from pipeline.sources import open_source
@@ -20,13 +20,19 @@ class EmbedResult:
     failures: list[dict]  # {"row", "key", "reason"}
 
 
-def embed_job(job: EmbedJob, embedder: Embedder, settings: Settings) -> EmbedResult:
+def embed_job(
+    job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Settings
+) -> EmbedResult:
     """Read, decode and embed a job's rows; a bad image fails alone with its reason."""
     source = open_source(job.source)
     images, ids, rows, payloads, failures = [], [], [], [], []
     for record in source.read(job.rows):
         try:
-            image = decode_rgb(record.image, settings.max_image_pixels, settings.max_image_bytes)
+            image = (
+                decode_rgb(record.image, settings.max_image_pixels, settings.max_image_bytes)
+                if embedder.needs_pixels
+                else None
+            )
         except ImageError as exc:
             failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
             continue
@@ -36,7 +42,5 @@ def embed_job(job: EmbedJob, embedder: Embedder, settings: Settings) -> EmbedRes
         payloads.append(record.payload)
     vectors = embedder.embed(images)
     for failure in failures:
-        log.warning(
-            "job=%s row=%s %s: %s", job.job_id, failure["row"], failure["key"], failure["reason"]
-        )
+        log.warning("row %s (%s) refused: %s", failure["row"], failure["key"], failure["reason"])
     return EmbedResult(PointBatch.build(job, ids, rows, payloads, vectors), failures)

@@ -33,6 +33,20 @@ KNOWN_POOLING = {
 }
 
 
+# Not a model: a stand-in that skips decoding and inference, so that `medindex bench` can
+# measure what Redis, Celery and the store move on their own (the orchestration ceiling).
+TRIVIAL_MODEL = "medindex/trivial"
+TRIVIAL_DIM = 384
+
+
+class TrivialEmbedder:
+    needs_pixels = False
+    dim = TRIVIAL_DIM
+
+    def embed(self, images: list) -> np.ndarray:
+        return np.ones((len(images), self.dim), dtype=np.float32)
+
+
 def default_pooling(model_name: str) -> str:
     return KNOWN_POOLING.get(model_name, "mean")
 
@@ -40,6 +54,9 @@ def default_pooling(model_name: str) -> str:
 def describe(model_name: str, pooling: str) -> dict:
     """What made a collection's vectors, recorded with it: model, revision, pooling,
     preprocessing and size. Reads configs only (cheap: no weights)."""
+    if model_name == TRIVIAL_MODEL:
+        return {"model": model_name, "revision": "-", "pooling": pooling,
+                "preprocessing": "none", "dim": TRIVIAL_DIM}  # fmt: skip
     try:
         config = AutoConfig.from_pretrained(model_name)
         processor = AutoImageProcessor.from_pretrained(model_name)
@@ -63,6 +80,8 @@ def resolve_device(setting: str) -> str:
 
 class Embedder:
     """Image processor + model, loaded once; `embed` maps RGB pictures to float32 vectors."""
+
+    needs_pixels = True
 
     def __init__(self, model_name: str, device: str = "auto", pooling: str = "mean") -> None:
         if pooling not in POOLINGS:
@@ -93,7 +112,9 @@ class Embedder:
 
 
 @cache
-def get_embedder(model_name: str, device: str, pooling: str = "mean") -> Embedder:
+def get_embedder(model_name: str, device: str, pooling: str = "mean") -> Embedder | TrivialEmbedder:
+    if model_name == TRIVIAL_MODEL:
+        return TrivialEmbedder()
     return Embedder(model_name, device, pooling)
 
 

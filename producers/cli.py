@@ -354,3 +354,39 @@ def _collections(args: argparse.Namespace) -> int:
         )  # fmt: skip
     Console(width=200).print(table)
     return 0
+
+
+def register_bench(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "bench", help="pipeline vs the seed's loop vs the model and orchestration ceilings"
+    )
+    cmd.add_argument("--n", type=int, default=320, help="generated 600x450 JPEGs")
+    cmd.add_argument(
+        "--embed-workers", type=int, default=None, help="default: MEDINDEX_EMBED_CONCURRENCY"
+    )
+    cmd.add_argument("--copies", type=int, default=8, help="dataset copies ingested for (d)")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from producers.bench import run_bench
+
+    settings = get_settings()
+    workers = args.embed_workers or settings.embed_concurrency
+    result = run_bench(settings, args.n, workers, args.copies)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    out = Console()
+    out.print(f"machine: {result['machine']}; {result['images']} images, {workers} embed worker(s)")
+    out.print(f"(a) seed loop            {result['a_seed_loop']:8.1f} images/s")
+    out.print(f"(b) model ceiling        {result['b_model_ceiling']:8.1f} images/s")
+    out.print(f"(c) pipeline             {result['c_pipeline']:8.1f} images/s")
+    out.print(
+        f"(d) orchestration        {result['d_orchestration']:8.1f} images/s ({result['d_images']} images)"
+    )
+    out.print(f"c/a = {result['c_over_a']:.2f}   c/b = {result['c_over_b']:.2f}")
+    out.print(f"peak RSS (MiB): {result['peak_rss_mb']}")
+    out.print(f"Redis bytes per queued job: {result['redis_bytes_per_queued_job']}")
+    return 0

@@ -1,0 +1,237 @@
+"""`medindex bench`: the pipeline against the seed's loop and the hardware's ceiling.
+
+One run, one process tree, the same generated 600x450 JPEGs and the same ViT-S/16:
+  (a) the seed's loop: datasets.map(batched, 16) + ViTImageProcessor + ViTModel mean pooling,
+      then upserts of 1,000 points, in one process;
+  (b) the model ceiling: the bare forward pass on already-preprocessed tensors;
+  (c) the pipeline end to end: producer -> Redis -> embed workers -> upsert worker -> Qdrant;
+  (d) the orchestration ceiling: (c) with a trivial embedder (no decoding, no model).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import psutil
+import torch
+from qdrant_client import QdrantClient, models
+from transformers import AutoImageProcessor, ViTModel
+
+from pipeline.celery_app import app
+from pipeline.model import TRIVIAL_MODEL, build_random_vit
+from pipeline.progress import JobTracker, connect_redis
+from pipeline.samples import write_sample_dataset
+from pipeline.settings import Settings
+from producers.ingest import IngestRequest, start_ingest, wait
+
+PROBE_QUEUE = "medindex-bench-probe"
+
+
+@dataclass
+class StackRun:
+    images: int
+    seconds: float
+    peak_rss: dict[str, int] = field(default_factory=dict)  # process name -> bytes
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+def seed_loop(data: Path, model: str, store_path: Path) -> float:
+    """(a) images/s of the notebook's code, embedding and upserting, in this process."""
+    table = datasets.load_dataset(str(data), split="train")
+    processor = AutoImageProcessor.from_pretrained(model)
+    vit = ViTModel.from_pretrained(model).eval()
+
+    def get_embeddings(batch: dict) -> dict:
+        inputs = processor(images=batch["image"], return_tensors="pt")
+        with torch.no_grad():
+            batch["embeddings"] = vit(**inputs).last_hidden_state.mean(dim=1).cpu().numpy()
+        return batch
+
+    started = time.perf_counter()
+    table = table.map(get_embeddings, batched=True, batch_size=16, load_from_cache_file=False)
+    client = QdrantClient(path=str(store_path))
+    vectors = models.VectorParams(size=384, distance=models.Distance.COSINE)
+    client.create_collection("seed", vectors_config=vectors)
+    payload = table.select_columns(["image_id", "dx", "dx_type", "age", "sex", "localization"])
+    payload = payload.to_pandas().fillna({"age": 0}).to_dict(orient="records")
+    embeddings = np.array(table["embeddings"]).tolist()
+    for i in range(0, len(embeddings), 1000):
+        client.upsert("seed", points=models.Batch(
+            ids=list(range(i, min(i + 1000, len(embeddings)))),
+            vectors=embeddings[i : i + 1000], payloads=payload[i : i + 1000],
+        ))  # fmt: skip
+    seconds = time.perf_counter() - started
+    client.close()
+    return table.num_rows / seconds
+
+
+def model_ceiling(data: Path, model: str, repeats: int = 2) -> float:
+    """(b) images/s of the forward pass alone on preprocessed batches of 16."""
+    images = list(datasets.load_dataset(str(data), split="train").select(range(64))["image"])
+    pixels = AutoImageProcessor.from_pretrained(model)(images=images, return_tensors="pt")
+    vit = ViTModel.from_pretrained(model).eval()
+    batches = pixels["pixel_values"].split(16)
+    with torch.inference_mode():
+        vit(pixel_values=batches[0])  # warm up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for batch in batches:
+                vit(pixel_values=batch).last_hidden_state.mean(dim=1)
+    return repeats * len(images) / (time.perf_counter() - started)
+
+
+class Stack:
+    """`medindex up` in its own home and port, for one measured run."""
+
+    def __init__(self, settings: Settings, home: Path, model: str, embed_workers: int) -> None:
+        # Its own Redis on the port this process' Celery app was configured with.
+        update = {"home": home, "model": model, "redis_url": None, "flower_port": 0}
+        self.settings = settings.model_copy(update=update)
+        self.env = dict(os.environ, MEDINDEX_HOME=str(home), MEDINDEX_MODEL=model,
+                        MEDINDEX_FLOWER_PORT="0")  # fmt: skip
+        self.env.pop("MEDINDEX_REDIS_URL", None)
+        self.embed_workers = embed_workers
+        self.log = home / "up.log"
+
+    def __enter__(self) -> Stack:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "up",
+            "--embed-workers",
+            str(self.embed_workers),
+        ]
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                argv, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        while "medindex up: ready" not in self.log.read_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"medindex up failed: {self.log.read_text()[-500:]}")
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=120)
+
+    def ingest(self, data: Path, copies: int = 1) -> StackRun:
+        """Ingest `copies` of the dataset as concurrent jobs (distinct source names, so
+        distinct points) and time them from the first enqueue to the last write."""
+        tracker = JobTracker(connect_redis(self.settings.broker_url))
+        peaks: dict[str, int] = {}
+        done = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(self.process.pid, peaks, done))
+        sampler.start()
+        started = time.perf_counter()
+        jobs = [
+            start_ingest(
+                IngestRequest(dataset=str(data), collection="bench", source_name=f"copy-{i}"),
+                self.settings,
+            )
+            for i in range(copies)
+        ]
+        total = 0
+        for job_id, images, _ in jobs:
+            wait(tracker, job_id, lambda _: None, poll_s=0.1)
+            total += images
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        return StackRun(total, seconds, peaks)
+
+    def bytes_per_queued_job(self, data: Path, jobs: int = 500) -> float:
+        """Redis memory of `jobs` embed messages parked on a queue no worker reads."""
+        from pipeline.schemas import EmbedJob
+        from pipeline.sources import resolve
+
+        client = connect_redis(self.settings.broker_url)
+        ref = resolve(str(data))
+        with app.producer_or_acquire() as producer:
+            for i in range(jobs):
+                rows = list(range(i * 16, i * 16 + 16))
+                job = EmbedJob(job_id="probe", collection="bench", source=ref, model="m", rows=rows)
+                app.send_task(
+                    "medindex.embed", args=(job.model_dump(),), queue=PROBE_QUEUE, producer=producer
+                )
+        used = client.memory_usage(PROBE_QUEUE, samples=0)
+        client.delete(PROBE_QUEUE)
+        return used / jobs
+
+
+def _sample_rss(root: int, peaks: dict[str, int], done: threading.Event) -> None:
+    parent = psutil.Process(root)
+    while not done.is_set():
+        for process in parent.children(recursive=True):
+            try:
+                name = _role(process)
+                peaks[name] = max(peaks.get(name, 0), process.memory_info().rss)
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+
+
+def _role(process: psutil.Process) -> str:
+    cmdline = " ".join(process.cmdline())
+    if "redis-server" in cmdline:
+        return "redis"
+    queue = "embed" if "-Q embed" in cmdline else "store" if "-Q upsert,store" in cmdline else "?"
+    is_child = "celery" in " ".join(process.parent().cmdline()) and "worker" in cmdline
+    return f"{queue} worker {'pool process' if is_child else 'main'}"
+
+
+def run_bench(settings: Settings, n: int, embed_workers: int, copies: int) -> dict:
+    home = settings.home.resolve() / "bench"
+    data = home / f"sample-{n}"
+    if not (data / "data").exists():
+        write_sample_dataset(data, n, seed=1)
+    model = settings.model
+    if not Path(model).exists():
+        model = str(settings.home.resolve() / "models" / "vit-s16-random")
+        if not (Path(model) / "config.json").exists():
+            build_random_vit(Path(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        a = seed_loop(data, model, Path(tmp) / "seed-store")
+    b = model_ceiling(data, model)
+    warmup = home / "warmup"
+    if not (warmup / "data").exists():
+        write_sample_dataset(warmup, 32, seed=2)
+    # Each stack first ingests a few images, so that loading the model and opening the
+    # dataset in the workers is not timed (the seed's loop is timed after its loading too).
+    with Stack(settings, home / "stack-c", model, embed_workers) as stack:
+        stack.ingest(warmup)
+        c = stack.ingest(data)
+        per_job = stack.bytes_per_queued_job(data)
+    with Stack(settings, home / "stack-d", TRIVIAL_MODEL, embed_workers) as stack:
+        stack.ingest(warmup)
+        d = stack.ingest(data, copies=copies)
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device cpu",
+        "images": n,
+        "a_seed_loop": a,
+        "b_model_ceiling": b,
+        "c_pipeline": c.rate,
+        "d_orchestration": d.rate,
+        "d_images": d.images,
+        "c_over_a": c.rate / a,
+        "c_over_b": c.rate / b,
+        "peak_rss_mb": {k: round(v / 2**20) for k, v in sorted(c.peak_rss.items())},
+        "redis_bytes_per_queued_job": round(per_job),
+        "embed_workers": embed_workers,
+    }
