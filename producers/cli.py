@@ -383,9 +383,8 @@ def _bench(args: argparse.Namespace) -> int:
     out.print(f"(a) seed loop            {result['a_seed_loop']:8.1f} images/s")
     out.print(f"(b) model ceiling        {result['b_model_ceiling']:8.1f} images/s")
     out.print(f"(c) pipeline             {result['c_pipeline']:8.1f} images/s")
-    out.print(
-        f"(d) orchestration        {result['d_orchestration']:8.1f} images/s ({result['d_images']} images)"
-    )
+    d, d_images = result["d_orchestration"], result["d_images"]
+    out.print(f"(d) orchestration        {d:8.1f} images/s ({d_images} images)")
     out.print(f"c/a = {result['c_over_a']:.2f}   c/b = {result['c_over_b']:.2f}")
     out.print(f"peak RSS (MiB): {result['peak_rss_mb']}")
     out.print(f"Redis bytes per queued job: {result['redis_bytes_per_queued_job']}")
