@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up test lint format clean
+.PHONY: help install browser demo up test bench lint format clean
 
 help:
 	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
 	@echo "make test    the test suite (real Redis, real Celery workers, embedded Qdrant)"
 	@echo "make up      the local stack in the foreground (Redis + workers)"
+	@echo "make bench   pipeline vs the seed's loop vs the hardware's ceilings (BENCHMARKS.md)"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove the virtual environment and local state"
 
@@ -38,6 +39,9 @@ browser:
 
 test: install browser
 	$(BIN)/pytest
+
+bench: install
+	$(BIN)/medindex bench
 
 lint: install
 	$(BIN)/ruff check .

@@ -121,9 +121,15 @@ class JobTracker:
         pipe.execute()
 
     def mark_failed(self, job_id: str, failures: list[dict]) -> None:
-        """Each failure: {"row", "key", "reason"}."""
-        if failures:
-            mapping = {f["row"]: json.dumps(f) for f in failures}
+        """Each failure: {"row", "key", "reason"}. A row already indexed (by an earlier
+        delivery of the same job) stays indexed, so it never counts twice."""
+        if not failures:
+            return
+        indexed = self.redis.smismember(f"{PREFIX}{job_id}:indexed", [f["row"] for f in failures])
+        mapping = {
+            f["row"]: json.dumps(f) for f, done in zip(failures, indexed, strict=True) if not done
+        }
+        if mapping:
             self.redis.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
 
     def progress(self, job_id: str) -> Progress:

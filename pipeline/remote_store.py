@@ -31,6 +31,7 @@ REMOTE_CALLS = frozenset(
         "delete_collection",
         "ensure_collection",
         "finish_bulk",
+        "metadata",
         "groups",
         "ping",
         "recommend",

@@ -135,11 +135,24 @@ class Store:
             )
             return self.collection_info(name)
 
-    def finish_bulk(self, name: str, m: int = 16) -> None:
+    def finish_bulk(self, name: str, m: int = 16, timeout_s: float = 3600) -> None:
         """Build the HNSW index deferred during a bulk load and wait until it is ready."""
+        deadline = time.monotonic() + timeout_s
         with self._errors():
             self.client.update_collection(name, hnsw_config=models.HnswConfigDiff(m=m))
-            while self.client.get_collection(name).status != models.CollectionStatus.GREEN:
+            while (
+                status := self.client.get_collection(name).status
+            ) != models.CollectionStatus.GREEN:
+                if status == models.CollectionStatus.RED:
+                    raise StoreError(f"Qdrant failed to optimise {name!r} (status red)")
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"{name!r} not indexed after {timeout_s:.0f}s ({status.value})"
+                    )
+                if status == models.CollectionStatus.GREY:  # optimisers wait for an update
+                    self.client.update_collection(
+                        name, optimizers_config=models.OptimizersConfigDiff()
+                    )
                 time.sleep(0.5)
 
     def set_metadata(self, name: str, metadata: dict) -> None:
@@ -204,6 +217,13 @@ class Store:
                 "points": count,
                 "metadata": info.config.metadata or {},
             }
+
+    def metadata(self, name: str) -> dict:
+        """What the collection records about its vectors (cheap: no count)."""
+        with self._errors():
+            if not self.client.collection_exists(name):
+                raise StoreError(f"collection {name!r} does not exist")
+            return self.client.get_collection(name).config.metadata or {}
 
     def search(
         self,

@@ -72,14 +72,17 @@ def reindex(
     pooling = request.pooling or default_pooling(model)
     ref = resolve(request.dataset, request.split, request.source_name)
     spec = describe(model, pooling) | {"dataset": ref.dataset, "split": ref.split}
+    origin = spec | {"source_name": ref.name}
 
-    pending = _pending(redis, request.alias, spec, names)
+    pending = _pending(redis, request.alias, origin, names, serving)
     if pending:
-        collection, job_id = pending["collection"], pending["job_id"]
+        collection, job_id = pending["collection"], pending.get("job_id")
     else:
         number = max((n for n, _ in versions(names, request.alias)), default=0) + 1
         collection, job_id = version_name(request.alias, number), None
         store.ensure_collection(collection, spec, bulk=True)
+        # Recorded at once: an interruption from here on is resumed, not left as an orphan.
+        _record_pending(redis, request.alias, origin | {"collection": collection})
     ingest = IngestRequest(
         dataset=request.dataset,
         collection=collection,
@@ -90,10 +93,10 @@ def reindex(
         job_id=job_id,
     )
     job_id, total, _ = start_ingest(ingest, settings)
-    redis.set(
-        PENDING + request.alias, json.dumps({"collection": collection, "job_id": job_id} | spec)
-    )
+    _record_pending(redis, request.alias, origin | {"collection": collection, "job_id": job_id})
     progress = wait(tracker, job_id, on_progress)
+    if progress.cancelled:
+        raise MedindexError(f"reindex job {job_id} was cancelled; run the same command to resume")
     store.finish_bulk(collection)
 
     summary = {
@@ -107,8 +110,11 @@ def reindex(
     }
     try:
         _verify(store, collection, progress, ref)
-        summary["quality"] = knn_agreement(store, collection)
-        summary["previous_quality"] = knn_agreement(store, serving) if serving else None
+        summary["quality"], sample = knn_agreement(store, collection)
+        # The serving version is measured on the same points, where it holds them.
+        summary["previous_quality"] = (
+            knn_agreement(store, serving, ids=sample)[0] if serving else None
+        )
         _guard(request, summary["quality"], summary["previous_quality"])
     except ReindexRefused as refused:
         store.set_metadata(collection, {"status": f"refused: {refused}"})
@@ -117,7 +123,7 @@ def reindex(
     store.set_metadata(collection, {"quality": summary["quality"], "status": "verified"})
     store.switch_alias(request.alias, collection)
     redis.delete(PENDING + request.alias)
-    summary["deleted"] = _prune(store, request.alias, collection, request.keep)
+    summary["deleted"] = _prune(store, request.alias, request.keep, spare={collection, serving})
     return summary
 
 
@@ -127,22 +133,34 @@ def rollback(store: AnyStore, alias: str) -> tuple[str, str]:
     if serving is None:
         raise MedindexError(f"no alias {alias!r}")
     numbers = dict((name, n) for n, name in versions(store.collections(), alias))
-    older = [name for name, n in numbers.items() if n < numbers.get(serving, 0)]
+    older = [
+        name
+        for name, n in numbers.items()
+        if n < numbers.get(serving, 0)
+        and store.collection_info(name)["metadata"].get("status") == "verified"
+    ]
     if not older:
-        raise MedindexError(f"alias {alias!r} serves {serving}: there is no older version")
+        raise MedindexError(f"alias {alias!r} serves {serving}: there is no older verified version")
     previous = max(older, key=numbers.__getitem__)
     store.switch_alias(alias, previous)
     return serving, previous
 
 
-def _pending(redis: Redis, alias: str, spec: dict, names: list[str]) -> dict | None:
+def _pending(
+    redis: Redis, alias: str, origin: dict, names: list[str], serving: str | None
+) -> dict | None:
     """An interrupted reindex of the same data with the same model, to resume."""
     raw = redis.get(PENDING + alias)
     if not raw:
         return None
     pending = json.loads(raw)
-    same = all(pending.get(k) == spec[k] for k in ("model", "pooling", "dataset", "split"))
-    return pending if same and pending["collection"] in names else None
+    same = all(pending.get(key) == value for key, value in origin.items())
+    building = pending["collection"] in names and pending["collection"] != serving
+    return pending if same and building else None
+
+
+def _record_pending(redis: Redis, alias: str, pending: dict) -> None:
+    redis.set(PENDING + alias, json.dumps(pending))
 
 
 def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef) -> None:
@@ -163,9 +181,10 @@ def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef
         if any(point["payload"].get(k) != v for k, v in record.payload.items()):
             raise ReindexRefused(f"point {point['id']} does not carry row {record.row}'s payload")
     vectors = store.retrieve(collection, [p["id"] for p in chosen], with_vectors=True)
-    queries = [{"vector": v["vector"], "limit": 1, "with_payload": False} for v in vectors]
+    # A few hits, not one: an exact duplicate image may tie with the point itself.
+    queries = [{"vector": v["vector"], "limit": 4, "with_payload": False} for v in vectors]
     for point, hits in zip(vectors, store.search_batch(collection, queries), strict=True):
-        if not hits or hits[0]["id"] != point["id"] or hits[0]["score"] < 0.999:
+        if point["id"] not in {h["id"] for h in hits if h["score"] >= 0.999}:
             raise ReindexRefused(f"point {point['id']} does not find itself first")
 
 
@@ -179,8 +198,10 @@ def _guard(request: ReindexRequest, quality: float | None, previous: float | Non
         )
 
 
-def _prune(store: AnyStore, alias: str, serving: str, keep: int) -> list[str]:
-    older = [name for _, name in versions(store.collections(), alias) if name != serving]
+def _prune(store: AnyStore, alias: str, keep: int, spare: set[str | None]) -> list[str]:
+    """Delete the oldest versions beyond `keep`, never one an alias points to."""
+    spare = spare | set(store.aliases().values())
+    older = [name for _, name in versions(store.collections(), alias) if name not in spare]
     doomed = older[: max(0, len(older) - keep)]
     for name in doomed:
         store.delete_collection(name)

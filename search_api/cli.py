@@ -23,6 +23,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     what.add_argument("--id", dest="point_id", help="an indexed point's id")
     what.add_argument("--vector", help="a JSON list of floats")
     cmd.add_argument("--filter", help="Qdrant JSON filter, or @file.json")
+    cmd.add_argument(
+        "--model", help="query with this model (refused if the collection records another)"
+    )
     cmd.add_argument("--limit", type=int, default=10)
     cmd.add_argument("--score-threshold", type=float, default=None)
     cmd.add_argument("--group-by", help="the closest case per value of this payload field")
@@ -56,7 +59,7 @@ def _search(args: argparse.Namespace) -> int:
         limit=args.limit,
         score_threshold=args.score_threshold,
     )
-    client = SearchClient()
+    client = SearchClient(model=args.model)
     if args.group_by:
         groups = client.groups(collection, query, args.group_by, groups=args.limit)
         hits = [hit | {"group": g["group"]} for g in groups for hit in g["hits"]]

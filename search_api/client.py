@@ -37,21 +37,23 @@ class Query:
 
 
 class SearchClient:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, model: str | None = None) -> None:
+        """`model`: the model the caller means to query with; refused where a collection
+        records another. Without it, image queries use the model each collection records."""
         self.settings = settings or get_settings()
+        self.model = model
         self.store = open_store(self.settings)
 
     def embedder_for(self, collection: str) -> Embedder:
         """The model and pooling that made the collection's vectors (loaded on the first image
-        query only: torch is slow to import). A model set explicitly that differs is refused."""
+        query only: torch is slow to import)."""
         from pipeline.model import default_pooling, get_embedder
 
-        recorded = self.store.collection_info(collection)["metadata"]
-        model = recorded.get("model", self.settings.model)
-        chosen = "model" in self.settings.model_fields_set and self.settings.model
-        if chosen and chosen != model:
+        recorded = self.store.metadata(collection)
+        model = recorded.get("model") or self.model or self.settings.model
+        if self.model and self.model != model:
             raise QueryError(
-                f"collection {collection!r} was made with model {model!r}, not {chosen!r}"
+                f"collection {collection!r} was made with model {model!r}, not {self.model!r}"
             )
         pooling = recorded.get("pooling", default_pooling(model))
         return get_embedder(model, self.settings.device, pooling)

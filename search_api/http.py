@@ -59,8 +59,19 @@ def client() -> SearchClient:
 
 @app.exception_handler(MedindexError)
 async def _user_error(request: Request, exc: MedindexError) -> JSONResponse:
-    unreachable = "cannot reach" in str(exc) or "no store worker answered" in str(exc)
-    return JSONResponse({"detail": str(exc)}, status_code=503 if unreachable else 400)
+    # The store's outage or overload is not the caller's mistake.
+    unavailable = getattr(exc, "transient", False) or "no store worker answered" in str(exc)
+    return JSONResponse({"detail": str(exc)}, status_code=503 if unavailable else 400)
+
+
+@app.middleware("http")
+async def _refuse_large_uploads(request: Request, call_next: Any) -> Any:
+    """Refuse an oversized upload from its Content-Length, before it is received."""
+    declared = request.headers.get("content-length")
+    limit = get_settings().max_image_bytes + 64 * 1024  # room for the form's other fields
+    if declared and declared.isdigit() and int(declared) > limit:
+        return JSONResponse({"detail": f"upload larger than {limit} bytes"}, status_code=413)
+    return await call_next(request)
 
 
 @app.get("/healthz")
@@ -88,7 +99,7 @@ def search_image(
     score_threshold: Annotated[float | None, Form()] = None,
 ) -> list[dict]:
     max_bytes = get_settings().max_image_bytes
-    data = image.file.read(max_bytes + 1)
+    data = image.file.read(max_bytes + 1)  # spooled already: see _refuse_large_uploads
     if len(data) > max_bytes:
         raise HTTPException(413, f"upload larger than {max_bytes} bytes")
     query = Query(image=data, filter=_json(filter), limit=limit, score_threshold=score_threshold)

@@ -144,7 +144,8 @@ def test_collections_lists_versions_with_their_origin(stack: Stack, small_datase
     assert live["alias"] == ALIAS and live["points"] == N
     assert live["model"] == os.environ["MEDINDEX_MODEL"] and live["pooling"] == "mean"
     assert live["dataset"] == str(small_dataset.resolve()) and live["quality"] > 0
-    assert len([name for name in rows if name.startswith(f"{ALIAS}__v")]) <= 3  # --keep 2
+    # The serving version, the one it replaced, and at most --keep 2 others.
+    assert len([name for name in rows if name.startswith(f"{ALIAS}__v")]) <= 4
 
 
 def test_another_model_is_refused(stack: Stack, small_dataset: Path, tmp_path: Path) -> None:
@@ -158,5 +159,11 @@ def test_another_model_is_refused(stack: Stack, small_dataset: Path, tmp_path: P
     assert_one_line_error(result, "was made with model")
     query = tmp_path / "query.jpg"
     load_dataset(str(small_dataset), split="train")[0]["image"].save(query)
-    result = run_medindex("search", "--collection", ALIAS, "--image", str(query), env=env)
+    result = stack.medindex(
+        "search", "--collection", ALIAS, "--image", str(query), "--model", str(other)
+    )
     assert_one_line_error(result, "was made with model")
+    # Without an explicit model, an image query uses the one the collection records.
+    result = run_medindex("search", "--collection", ALIAS, "--image", str(query), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.json()[0]["score"] >= 0.99
