@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import cache
 from pathlib import Path
 
@@ -152,3 +153,9 @@ def build_random_vit(out_dir: Path, num_layers: int = 12, seed: int = 0) -> Path
         image_std=IMAGENET_STD,
     ).save_pretrained(out_dir)
     return out_dir
+
+
+def share_cpu(processes: int) -> None:
+    """Give each of `processes` embed processes its share of the cores, so that they do not
+    oversubscribe them (one decodes while another runs the model)."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))

@@ -23,7 +23,11 @@ class SourceRef(BaseModel):
 
     dataset: str  # a hub id or an absolute local folder
     split: str = "train"
-    name: str  # the identity point ids derive from
+    name: str | None = None  # the identity point ids derive from, when not `dataset` itself
+
+    @property
+    def identity(self) -> str:
+        return self.name or self.dataset
 
 
 class EmbedJob(BaseModel):

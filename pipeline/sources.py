@@ -39,7 +39,8 @@ def resolve(dataset: str, split: str = "train", name: str | None = None) -> Sour
         dataset = str(path.resolve())
     elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
         raise SourceError(f"dataset folder {dataset!r} does not exist")
-    return SourceRef(dataset=dataset, split=split, name=name or dataset)
+    # Messages carry the name only where it differs: they stay small.
+    return SourceRef(dataset=dataset, split=split, name=name if name != dataset else None)
 
 
 class DatasetSource:

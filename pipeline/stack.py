@@ -57,7 +57,7 @@ class Stack:
     def __init__(self, settings: Settings, embed_workers: int | None, model: str | None) -> None:
         self.settings = settings
         self.embed_workers = embed_workers or settings.embed_concurrency
-        self.env = dict(os.environ)
+        self.env = dict(os.environ, MEDINDEX_EMBED_CONCURRENCY=str(self.embed_workers))
         if model:
             self.env["MEDINDEX_MODEL"] = model
         self.children: list[Child] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from pipeline.model import TRIVIAL_MODEL, build_random_vit
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.samples import write_sample_dataset
 from pipeline.settings import Settings
-from producers.ingest import IngestRequest, start_ingest, wait
+from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
 
 PROBE_QUEUE = "medindex-bench-probe"
 
@@ -98,10 +99,12 @@ class Stack:
 
     def __init__(self, settings: Settings, home: Path, model: str, embed_workers: int) -> None:
         # Its own Redis on the port this process' Celery app was configured with.
-        update = {"home": home, "model": model, "redis_url": None, "flower_port": 0}
+        update = {"home": home, "model": model, "redis_url": None, "flower_port": 0,
+                  "local_redis_port": settings.local_redis_port}  # fmt: skip
         self.settings = settings.model_copy(update=update)
         self.env = dict(os.environ, MEDINDEX_HOME=str(home), MEDINDEX_MODEL=model,
-                        MEDINDEX_FLOWER_PORT="0")  # fmt: skip
+                        MEDINDEX_FLOWER_PORT="0",
+                        MEDINDEX_LOCAL_REDIS_PORT=str(settings.local_redis_port))  # fmt: skip
         self.env.pop("MEDINDEX_REDIS_URL", None)
         self.embed_workers = embed_workers
         self.log = home / "up.log"
@@ -165,25 +168,33 @@ class Stack:
         with app.producer_or_acquire() as producer:
             for i in range(jobs):
                 rows = list(range(i * 16, i * 16 + 16))
-                job = EmbedJob(job_id="probe", collection="bench", source=ref, model="m", rows=rows)
-                app.send_task(
-                    "medindex.embed", args=(job.model_dump(),), queue=PROBE_QUEUE, producer=producer
-                )
+                job = EmbedJob(job_id=f"{i:012x}", collection="bench", source=ref,
+                               model=self.settings.model, rows=rows)  # fmt: skip
+                enqueue_one(job, PROBE_QUEUE, producer)
         used = client.memory_usage(PROBE_QUEUE, samples=0)
         client.delete(PROBE_QUEUE)
         return used / jobs
 
 
 def _sample_rss(root: int, peaks: dict[str, int], done: threading.Event) -> None:
-    parent = psutil.Process(root)
     while not done.is_set():
-        for process in parent.children(recursive=True):
+        try:
+            children = psutil.Process(root).children(recursive=True)
+        except psutil.Error:
+            return
+        for process in children:
             try:
                 name = _role(process)
                 peaks[name] = max(peaks.get(name, 0), process.memory_info().rss)
             except psutil.Error:
                 continue
         time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _role(process: psutil.Process) -> str:
@@ -196,6 +207,10 @@ def _role(process: psutil.Process) -> str:
 
 
 def run_bench(settings: Settings, n: int, embed_workers: int, copies: int) -> dict:
+    # The stacks run one after the other on a free port of their own, so a running
+    # `medindex up` is left alone; this process' Celery app is pointed there before it connects.
+    settings = settings.model_copy(update={"local_redis_port": _free_port(), "redis_url": None})
+    app.conf.broker_url = settings.broker_url
     home = settings.home.resolve() / "bench"
     data = home / f"sample-{n}"
     if not (data / "data").exists():

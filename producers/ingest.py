@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from kombu import Producer
+
 from pipeline.celery_app import EMBED_QUEUE, app
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
@@ -82,9 +84,17 @@ def enqueue(
                 pooling=pooling,
                 rows=rows,
             )
-            app.send_task(
-                EMBED_TASK, args=(job.model_dump(),), queue=EMBED_QUEUE, producer=producer
-            )
+            enqueue_one(job, EMBED_QUEUE, producer)
+
+
+def enqueue_one(job: EmbedJob, queue: str, producer: Producer) -> None:
+    app.send_task(
+        EMBED_TASK,
+        args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
+        argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",  # what Flower shows
+        queue=queue,
+        producer=producer,
+    )
 
 
 def wait(
@@ -109,7 +119,7 @@ def _meta(request: IngestRequest, ref: SourceRef, model: str) -> dict:
         "collection": request.collection,
         "dataset": ref.dataset,
         "split": ref.split,
-        "source_name": ref.name,
+        "source_name": ref.identity,
         "model": model,
     }
 

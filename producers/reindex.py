@@ -72,7 +72,7 @@ def reindex(
     pooling = request.pooling or default_pooling(model)
     ref = resolve(request.dataset, request.split, request.source_name)
     spec = describe(model, pooling) | {"dataset": ref.dataset, "split": ref.split}
-    origin = spec | {"source_name": ref.name}
+    origin = spec | {"source_name": ref.identity}
 
     pending = _pending(redis, request.alias, origin, names, serving)
     if pending:

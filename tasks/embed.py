@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 
 from pipeline.celery_app import UPSERT_QUEUE, app
 from pipeline.embed import embed_job
 from pipeline.logs import bind_job
-from pipeline.model import get_embedder
+from pipeline.model import get_embedder, share_cpu
 from pipeline.schemas import EmbedJob
 from pipeline.settings import get_settings
 from tasks.upsert import upsert
 from tasks.worker_state import tracker
 
 log = get_task_logger(__name__)
+
+
+@worker_process_init.connect
+def _share_cpu(**_: object) -> None:
+    share_cpu(get_settings().embed_concurrency)
 
 
 @app.task(name="medindex.embed")

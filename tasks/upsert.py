@@ -48,7 +48,10 @@ class PointBatches(Batches):
     abstract = True
     batch_size = settings.upsert_batch_size
     flush_every = math.ceil(settings.upsert_batch_size / settings.job_size)
-    flush_interval = settings.flush_interval_s
+    # celery-batches' timer ticks several times per interval, so that a partial write follows
+    # the last message by about one interval of quiet, not two.
+    flush_interval = settings.flush_interval_s / 4
+    quiet_s = settings.flush_interval_s
     # A partial write waits for a quiet interval, but never longer than this.
     max_wait_s = settings.visibility_timeout_s / 4
 
@@ -60,12 +63,12 @@ class PointBatches(Batches):
         kept = requests
         try:
             now = time.monotonic()
-            fresh = any(r not in self._deliveries for r in requests)
             states = [self._deliveries.setdefault(r, _Delivery(now)) for r in requests]
             sizes = [_size(r) for r in requests]
             skip = states[0].written
+            quiet = now - max(state.first_seen for state in states) >= self.quiet_s
             waited = now - min(state.first_seen for state in states)
-            if sum(sizes) - skip < self.batch_size and fresh and waited < self.max_wait_s:
+            if sum(sizes) - skip < self.batch_size and not quiet and waited < self.max_wait_s:
                 return None  # less than a full write while points still arrive: wait
             plan = plan_flush(sizes, skip, self.batch_size)
             spans = [(skip if i == 0 else 0, size) for i, size in enumerate(sizes[: plan.complete])]
