@@ -15,6 +15,14 @@ class FlushPlan:
     complete: int  # messages written whole (after the first one's `skip`): acknowledge them
     take: int  # points of the next message written now; it stays buffered with the rest
 
+    def spans(self, sizes: list[int], skip: int) -> list[tuple[int, int]]:
+        """(start, stop) of the points each message in this write contributes, oldest first."""
+        spans = [(skip if i == 0 else 0, size) for i, size in enumerate(sizes[: self.complete])]
+        if self.take:
+            start = skip if self.complete == 0 else 0
+            spans.append((start, start + self.take))
+        return spans
+
 
 def plan_flush(sizes: list[int], skip: int, batch_size: int) -> FlushPlan:
     """Write the largest multiple of `batch_size` points buffered, or all of them if fewer.

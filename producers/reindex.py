@@ -136,8 +136,7 @@ def rollback(store: AnyStore, alias: str) -> tuple[str, str]:
     older = [
         name
         for name, n in numbers.items()
-        if n < numbers.get(serving, 0)
-        and store.collection_info(name)["metadata"].get("status") == "verified"
+        if n < numbers.get(serving, 0) and store.metadata(name).get("status") == "verified"
     ]
     if not older:
         raise MedindexError(f"alias {alias!r} serves {serving}: there is no older verified version")

@@ -15,6 +15,7 @@ from weakref import WeakKeyDictionary
 
 from celery.utils.log import get_task_logger
 from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from pipeline.batching import plan_flush
 from pipeline.celery_app import app
@@ -71,10 +72,7 @@ class PointBatches(Batches):
             if sum(sizes) - skip < self.batch_size and not quiet and waited < self.max_wait_s:
                 return None  # less than a full write while points still arrive: wait
             plan = plan_flush(sizes, skip, self.batch_size)
-            spans = [(skip if i == 0 else 0, size) for i, size in enumerate(sizes[: plan.complete])]
-            if plan.take:
-                start = skip if plan.complete == 0 else 0
-                spans.append((start, start + plan.take))
+            spans = plan.spans(sizes, skip)
             in_call = requests[: len(spans)]
             kept = requests[plan.complete :]
             return self._send(in_call, spans)
@@ -120,8 +118,6 @@ class PointBatches(Batches):
 
 def _apply_write(task: PointBatches, requests: list[SimpleRequest], spans: list) -> Any:
     # celery-batches' tracer: signals, logging, and None when the call raised.
-    from celery_batches.trace import apply_batches_task
-
     return apply_batches_task(task, (requests, spans), 0, None)
 
 

@@ -30,11 +30,13 @@ def simulate(sizes: list[int], batch_size: int, flush_every: int) -> list[int]:
 def test_full_writes_take_exactly_batch_size_splitting_a_message() -> None:
     plan = plan_flush([16] * 63, skip=0, batch_size=1000)
     assert plan == FlushPlan(complete=62, take=8)  # 62*16 + 8 = 1000
+    assert plan.spans([16] * 63, skip=0) == [(0, 16)] * 62 + [(0, 8)]
 
 
 def test_the_split_message_is_finished_by_the_next_write() -> None:
     plan = plan_flush([16] * 63, skip=8, batch_size=1000)
     assert plan == FlushPlan(complete=63, take=0)  # the split one's last 8 + 62*16 = 1000
+    assert plan.spans([16] * 63, skip=8) == [(8, 16)] + [(0, 16)] * 62
     assert plan_flush([16, 16], skip=8, batch_size=1000) == FlushPlan(complete=2, take=0)
 
 
