@@ -43,6 +43,13 @@ def create_app() -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # A message published while Redis restarts waits for it (about 50 s), not fails.
+        task_publish_retry_policy={
+            "max_retries": 30,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         task_ignore_result=True,
         # Flower and `medindex status` see every task.
         worker_send_task_events=True,

@@ -8,7 +8,9 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from pipeline.errors import MedindexError
+import redis
+
+from pipeline.errors import MedindexError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,12 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # subcommands import the settings: a bad one is reported here
+    except MedindexError as exc:
+        print(f"medindex: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
     except MedindexError as exc:
         print(f"medindex {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:  # Redis lost for longer than the clients' retries
+        print(f"medindex {args.command}: error: lost Redis: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medindex {args.command}: interrupted", file=sys.stderr)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 from pipeline.errors import MedindexError, first_line
 
@@ -18,6 +20,9 @@ PREFIX = "medindex:job:"
 JOB_INDEX = "medindex:jobs"
 WRITE_LOG = "medindex:writes"  # recent Qdrant writes: collection, points, seconds
 WRITE_LOG_LENGTH = 10_000
+# A restarted Redis (AOF reload, failover) is ridden out, not reported: about 30 s of retries.
+RECONNECT_RETRIES = 20
+RECONNECT_BACKOFF = {"cap": 2.0, "base": 0.1}
 
 
 class BrokerError(MedindexError):
@@ -60,12 +65,18 @@ class Progress:
 
 
 def connect_redis(url: str) -> redis.Redis:
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, decode_responses=True)
+    """A client that retries through Redis restarts, once Redis was seen up: a Redis that is
+    not there at all is the user's to fix, and said at once."""
     try:
-        client.ping()
+        redis.Redis.from_url(url, socket_connect_timeout=3, retry=Retry(NoBackoff(), 0)).ping()
     except redis.RedisError as exc:
         raise BrokerError(f"cannot reach Redis at {url}: {first_line(exc)}") from exc
-    return client
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=3,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(**RECONNECT_BACKOFF), RECONNECT_RETRIES),
+    )
 
 
 class JobTracker:
@@ -123,14 +134,17 @@ class JobTracker:
     def mark_failed(self, job_id: str, failures: list[dict]) -> None:
         """Each failure: {"row", "key", "reason"}. A row already indexed (by an earlier
         delivery of the same job) stays indexed, so it never counts twice."""
-        if not failures:
-            return
-        indexed = self.redis.smismember(f"{PREFIX}{job_id}:indexed", [f["row"] for f in failures])
-        mapping = {
-            f["row"]: json.dumps(f) for f, done in zip(failures, indexed, strict=True) if not done
-        }
+        mapping = self._not_indexed(job_id, failures)
         if mapping:
             self.redis.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
+
+    def _not_indexed(self, job_id: str, failures: list[dict]) -> dict[int, str]:
+        if not failures:
+            return {}
+        indexed = self.redis.smismember(f"{PREFIX}{job_id}:indexed", [f["row"] for f in failures])
+        return {
+            f["row"]: json.dumps(f) for f, done in zip(failures, indexed, strict=True) if not done
+        }
 
     def progress(self, job_id: str) -> Progress:
         pipe = self.redis.pipeline()
@@ -151,6 +165,28 @@ class JobTracker:
             meta=json.loads(record["meta"]),
             cancelled="cancelled" in record,
         )
+
+    def park(self, job_id: str, batch_json: str, failures: list[dict]) -> None:
+        """Points the store did not take within the retry budget: kept whole in Redis, their
+        images shown as failed with the reason, until `medindex retry` sends them again."""
+        mapping = self._not_indexed(job_id, failures)
+        pipe = self.redis.pipeline()  # MULTI: kept and shown together, or neither
+        pipe.rpush(f"{PREFIX}{job_id}:parked", batch_json)
+        if mapping:
+            pipe.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
+        pipe.execute()
+
+    def parked(self, job_id: str) -> list[str]:
+        return list(self.redis.lrange(f"{PREFIX}{job_id}:parked", 0, -1))
+
+    def unpark(self, job_id: str, count: int) -> None:
+        """Drop the first `count` parked batches, once they were sent again."""
+        self.redis.ltrim(f"{PREFIX}{job_id}:parked", count, -1)
+
+    def clear_failures(self, job_id: str, rows: list[int]) -> None:
+        """Rows about to be tried again are pending, no longer failed."""
+        if rows:
+            self.redis.hdel(f"{PREFIX}{job_id}:failed", *rows)
 
     def failures(self, job_id: str) -> list[dict]:
         values = self.redis.hvals(f"{PREFIX}{job_id}:failed")

@@ -44,6 +44,9 @@ class EmbedJob(BaseModel):
 class PointBatch(BaseModel):
     """Embedded points of one job on their way to the store."""
 
+    # As JSON (points parked in Redis), the vectors travel as base64.
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
     job_id: str
     collection: str
     ids: list[str]
@@ -74,6 +77,23 @@ class PointBatch(BaseModel):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def slice(self, start: int, stop: int) -> PointBatch:
+        return PointBatch.model_construct(
+            job_id=self.job_id,
+            collection=self.collection,
+            ids=self.ids[start:stop],
+            rows=self.rows[start:stop],
+            payloads=self.payloads[start:stop],
+            vectors=self.matrix()[start:stop].tobytes(),
+            dim=self.dim,
+        )
+
+    def keys(self) -> list[str]:
+        """The images' keys, for failure reports."""
+        return [
+            str(p.get("image_id", row)) for p, row in zip(self.payloads, self.rows, strict=True)
+        ]
 
     def matrix(self) -> np.ndarray:
         return np.frombuffer(self.vectors, dtype=np.float32).reshape(len(self.ids), self.dim)

@@ -6,8 +6,10 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import MedindexError
 
 DEFAULT_MODEL = "facebook/dino-vits16"
 
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     embed_concurrency: int = Field(1, ge=1)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
+    # Seconds the store worker retries a failing write (tries included) before it parks the
+    # points: kept in Redis, shown as failed with the reason, written by `medindex retry`.
+    store_retry_budget_s: float = Field(240.0, ge=0)
 
     # Guards on what an image may cost to decode.
     max_image_pixels: int = Field(50_000_000, ge=1)
@@ -58,6 +63,17 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=0, le=65535)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _writes_end_before_redelivery(self) -> Settings:
+        # Buffering (up to a quarter of the timeout) plus retries must end before Redis hands
+        # the same points to another worker.
+        if self.store_retry_budget_s > self.visibility_timeout_s / 2:
+            raise ValueError(
+                f"MEDINDEX_STORE_RETRY_BUDGET_S ({self.store_retry_budget_s:g}) must be at most "
+                f"half of MEDINDEX_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:
@@ -84,4 +100,14 @@ class Settings(BaseSettings):
 
 @cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise MedindexError(_one_line(exc)) from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = "_".join(str(part) for part in error["loc"])
+    where = f" MEDINDEX_{field.upper()}" if field else ""
+    return f"invalid setting{where}: {error['msg'].removeprefix('Value error, ')}"

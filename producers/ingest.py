@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from kombu import Producer
 
-from pipeline.celery_app import EMBED_QUEUE, app
+from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.remote_store import open_store
-from pipeline.schemas import EmbedJob, SourceRef
+from pipeline.schemas import EmbedJob, PointBatch, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import DatasetSource, resolve
 
 EMBED_TASK = "medindex.embed"
+UPSERT_TASK = "medindex.upsert"
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,9 @@ class IngestRequest:
     resume: bool = False  # continue the newest unfinished job of this dataset and collection
 
 
-def shards(total: int, size: int) -> Iterator[list[int]]:
-    for start in range(0, total, size):
-        yield list(range(start, min(start + size, total)))
+def shards(rows: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(rows), size):
+        yield list(rows[start : start + size])
 
 
 def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, int]:
@@ -61,9 +62,43 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
         job_id = job_id or uuid.uuid4().hex[:12]
         tracker.create(job_id, total, meta)
         done = set()
-    todo = [rows for rows in shards(total, settings.job_size) if not done.issuperset(rows)]
+    todo = [rows for rows in shards(range(total), settings.job_size) if not done.issuperset(rows)]
     enqueue(job_id, request.collection, ref, model, pooling, todo)
     return job_id, total, len(todo)
+
+
+def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
+    """Send a job's failed images through again: parked points (the store was down) straight
+    to the writer, the other images (unreadable then, perhaps fixed since) through embedding.
+
+    Returns (images embedded again, points written again). An image that still fails is
+    recorded again, with its reason.
+    """
+    tracker = JobTracker(connect_redis(settings.broker_url))
+    meta = tracker.progress(job_id).meta
+    parked = tracker.parked(job_id)
+    batches = [PointBatch.model_validate_json(kept) for kept in parked]
+    parked_rows = {row for batch in batches for row in batch.rows}
+    failed = [failure["row"] for failure in tracker.failures(job_id)]
+    to_embed = [row for row in failed if row not in parked_rows]
+    # Pending again from here; should sending fail, `ingest --job-id` finds them unfinished.
+    tracker.clear_failures(job_id, failed)
+    tracker.resume(job_id)
+    with app.producer_or_acquire() as producer:
+        for batch in batches:
+            app.send_task(
+                UPSERT_TASK,
+                kwargs={"batch": batch.model_dump()},
+                argsrepr=f"job {job_id}: {len(batch)} parked points",
+                queue=UPSERT_QUEUE,
+                producer=producer,
+            )
+    tracker.unpark(job_id, len(parked))
+    source_name = meta["source_name"] if meta["source_name"] != meta["dataset"] else None
+    ref = SourceRef(dataset=meta["dataset"], split=meta["split"], name=source_name)
+    todo = list(shards(to_embed, settings.job_size))
+    enqueue(job_id, meta["collection"], ref, meta["model"], meta["pooling"], todo)
+    return len(to_embed), len(parked_rows)
 
 
 def enqueue(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import redis
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
+from kombu.exceptions import OperationalError
 
 from pipeline.celery_app import UPSERT_QUEUE, app
 from pipeline.embed import embed_job
@@ -24,9 +27,20 @@ def _share_cpu(**_: object) -> None:
 
 @app.task(name="medindex.embed")
 def embed(job: dict) -> dict:
-    settings = get_settings()
     parsed = EmbedJob.model_validate(job)
     bind_job(parsed.job_id)
+    try:
+        return _embed(parsed)
+    except (redis.RedisError, OperationalError) as exc:
+        # Redis gone for longer than the clients' retries: give the job back instead of
+        # failing it. If even that cannot reach Redis, the job stays unacknowledged there and
+        # comes back after the visibility timeout.
+        log.warning("job=%s: lost Redis (%s); job returned to the queue", parsed.job_id, exc)
+        raise Reject(exc, requeue=True) from exc
+
+
+def _embed(parsed: EmbedJob) -> dict:
+    settings = get_settings()
     if tracker().is_cancelled(parsed.job_id):
         log.info(
             "job=%s cancelled: rows %d-%d skipped", parsed.job_id, parsed.rows[0], parsed.rows[-1]

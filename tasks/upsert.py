@@ -60,6 +60,15 @@ class PointBatches(Batches):
         super().__init__()
         self._deliveries: WeakKeyDictionary[Any, _Delivery] = WeakKeyDictionary()
 
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
+        # Called again when the consumer restarts after a lost broker connection, which clears
+        # the worker's timers: forget the dead flush timer so that the next message starts a
+        # new one, or a partial write would never happen again.
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        return super().Strategy(task, app, consumer)
+
     def flush(self, requests: list[Any]) -> Any:
         kept = requests
         try:

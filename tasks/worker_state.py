@@ -23,4 +23,5 @@ def store() -> Store:
 @cache
 def writer() -> Writer:
     """One per process, so a collection is checked once, not before every write."""
-    return Writer(store(), tracker(), get_settings().upsert_batch_size)
+    settings = get_settings()
+    return Writer(store(), tracker(), settings.upsert_batch_size, settings.store_retry_budget_s)

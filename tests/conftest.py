@@ -44,6 +44,10 @@ os.environ.update(
     MEDINDEX_FLOWER_PORT=str(free_port()),
     MEDINDEX_FLOWER_USER="medindex",
     MEDINDEX_FLOWER_PASSWORD="flower-test-password",
+    # A killed worker's jobs come back in a minute and a half, not ten (test_resilience.py);
+    # long enough that a partial write (at most a quarter of it) waits for a full 1,000.
+    MEDINDEX_VISIBILITY_TIMEOUT_S="90",
+    MEDINDEX_STORE_RETRY_BUDGET_S="15",
 )
 
 from pipeline.model import build_random_vit  # noqa: E402  (after the environment above)

@@ -28,7 +28,7 @@ def batch(job: str, rows: range, vectors: np.ndarray) -> PointBatch:
 def writer(stack: Stack, tmp_path: Path) -> Writer:
     store = Store(QdrantClient(path=str(tmp_path / "qdrant")), "test store")
     tracker = JobTracker(connect_redis(get_settings().broker_url))
-    yield Writer(store, tracker, batch_size=10)
+    yield Writer(store, tracker, batch_size=10, retry_budget_s=1)
     store.close()
 
 
