@@ -14,6 +14,7 @@ from pipeline.settings import get_settings
 EMBED_QUEUE = "embed"
 UPSERT_QUEUE = "upsert"
 STORE_QUEUE = "store"
+UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
 
 TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store"]
 

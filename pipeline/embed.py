@@ -29,7 +29,12 @@ def embed_job(
     for record in source.read(job.rows):
         try:
             image = (
-                decode_rgb(record.image, settings.max_image_pixels, settings.max_image_bytes)
+                decode_rgb(
+                    record.image,
+                    settings.max_image_pixels,
+                    settings.max_image_bytes,
+                    embedder.draft_size,
+                )
                 if embedder.needs_pixels
                 else None
             )

@@ -13,8 +13,17 @@ class ImageError(ValueError):
     """One image that cannot be indexed; its message is the reason recorded for it."""
 
 
-def decode_rgb(data: bytes | None, max_pixels: int, max_bytes: int) -> Image.Image:
-    """Decode one image to RGB; raise ImageError with a short reason when it cannot be."""
+def decode_rgb(
+    data: bytes | None,
+    max_pixels: int,
+    max_bytes: int,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode one image to RGB; raise ImageError with a short reason when it cannot be.
+
+    `draft_size`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, never below this size
+    (libjpeg skips the work instead of resizing after it); other formats decode whole.
+    """
     if not data:
         raise ImageError("empty image (0 bytes)")
     if len(data) > max_bytes:
@@ -27,6 +36,8 @@ def decode_rgb(data: bytes | None, max_pixels: int, max_bytes: int) -> Image.Ima
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(f"image is {width}x{height} pixels (limit {max_pixels} pixels)")
+            if draft_size:
+                image.draft(image.mode, draft_size)
             image.load()
     except ImageError:
         raise

@@ -39,6 +39,7 @@ class Progress:
     created_at: float
     meta: dict
     cancelled: bool = False
+    resent: int = 0  # rows sent again after the job stalled (see producers.ingest.wait)
 
     @property
     def done(self) -> int:
@@ -93,6 +94,9 @@ class JobTracker:
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(PREFIX + job_id))
+
+    def record_resent(self, job_id: str, rows: int) -> None:
+        self.redis.hincrby(PREFIX + job_id, "resent", rows)
 
     def resume(self, job_id: str) -> None:
         self.redis.hdel(PREFIX + job_id, "cancelled")
@@ -164,6 +168,7 @@ class JobTracker:
             created_at=float(record["created_at"]),
             meta=json.loads(record["meta"]),
             cancelled="cancelled" in record,
+            resent=int(record.get("resent", 0)),
         )
 
     def park(self, job_id: str, batch_json: str, failures: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""Retrieval quality of a collection, comparable between versions of an index.
+"""Retrieval quality of a collection, comparable between versions of an index, and the
+parity of a faster embedding path with the exact one.
 
 Leave-one-out k-NN agreement: for a fixed sample of points, the share of each one's k nearest
 other points that carry the same label (e.g. `dx`). Point ids derive from the source, so two
@@ -8,6 +9,8 @@ versions built from the same dataset are measured on the same sample.
 from __future__ import annotations
 
 from statistics import fmean
+
+import numpy as np
 
 from pipeline.store import Store
 
@@ -40,3 +43,27 @@ def knn_agreement(
         label = point["payload"][field]
         shares.append(fmean(h["payload"].get(field) == label for h in others) if others else 0.0)
     return round(fmean(shares), 4), ids
+
+
+def embedding_parity(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict:
+    """How closely `candidate` vectors (a faster path) follow `reference` ones for the same
+    images: the mean cosine between the two vectors of each image, and the mean share of each
+    image's k nearest other images that both agree on."""
+    ref, cand = _unit(reference), _unit(candidate)
+    cosine = float(np.mean(np.sum(ref * cand, axis=1)))
+    k = min(k, len(ref) - 1)
+    overlaps = [
+        len(set(a) & set(b)) / k
+        for a, b in zip(_neighbours(ref, k), _neighbours(cand, k), strict=True)
+    ]
+    return {"mean_cosine": round(cosine, 5), f"top{k}_overlap": round(fmean(overlaps), 4)}
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _neighbours(unit: np.ndarray, k: int) -> np.ndarray:
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)  # an image is not its own neighbour
+    return np.argsort(-similarity, axis=1)[:, :k]

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Embedding.
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "fast": JPEGs decoded at reduced size, one batched resize + normalise (parity with the
+    # exact path measured by `medindex bench`, BENCHMARKS.md). "exact": the model's own image
+    # processor, the seed's path. Recorded with each collection; its queries follow it.
+    preprocessing: Literal["exact", "fast"] = "fast"
 
     # Pipeline shape.
     job_size: int = Field(16, ge=1, le=256)

@@ -5,7 +5,8 @@ One run, one process tree, the same generated 600x450 JPEGs and the same ViT-S/1
       then upserts of 1,000 points, in one process;
   (b) the model ceiling: the bare forward pass on already-preprocessed tensors;
   (c) the pipeline end to end: producer -> Redis -> embed workers -> upsert worker -> Qdrant;
-  (d) the orchestration ceiling: (c) with a trivial embedder (no decoding, no model).
+  (d) the orchestration ceiling: (c) with a trivial embedder (no decoding, no model);
+and, for the fast preprocessing path, its parity with the exact one on the same images.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from qdrant_client import QdrantClient, models
 from transformers import AutoImageProcessor, ViTModel
 
 from pipeline.celery_app import app
-from pipeline.model import TRIVIAL_MODEL, build_random_vit
+from pipeline.images import decode_rgb
+from pipeline.model import TRIVIAL_MODEL, Embedder, build_random_vit
 from pipeline.progress import JobTracker, connect_redis
+from pipeline.quality import embedding_parity
 from pipeline.samples import write_sample_dataset
 from pipeline.settings import Settings
 from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
@@ -94,16 +97,40 @@ def model_ceiling(data: Path, model: str, repeats: int = 2) -> float:
     return repeats * len(images) / (time.perf_counter() - started)
 
 
+def preprocessing_parity(data: Path, model: str, n: int = 128) -> dict:
+    """The fast path against the exact one on the same JPEGs: vector parity, and the cost of
+    decoding + preprocessing one image each way (no forward pass)."""
+    table = datasets.load_dataset(str(data), split="train").select(range(n))
+    jpegs = [i["bytes"] for i in table.cast_column("image", datasets.Image(decode=False))["image"]]
+    limits = {"max_pixels": 50_000_000, "max_bytes": 32 * 2**20}
+    vectors, prep_ms = {}, {}
+    for path in ("exact", "fast"):
+        embedder = Embedder(model, "cpu", preprocessing=path)
+        started = time.perf_counter()
+        images = [decode_rgb(jpeg, **limits, draft_size=embedder.draft_size) for jpeg in jpegs]
+        pixels = [embedder.pixels(images[i : i + 16]) for i in range(0, n, 16)]
+        prep_ms[path] = 1000 * (time.perf_counter() - started) / n
+        vectors[path] = embedder.embed(images)
+        del pixels
+    return embedding_parity(vectors["exact"], vectors["fast"]) | {
+        "prep_ms_exact": round(prep_ms["exact"], 2),
+        "prep_ms_fast": round(prep_ms["fast"], 2),
+    }
+
+
 class Stack:
     """`medindex up` in its own home and port, for one measured run."""
 
-    def __init__(self, settings: Settings, home: Path, model: str, embed_workers: int) -> None:
+    def __init__(
+        self, settings: Settings, home: Path, model: str, embed_workers: int, preprocessing: str
+    ) -> None:
         # Its own Redis on the port this process' Celery app was configured with.
         update = {"home": home, "model": model, "redis_url": None, "flower_port": 0,
-                  "local_redis_port": settings.local_redis_port}  # fmt: skip
+                  "local_redis_port": settings.local_redis_port,
+                  "preprocessing": preprocessing}  # fmt: skip
         self.settings = settings.model_copy(update=update)
         self.env = dict(os.environ, MEDINDEX_HOME=str(home), MEDINDEX_MODEL=model,
-                        MEDINDEX_FLOWER_PORT="0",
+                        MEDINDEX_FLOWER_PORT="0", MEDINDEX_PREPROCESSING=preprocessing,
                         MEDINDEX_LOCAL_REDIS_PORT=str(settings.local_redis_port))  # fmt: skip
         self.env.pop("MEDINDEX_REDIS_URL", None)
         self.embed_workers = embed_workers
@@ -206,7 +233,9 @@ def _role(process: psutil.Process) -> str:
     return f"{queue} worker {'pool process' if is_child else 'main'}"
 
 
-def run_bench(settings: Settings, n: int, embed_workers: int, copies: int) -> dict:
+def run_bench(
+    settings: Settings, n: int, embed_workers: int, copies: int, preprocessing: str
+) -> dict:
     # The stacks run one after the other on a free port of their own, so a running
     # `medindex up` is left alone; this process' Celery app is pointed there before it connects.
     settings = settings.model_copy(update={"local_redis_port": _free_port(), "redis_url": None})
@@ -223,16 +252,17 @@ def run_bench(settings: Settings, n: int, embed_workers: int, copies: int) -> di
     with tempfile.TemporaryDirectory() as tmp:
         a = seed_loop(data, model, Path(tmp) / "seed-store")
     b = model_ceiling(data, model)
+    parity = preprocessing_parity(data, model)
     warmup = home / "warmup"
     if not (warmup / "data").exists():
         write_sample_dataset(warmup, 32, seed=2)
     # Each stack first ingests a few images, so that loading the model and opening the
     # dataset in the workers is not timed (the seed's loop is timed after its loading too).
-    with Stack(settings, home / "stack-c", model, embed_workers) as stack:
+    with Stack(settings, home / "stack-c", model, embed_workers, preprocessing) as stack:
         stack.ingest(warmup)
         c = stack.ingest(data)
         per_job = stack.bytes_per_queued_job(data)
-    with Stack(settings, home / "stack-d", TRIVIAL_MODEL, embed_workers) as stack:
+    with Stack(settings, home / "stack-d", TRIVIAL_MODEL, embed_workers, preprocessing) as stack:
         stack.ingest(warmup)
         d = stack.ingest(data, copies=copies)
     return {
@@ -249,4 +279,6 @@ def run_bench(settings: Settings, n: int, embed_workers: int, copies: int) -> di
         "peak_rss_mb": {k: round(v / 2**20) for k, v in sorted(c.peak_rss.items())},
         "redis_bytes_per_queued_job": round(per_job),
         "embed_workers": embed_workers,
+        "preprocessing": preprocessing,
+        "parity": parity,
     }

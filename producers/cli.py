@@ -136,7 +136,7 @@ def _follow(job_id: str, total: int, started: float, args: argparse.Namespace) -
             bar.update(task, completed=progress.done, embedded=progress.embedded)
 
         try:
-            final = wait(tracker, job_id, show, timeout_s=args.timeout)
+            final = wait(tracker, job_id, show, timeout_s=args.timeout, settings=get_settings())
         except KeyboardInterrupt:
             err.print(f"stopped waiting; job {job_id} goes on: `medindex report {job_id}`")
             return 130
@@ -198,6 +198,7 @@ def _report(args: argparse.Namespace) -> int:
             "embedded": progress.embedded,
             "indexed": progress.indexed,
             "failed": progress.failed,
+            "resent_after_stall": progress.resent,
             "failures": failures,
             **progress.meta,
         }
@@ -396,6 +397,10 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "--embed-workers", type=int, default=None, help="default: MEDINDEX_EMBED_CONCURRENCY"
     )
     cmd.add_argument("--copies", type=int, default=8, help="dataset copies ingested for (d)")
+    cmd.add_argument(
+        "--preprocessing", choices=("exact", "fast"), default=None,
+        help="the pipeline's, in (c) (default: MEDINDEX_PREPROCESSING)",
+    )  # fmt: skip
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(run=_bench)
 
@@ -405,7 +410,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     workers = args.embed_workers or settings.embed_concurrency
-    result = run_bench(settings, args.n, workers, args.copies)
+    preprocessing = args.preprocessing or settings.preprocessing
+    result = run_bench(settings, args.n, workers, args.copies, preprocessing)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -413,10 +419,16 @@ def _bench(args: argparse.Namespace) -> int:
     out.print(f"machine: {result['machine']}; {result['images']} images, {workers} embed worker(s)")
     out.print(f"(a) seed loop            {result['a_seed_loop']:8.1f} images/s")
     out.print(f"(b) model ceiling        {result['b_model_ceiling']:8.1f} images/s")
-    out.print(f"(c) pipeline             {result['c_pipeline']:8.1f} images/s")
+    out.print(f"(c) pipeline             {result['c_pipeline']:8.1f} images/s ({preprocessing})")
     d, d_images = result["d_orchestration"], result["d_images"]
     out.print(f"(d) orchestration        {d:8.1f} images/s ({d_images} images)")
     out.print(f"c/a = {result['c_over_a']:.2f}   c/b = {result['c_over_b']:.2f}")
     out.print(f"peak RSS (MiB): {result['peak_rss_mb']}")
     out.print(f"Redis bytes per queued job: {result['redis_bytes_per_queued_job']}")
+    parity = result["parity"]
+    out.print(
+        f"fast vs exact preprocessing: mean cosine {parity['mean_cosine']:.5f}, top-10 overlap "
+        f"{parity['top10_overlap']:.3f}, {parity['prep_ms_fast']:.2f} ms vs "
+        f"{parity['prep_ms_exact']:.2f} ms per image (decode + preprocess)"
+    )
     return 0

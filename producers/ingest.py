@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 from kombu import Producer
 
-from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
+from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
@@ -17,6 +18,8 @@ from pipeline.remote_store import open_store
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import DatasetSource, resolve
+
+log = logging.getLogger(__name__)
 
 EMBED_TASK = "medindex.embed"
 UPSERT_TASK = "medindex.upsert"
@@ -51,7 +54,8 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
     store = open_store(settings)
-    store.ensure_collection(request.collection, describe(model, pooling) | {"dataset": ref.dataset})
+    spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
+    store.ensure_collection(request.collection, spec)
     meta = _meta(request, ref, model) | {"pooling": pooling}
     job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
     if job_id and tracker.exists(job_id):
@@ -94,11 +98,34 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
                 producer=producer,
             )
     tracker.unpark(job_id, len(parked))
+    _enqueue_rows(job_id, meta, to_embed, settings)
+    return len(to_embed), len(parked_rows)
+
+
+def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
+    """Enqueue again every row of a stalled job that is neither indexed nor failed, when no
+    message can still be carrying it (none queued, none delivered and unacknowledged: those
+    come back by themselves); returns how many (0: other messages are still out).
+
+    A message can vanish in ways no acknowledgement scheme covers (a broker killed before its
+    append-only file held the write); ids are deterministic, so sending a row twice is safe.
+    """
+    if tracker.redis.hlen(UNACKED) or any(map(tracker.redis.llen, (EMBED_QUEUE, UPSERT_QUEUE))):
+        return 0
+    progress = tracker.progress(job_id)
+    done = tracker.done_rows(job_id)
+    pending = [row for row in range(progress.total) if row not in done]
+    _enqueue_rows(job_id, progress.meta, pending, settings)
+    tracker.record_resent(job_id, len(pending))
+    return len(pending)
+
+
+def _enqueue_rows(job_id: str, meta: dict, rows: list[int], settings: Settings) -> None:
+    """Rows of a known job, with the source, model and pooling it was started with."""
     source_name = meta["source_name"] if meta["source_name"] != meta["dataset"] else None
     ref = SourceRef(dataset=meta["dataset"], split=meta["split"], name=source_name)
-    todo = list(shards(to_embed, settings.job_size))
+    todo = list(shards(rows, settings.job_size))
     enqueue(job_id, meta["collection"], ref, meta["model"], meta["pooling"], todo)
-    return len(to_embed), len(parked_rows)
 
 
 def enqueue(
@@ -138,14 +165,30 @@ def wait(
     on_progress: Callable[[Progress], None],
     poll_s: float = 0.5,
     timeout_s: float | None = None,
+    settings: Settings | None = None,
 ) -> Progress:
-    """Poll the job's state in Redis until every image is indexed or failed."""
+    """Poll the job's state in Redis until every image is indexed or failed.
+
+    With `settings`, a job that makes no progress for twice the visibility timeout (time for
+    every unacknowledged message to come back) while nothing is queued has its pending rows
+    sent again (`resend_pending`).
+    """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    stall_s = 2 * settings.visibility_timeout_s if settings else None
+    last, last_change = None, time.monotonic()
     while True:
         progress = tracker.progress(job_id)
         on_progress(progress)
         if progress.finished or (deadline is not None and time.monotonic() > deadline):
             return progress
+        if (progress.embedded, progress.done) != last:
+            last, last_change = (progress.embedded, progress.done), time.monotonic()
+        elif stall_s and time.monotonic() - last_change > stall_s:
+            resent = resend_pending(tracker, job_id, settings)
+            if resent:
+                log.warning("job %s: no progress for %.0fs; sent %d rows again", job_id,
+                            stall_s, resent)  # fmt: skip
+            last_change = time.monotonic()
         time.sleep(poll_s)
 
 

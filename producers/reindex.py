@@ -71,7 +71,8 @@ def reindex(
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     ref = resolve(request.dataset, request.split, request.source_name)
-    spec = describe(model, pooling) | {"dataset": ref.dataset, "split": ref.split}
+    spec = describe(model, pooling, settings.preprocessing)
+    spec |= {"dataset": ref.dataset, "split": ref.split}
     origin = spec | {"source_name": ref.identity}
 
     pending = _pending(redis, request.alias, origin, names, serving)
@@ -94,7 +95,7 @@ def reindex(
     )
     job_id, total, _ = start_ingest(ingest, settings)
     _record_pending(redis, request.alias, origin | {"collection": collection, "job_id": job_id})
-    progress = wait(tracker, job_id, on_progress)
+    progress = wait(tracker, job_id, on_progress, settings=settings)
     if progress.cancelled:
         raise MedindexError(f"reindex job {job_id} was cancelled; run the same command to resume")
     store.finish_bulk(collection)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.celery_app import EMBED_QUEUE, STORE_QUEUE, UPSERT_QUEUE, app
+from pipeline.celery_app import EMBED_QUEUE, STORE_QUEUE, UNACKED, UPSERT_QUEUE, app
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.settings import Settings
-
-UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
 
 
 def collect(settings: Settings, job_id: str | None = None) -> dict:

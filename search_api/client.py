@@ -47,7 +47,7 @@ class SearchClient:
     def embedder_for(self, collection: str) -> Embedder:
         """The model and pooling that made the collection's vectors (loaded on the first image
         query only: torch is slow to import)."""
-        from pipeline.model import default_pooling, get_embedder
+        from pipeline.model import PREPROCESSINGS, default_pooling, get_embedder
 
         recorded = self.store.metadata(collection)
         model = recorded.get("model") or self.model or self.settings.model
@@ -56,7 +56,11 @@ class SearchClient:
                 f"collection {collection!r} was made with model {model!r}, not {self.model!r}"
             )
         pooling = recorded.get("pooling", default_pooling(model))
-        return get_embedder(model, self.settings.device, pooling)
+        # Queries are preprocessed the way the collection's images were.
+        preprocessing = recorded.get("preprocessing")
+        if preprocessing not in PREPROCESSINGS:
+            preprocessing = self.settings.preprocessing
+        return get_embedder(model, self.settings.device, pooling, preprocessing)
 
     def search(self, collection: str, query: Query) -> list[Hit]:
         return self.store.search(collection, **self._request(collection, query))
@@ -115,13 +119,17 @@ class SearchClient:
 
     def embed_image(self, collection: str, image: Path | bytes) -> list[float]:
         data = image if isinstance(image, bytes) else _read(image, self.settings.max_image_bytes)
+        embedder = self.embedder_for(collection)
         try:
             picture = decode_rgb(
-                data, self.settings.max_image_pixels, self.settings.max_image_bytes
+                data,
+                self.settings.max_image_pixels,
+                self.settings.max_image_bytes,
+                embedder.draft_size,
             )
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
-        return self.embedder_for(collection).embed([picture])[0].tolist()
+        return embedder.embed([picture])[0].tolist()
 
     def _request(self, collection: str, query: Query) -> dict:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]

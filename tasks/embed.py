@@ -46,9 +46,8 @@ def _embed(parsed: EmbedJob) -> dict:
             "job=%s cancelled: rows %d-%d skipped", parsed.job_id, parsed.rows[0], parsed.rows[-1]
         )
         return {"job_id": parsed.job_id, "skipped": len(parsed.rows)}
-    result = embed_job(
-        parsed, get_embedder(parsed.model, settings.device, parsed.pooling), settings
-    )
+    embedder = get_embedder(parsed.model, settings.device, parsed.pooling, settings.preprocessing)
+    result = embed_job(parsed, embedder, settings)
     tracker().mark_failed(parsed.job_id, result.failures)
     tracker().mark_embedded(parsed.job_id, result.batch.rows)
     if len(result.batch):

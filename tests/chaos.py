@@ -30,7 +30,6 @@ from pathlib import Path
 
 import datasets
 import psutil
-import redis
 from badimages import bad_images, odd_images
 
 COLLECTION = "chaos"
@@ -49,6 +48,7 @@ class Figures:
     bad_tried: int = 0
     bad_reported: int = 0
     bad_indexed: int = 0  # refused images that made it into the index anyway: must be 0
+    resent: int = 0  # rows the producer sent again after a stall (a message lost on the way)
     indexed_after_retry: int = 0  # once the bad files are fixed and `medindex retry` ran
     seconds: float = 0.0
 
@@ -191,7 +191,7 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     from pipeline.progress import JobTracker, connect_redis
     from pipeline.remote_store import open_store
     from pipeline.settings import get_settings
-    from producers.ingest import IngestRequest, retry_failed, start_ingest
+    from producers.ingest import IngestRequest, retry_failed, start_ingest, wait
 
     build_random_vit(Path(env["MEDINDEX_MODEL"]), num_layers=layers)
     data, bad = write_laced_dataset(workdir / "data", n_valid, seed)
@@ -211,12 +211,13 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
             figures.kills += 1
             figures.restarts += kill_and_wait_for_restart(psutil.Process(up.pid), victim)
             print(f"chaos: killed the {victim}", file=sys.stderr, flush=True)
-        wait_until_finished(tracker, job_id)
+        follow = {"on_progress": lambda _: None, "timeout_s": 900, "settings": settings}
+        figures.resent = wait(tracker, job_id, **follow).resent
         store = open_store(settings)
         measure(figures, store, tracker, job_id, bad)
         fix_bad_images(data, bad)
         retry_failed(job_id, settings)
-        wait_until_finished(tracker, job_id)
+        wait(tracker, job_id, **follow)
         figures.indexed_after_retry = len(set(indexed_keys(store, COLLECTION)))
     finally:
         up.send_signal(signal.SIGTERM)
@@ -236,18 +237,6 @@ def chaos_env(workdir: Path, layers: int) -> dict[str, str]:
         "MEDINDEX_VISIBILITY_TIMEOUT_S": "30",
         "MEDINDEX_STORE_RETRY_BUDGET_S": "15",
     }
-
-
-def wait_until_finished(tracker: object, job_id: str, timeout_s: float = 900) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if tracker.progress(job_id).finished:
-                return
-        except redis.RedisError:
-            pass  # Redis restarting: ask again
-        time.sleep(0.5)
-    raise SystemExit(f"chaos: job {job_id} did not finish in {timeout_s:.0f}s")
 
 
 def measure(figures: Figures, store: object, tracker: object, job_id: str, bad: dict) -> None:

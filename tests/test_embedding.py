@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, ViTModel
 
+from pipeline.images import decode_rgb
 from pipeline.model import Embedder, describe
+from pipeline.quality import embedding_parity
 from pipeline.schemas import point_id
 
 
@@ -25,7 +27,8 @@ def test_embedder_matches_the_notebooks_code(tiny_model: Path, dataset: Path) ->
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     recorded = describe(str(tiny_model), "mean")
     assert recorded["dim"] == 384 and recorded["pooling"] == "mean"
-    assert recorded["preprocessing"].startswith("ViTImageProcessor")
+    assert recorded["processor"].startswith("ViTImageProcessor")
+    assert recorded["preprocessing"] == "exact"
 
 
 def test_point_ids_are_deterministic_per_source_and_key() -> None:
@@ -46,3 +49,22 @@ def test_resnet_style_models_use_their_pooled_output(tmp_path: Path, dataset: Pa
     vectors = Embedder(str(tmp_path), "cpu", pooling="pooler").embed(images)
     assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
     assert describe(str(tmp_path), "pooler")["dim"] == 32
+
+
+def test_fast_preprocessing_keeps_parity_with_the_exact_path(
+    tiny_model: Path, dataset: Path
+) -> None:
+    """The fast path (reduced-size JPEG decode, batched resize + normalise) against the
+    reference (full decode + ViTImageProcessor), on the same 600x450 JPEGs."""
+    table = datasets.load_dataset(str(dataset), split="train").select(range(64))
+    undecoded = table.cast_column("image", datasets.Image(decode=False))
+    jpegs = [image["bytes"] for image in undecoded["image"]]
+    limits = {"max_pixels": 50_000_000, "max_bytes": 32 * 2**20}
+    exact = Embedder(str(tiny_model), "cpu", preprocessing="exact")
+    fast = Embedder(str(tiny_model), "cpu", preprocessing="fast")
+    assert fast.draft_size == (224, 224) and exact.draft_size is None
+    reference = exact.embed([decode_rgb(jpeg, **limits) for jpeg in jpegs])
+    quick = fast.embed([decode_rgb(jpeg, **limits, draft_size=fast.draft_size) for jpeg in jpegs])
+    parity = embedding_parity(reference, quick)
+    assert parity["mean_cosine"] >= 0.995, parity
+    assert parity["top10_overlap"] >= 0.8, parity

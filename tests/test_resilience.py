@@ -33,7 +33,8 @@ from pipeline.remote_store import open_store
 from pipeline.samples import write_sample_dataset
 from pipeline.schemas import SourceRef
 from pipeline.settings import Settings, get_settings
-from producers.ingest import enqueue
+from pipeline.sources import resolve
+from producers.ingest import enqueue, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 N_SMALL = 240
@@ -291,6 +292,25 @@ def points_written(tracker: JobTracker, collection: str) -> int:
 def vectors(store: object, collection: str) -> list[dict]:
     ids = [p["id"] for p in scroll_all(store, collection)]
     return store.retrieve(collection, ids, with_vectors=True)
+
+
+# --- a message lost on the way -----------------------------------------------------------------
+
+
+def test_a_job_whose_messages_vanished_is_sent_again_once_it_stalls(
+    stack: Stack, small: Path, tracker: JobTracker, store: object
+) -> None:
+    """Every message of a job lost (as a broker killed before its append-only file held them
+    would lose them): the producer's wait sees no progress with nothing queued, and re-sends."""
+    settings = get_settings()
+    ref = resolve(str(small))
+    meta = {"collection": "stalled", "dataset": ref.dataset, "split": ref.split,
+            "source_name": ref.identity, "model": settings.model, "pooling": "mean"}  # fmt: skip
+    tracker.create("stalled", N_SMALL, meta)  # created, but nothing reached the queue
+    impatient = settings.model_copy(update={"visibility_timeout_s": 1})  # a 2 s stall
+    final = wait(tracker, "stalled", lambda _: None, timeout_s=120, settings=impatient)
+    assert final.resent == N_SMALL
+    assert_all_indexed({"indexed": final.indexed, "failed": final.failed}, store, "stalled", small)
 
 
 # --- 7. safe defaults --------------------------------------------------------------------------
