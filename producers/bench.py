@@ -6,7 +6,8 @@ One run, one process tree, the same generated 600x450 JPEGs and the same ViT-S/1
   (b) the model ceiling: the bare forward pass on already-preprocessed tensors;
   (c) the pipeline end to end: producer -> Redis -> embed workers -> upsert worker -> Qdrant;
   (d) the orchestration ceiling: (c) with a trivial embedder (no decoding, no model);
-and, for the fast preprocessing path, its parity with the exact one on the same images.
+and, for the fast preprocessing path, its parity with the exact one on the same images; and
+the embedded store's writes with its write-ahead log against SQLite's default journal.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from pipeline.model import TRIVIAL_MODEL, Embedder, build_random_vit
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.samples import write_sample_dataset
+from pipeline.schemas import point_id
 from pipeline.settings import Settings
+from pipeline.store import Store
 from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
 
 PROBE_QUEUE = "medindex-bench-probe"
@@ -116,6 +119,31 @@ def preprocessing_parity(data: Path, model: str, n: int = 128) -> dict:
         "prep_ms_exact": round(prep_ms["exact"], 2),
         "prep_ms_fast": round(prep_ms["fast"], 2),
     }
+
+
+def store_writes(rounds: int = 4, size: int = 1000) -> dict[str, float]:
+    """Median points/s of 1,000-point writes into the embedded engine, with its collection's
+    write-ahead log (as the pipeline runs it) and without (SQLite's rollback journal),
+    alternating so that both see the same machine."""
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {}
+        for journal in ("write_ahead_log", "rollback_journal"):
+            path = Path(tmp) / journal
+            ahead = path if journal == "write_ahead_log" else None
+            stores[journal] = Store(QdrantClient(path=str(path)), journal, embedded_path=ahead)
+            stores[journal].ensure_collection("bench", {"dim": 384})
+        rates: dict[str, list[float]] = {journal: [] for journal in stores}
+        for n in range(rounds):
+            for journal, store in stores.items():
+                ids = [point_id("bench", f"{n}-{i}") for i in range(size)]
+                vectors = rng.random((size, 384), dtype=np.float32)
+                started = time.perf_counter()
+                store.upsert("bench", ids, vectors, [{"age": 40.0, "sex": "male"}] * size)
+                rates[journal].append(size / (time.perf_counter() - started))
+        for store in stores.values():
+            store.close()
+    return {journal: float(np.median(r)) for journal, r in rates.items()}
 
 
 class Stack:
@@ -253,6 +281,7 @@ def run_bench(
         a = seed_loop(data, model, Path(tmp) / "seed-store")
     b = model_ceiling(data, model)
     parity = preprocessing_parity(data, model)
+    writes = store_writes()
     warmup = home / "warmup"
     if not (warmup / "data").exists():
         write_sample_dataset(warmup, 32, seed=2)
@@ -281,4 +310,5 @@ def run_bench(
         "embed_workers": embed_workers,
         "preprocessing": preprocessing,
         "parity": parity,
+        "store_points_per_s": writes,
     }
