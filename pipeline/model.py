@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, ViTConfig, ViTModel
 
 from pipeline.errors import MedindexError, first_line
+from pipeline.settings import PREPROCESSINGS
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ class ModelError(MedindexError):
 # How each known image model's output becomes one vector. Any other transformers image model
 # works too, with the pooling stated (`--pooling`; "mean" when not).
 POOLINGS = ("mean", "cls", "pooler")
-# "exact": the model's own image processor (the seed's path). "fast": JPEGs decoded at reduced
-# size (PIL draft, at least the model's input size), then the same bicubic resize and
-# normalisation in one batch; parity with "exact" is measured by `medindex bench`.
-PREPROCESSINGS = ("exact", "fast")
 KNOWN_POOLING = {
     "facebook/dino-vits16": "mean",  # the seed's: mean of last_hidden_state, 384-d
     "facebook/dino-vitb16": "mean",  # 768-d

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipeline.errors import MedindexError
 
 DEFAULT_MODEL = "facebook/dino-vits16"
+# "exact": the model's own image processor (the seed's path). "fast": JPEGs decoded at reduced
+# size (PIL draft, at least the model's input size), then the same resize and normalisation in
+# one batch; parity with "exact" is measured by `medindex bench`.
+Preprocessing = Literal["exact", "fast"]
+PREPROCESSINGS: tuple[str, ...] = get_args(Preprocessing)
 
 
 class Settings(BaseSettings):
@@ -40,7 +45,7 @@ class Settings(BaseSettings):
     # "fast": JPEGs decoded at reduced size, one batched resize + normalise (parity with the
     # exact path measured by `medindex bench`, BENCHMARKS.md). "exact": the model's own image
     # processor, the seed's path. Recorded with each collection; its queries follow it.
-    preprocessing: Literal["exact", "fast"] = "fast"
+    preprocessing: Preprocessing = "fast"
 
     # Pipeline shape.
     job_size: int = Field(16, ge=1, le=256)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psutil
@@ -191,10 +192,8 @@ class Stack:
 
     def _supervise(self) -> int:
         while not self._stopping:
-            for child in self.children:
-                code = child.process.poll()
-                if code is not None and not self._stopping:
-                    self._restart(child, code)
+            for child, code in self._exited():
+                self._restart(child, code)
             time.sleep(0.5)
         return 0
 
@@ -217,10 +216,15 @@ class Stack:
 
     def _check_children(self) -> None:
         """While starting, a death is a configuration problem: report it, do not retry."""
+        for child, code in self._exited():
+            raise MedindexError(f"{child.name} exited with code {code}; stopping the stack")
+
+    def _exited(self) -> Iterator[tuple[Child, int]]:
+        """Children that died on their own (not stopped by us), with their exit codes."""
         for child in self.children:
             code = child.process.poll()
             if code is not None and not self._stopping:
-                raise MedindexError(f"{child.name} exited with code {code}; stopping the stack")
+                yield child, code
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True

@@ -37,7 +37,7 @@ from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.samples import write_sample_dataset
 from pipeline.schemas import point_id
-from pipeline.settings import Settings
+from pipeline.settings import PREPROCESSINGS, Settings
 from pipeline.store import Store
 from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
 
@@ -100,14 +100,14 @@ def model_ceiling(data: Path, model: str, repeats: int = 2) -> float:
     return repeats * len(images) / (time.perf_counter() - started)
 
 
-def preprocessing_parity(data: Path, model: str, n: int = 128) -> dict:
+def preprocessing_parity(data: Path, model: str, settings: Settings, n: int = 128) -> dict:
     """The fast path against the exact one on the same JPEGs: vector parity, and the cost of
     decoding + preprocessing one image each way (no forward pass)."""
     table = datasets.load_dataset(str(data), split="train").select(range(n))
     jpegs = [i["bytes"] for i in table.cast_column("image", datasets.Image(decode=False))["image"]]
-    limits = {"max_pixels": 50_000_000, "max_bytes": 32 * 2**20}
+    limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
     vectors, prep_ms = {}, {}
-    for path in ("exact", "fast"):
+    for path in PREPROCESSINGS:
         embedder = Embedder(model, "cpu", preprocessing=path)
         started = time.perf_counter()
         images = [decode_rgb(jpeg, **limits, draft_size=embedder.draft_size) for jpeg in jpegs]
@@ -280,7 +280,7 @@ def run_bench(
     with tempfile.TemporaryDirectory() as tmp:
         a = seed_loop(data, model, Path(tmp) / "seed-store")
     b = model_ceiling(data, model)
-    parity = preprocessing_parity(data, model)
+    parity = preprocessing_parity(data, model, settings)
     writes = store_writes()
     warmup = home / "warmup"
     if not (warmup / "data").exists():

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.settings import get_settings
+from pipeline.settings import PREPROCESSINGS, get_settings
 
 err = Console(stderr=True)
 
@@ -128,7 +128,8 @@ def _follow(job_id: str, total: int, started: float, args: argparse.Namespace) -
     if args.no_wait:
         print(json.dumps({"job_id": job_id, "images": total}) if args.json else job_id)
         return 0
-    tracker = JobTracker(connect_redis(get_settings().broker_url))
+    settings = get_settings()
+    tracker = JobTracker(connect_redis(settings.broker_url))
     with _progress_bar() as bar:
         task = bar.add_task(f"job {job_id}", total=total, embedded=0)
 
@@ -136,7 +137,7 @@ def _follow(job_id: str, total: int, started: float, args: argparse.Namespace) -
             bar.update(task, completed=progress.done, embedded=progress.embedded)
 
         try:
-            final = wait(tracker, job_id, show, timeout_s=args.timeout, settings=get_settings())
+            final = wait(tracker, job_id, show, timeout_s=args.timeout, settings=settings)
         except KeyboardInterrupt:
             err.print(f"stopped waiting; job {job_id} goes on: `medindex report {job_id}`")
             return 130
@@ -402,7 +403,7 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "interval (MEDINDEX_FLUSH_INTERVAL_S) weighs little",
     )  # fmt: skip
     cmd.add_argument(
-        "--preprocessing", choices=("exact", "fast"), default=None,
+        "--preprocessing", choices=PREPROCESSINGS, default=None,
         help="the pipeline's, in (c) (default: MEDINDEX_PREPROCESSING)",
     )  # fmt: skip
     cmd.add_argument("--json", action="store_true")

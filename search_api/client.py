@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb
 from pipeline.remote_store import open_store
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.store import Hit, parse_filter
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class SearchClient:
     def embedder_for(self, collection: str) -> Embedder:
         """The model and pooling that made the collection's vectors (loaded on the first image
         query only: torch is slow to import)."""
-        from pipeline.model import PREPROCESSINGS, default_pooling, get_embedder
+        from pipeline.model import default_pooling, get_embedder
 
         recorded = self.store.metadata(collection)
         model = recorded.get("model") or self.model or self.settings.model
