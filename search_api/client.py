@@ -56,10 +56,11 @@ class SearchClient:
                 f"collection {collection!r} was made with model {model!r}, not {self.model!r}"
             )
         pooling = recorded.get("pooling", default_pooling(model))
-        # Queries are preprocessed the way the collection's images were.
+        # Queries are preprocessed the way the collection's images were. A collection from
+        # before the setting recorded its processor's class here: it was made the exact way.
         preprocessing = recorded.get("preprocessing")
         if preprocessing not in PREPROCESSINGS:
-            preprocessing = self.settings.preprocessing
+            preprocessing = "exact"
         return get_embedder(model, self.settings.device, pooling, preprocessing)
 
     def search(self, collection: str, query: Query) -> list[Hit]:
