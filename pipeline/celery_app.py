@@ -36,7 +36,8 @@ def create_app() -> Celery:
         task_routes={
             "medindex.embed": {"queue": EMBED_QUEUE},
             "medindex.upsert": {"queue": UPSERT_QUEUE},
-            "medindex.store_call": {"queue": STORE_QUEUE},
+            "medindex.store_query": {"queue": STORE_QUEUE},
+            "medindex.store_manage": {"queue": STORE_QUEUE},
         },
         # At-least-once: a job is acknowledged after it ran, and comes back if its worker dies.
         task_acks_late=True,

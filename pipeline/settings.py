@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     local_redis_port: int = 6390
 
-    # Store. With `qdrant_url` set, a Qdrant server; otherwise an embedded engine in `home`.
+    # Store. With `qdrant_url` set, a Qdrant server (backend "server", through qdrant-client);
+    # otherwise Qdrant Edge, the real engine in-process, in `home` (backend "edge").
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = Field(30.0, gt=0)
@@ -87,6 +88,10 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    @property
+    def store_backend(self) -> Literal["edge", "server"]:
+        return "server" if self.qdrant_url else "edge"
 
     @property
     def uses_local_redis(self) -> bool:

@@ -26,6 +26,7 @@ import redis
 
 from pipeline.errors import MedindexError
 from pipeline.settings import Settings, get_settings
+from pipeline.store import refuse_local_mode
 
 log = logging.getLogger("medindex.up")
 STOP_GRACE_S = 30.0
@@ -79,6 +80,8 @@ class Stack:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
+            if self.settings.store_backend == "edge":  # refused here, not by every call
+                refuse_local_mode(self.settings.embedded_store_path)
             if self.settings.uses_local_redis:
                 self._start_redis()
             self._start_workers()

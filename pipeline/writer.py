@@ -1,4 +1,8 @@
-"""The writer: buffered point batches into Qdrant, in calls of at most `batch_size` points."""
+"""The writer: buffered point batches into the store, in calls of at most `batch_size` points.
+
+It writes and reports what happened (`WriteReport`); the job bookkeeping that follows from the
+report lives in `pipeline.ledger`. It never creates a collection: a missing one is a refusal.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.progress import JobTracker
 from pipeline.schemas import PointBatch
 from pipeline.store import Store, StoreError
 
@@ -36,78 +39,87 @@ class Span:
     start: int
     stop: int
 
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class WriteCall:
+    """One successful store call, for the write log."""
+
+    collection: str
+    points: int
+    seconds: float
+
+
+@dataclass
+class WriteReport:
+    """What became of each span: written, refused (with the reason: sending it again would
+    fail again) or parked (the store stayed unavailable for the whole retry budget)."""
+
+    written: list[Span] = field(default_factory=list)
+    refused: list[tuple[Span, str]] = field(default_factory=list)
+    parked: list[tuple[Span, str]] = field(default_factory=list)
+    calls: list[WriteCall] = field(default_factory=list)
+
+    @property
+    def points_written(self) -> int:
+        return sum(len(span) for span in self.written)
+
 
 class Writer:
-    def __init__(
-        self, store: Store, tracker: JobTracker, batch_size: int, retry_budget_s: float
-    ) -> None:
+    def __init__(self, store: Store, batch_size: int, retry_budget_s: float) -> None:
         self.store = store
-        self.tracker = tracker
         self.batch_size = batch_size
         self.retry_budget_s = retry_budget_s
-        self._ensured: set[str] = set()
 
-    def write(self, spans: list[Span]) -> int:
-        """Write every span's points; returns how many were written.
+    def write(self, spans: list[Span]) -> WriteReport:
+        """Write every span's points.
 
-        An outage is retried with backoff for `retry_budget_s`; past it, the points are parked
-        in Redis (shown as failed, kept for `medindex retry`), never dropped. A refusal (bad
-        vector, wrong size) is narrowed down to the messages that cause it: their images are
-        recorded as failed, with the reason, and the others are written.
+        An outage is retried with backoff for `retry_budget_s`; past it, the spans are parked.
+        A refusal (bad vector, wrong size, a collection that does not exist) is narrowed down
+        to the messages that cause it; the others are written.
         """
+        report = WriteReport()
         by_collection: dict[str, list[Span]] = defaultdict(list)
         for span in spans:
             by_collection[span.batch.collection].append(span)
-        return sum(self._write_or_narrow(group) for group in by_collection.values())
+        for group in by_collection.values():
+            self._write_or_narrow(group, report)
+        return report
 
-    def _write_or_narrow(self, spans: list[Span]) -> int:
+    def _write_or_narrow(self, spans: list[Span], report: WriteReport) -> None:
         try:
-            return self._write_collection(spans[0].batch.collection, spans)
+            self._write_collection(spans[0].batch.collection, spans, report)
         except StoreError as exc:
             if exc.transient:
-                self._park(spans, exc)
-                return 0
-            if len(spans) > 1:
-                return sum(self._write_or_narrow([span]) for span in spans)
-            self._refuse(spans[0], exc)
-            return 0
+                reason = f"store unavailable for {self.retry_budget_s:g}s: {exc}"
+                log.error("job=%s: parked %d points: %s", _jobs(spans), _points(spans), exc)
+                report.parked.extend((span, reason) for span in spans)
+            elif len(spans) > 1:
+                for span in spans:
+                    self._write_or_narrow([span], report)
+            else:
+                log.error(
+                    "job=%s: the store refused %d points: %s", _jobs(spans), len(spans[0]), exc
+                )
+                report.refused.append((spans[0], f"store refused: {exc}"))
 
-    def _refuse(self, span: Span, exc: StoreError) -> None:
-        batch = span.batch
-        log.error(
-            "job=%s: the store refused %d points: %s", batch.job_id, span.stop - span.start, exc
-        )
-        self.tracker.mark_failed(batch.job_id, _failures(span, f"store refused: {exc}"))
-
-    def _park(self, spans: list[Span], exc: StoreError) -> None:
-        for span in spans:
-            job_id = span.batch.job_id
-            reason = (
-                f"store unavailable for {self.retry_budget_s:g}s: {exc}; "
-                f"points kept, `medindex retry {job_id}` writes them"
-            )
-            log.error("job=%s: parked %d points: %s", job_id, span.stop - span.start, exc)
-            kept = span.batch.slice(span.start, span.stop).model_dump_json()
-            self.tracker.park(job_id, kept, _failures(span, reason))
-
-    def _write_collection(self, collection: str, spans: list[Span]) -> int:
+    def _write_collection(self, collection: str, spans: list[Span], report: WriteReport) -> None:
         ids = [i for s in spans for i in s.batch.ids[s.start : s.stop]]
         payloads = [p for s in spans for p in s.batch.payloads[s.start : s.stop]]
         vectors = np.concatenate([s.batch.matrix()[s.start : s.stop] for s in spans])
-        self._ensure(collection, vectors.shape[1])
         for start in range(0, len(ids), self.batch_size):
             stop = start + self.batch_size
-            self._write_once(collection, ids[start:stop], vectors[start:stop], payloads[start:stop])
-        for span in spans:
-            self.tracker.mark_indexed(span.batch.job_id, span.batch.rows[span.start : span.stop])
-        return len(ids)
+            call = self._write_once(
+                collection, ids[start:stop], vectors[start:stop], payloads[start:stop]
+            )
+            report.calls.append(call)
+        report.written.extend(spans)
 
-    def _ensure(self, collection: str, dim: int) -> None:
-        if collection not in self._ensured:
-            self.store.ensure_collection(collection, {"dim": dim})
-            self._ensured.add(collection)
-
-    def _write_once(self, collection: str, ids: list, vectors: np.ndarray, payloads: list) -> None:
+    def _write_once(
+        self, collection: str, ids: list, vectors: np.ndarray, payloads: list
+    ) -> WriteCall:
         """One call, tried again with backoff until `retry_budget_s` (tries included) is spent."""
         deadline = time.monotonic() + self.retry_budget_s
         for attempt, delay in enumerate(retry_delays(), start=1):
@@ -122,12 +134,13 @@ class Writer:
                 continue
             seconds = time.perf_counter() - started
             log.info("wrote %d points to %s in %.2fs", len(ids), collection, seconds)
-            self.tracker.record_write(collection, len(ids), seconds)
-            return
+            return WriteCall(collection, len(ids), seconds)
+        raise AssertionError("unreachable: retry_delays() never ends")
 
 
-def _failures(span: Span, reason: str) -> list[dict]:
-    batch = span.batch
-    keys = batch.keys()[span.start : span.stop]
-    rows = batch.rows[span.start : span.stop]
-    return [{"row": row, "key": key, "reason": reason} for row, key in zip(rows, keys, strict=True)]
+def _jobs(spans: list[Span]) -> str:
+    return ",".join(sorted({span.batch.job_id for span in spans}))
+
+
+def _points(spans: list[Span]) -> int:
+    return sum(len(span) for span in spans)

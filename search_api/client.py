@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb
-from pipeline.remote_store import open_store
+from pipeline.remote_store import open_reader
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.store import Hit, parse_filter
 
@@ -42,7 +42,7 @@ class SearchClient:
         records another. Without it, image queries use the model each collection records."""
         self.settings = settings or get_settings()
         self.model = model
-        self.store = open_store(self.settings)
+        self.store = open_reader(self.settings)
 
     def embedder_for(self, collection: str) -> Embedder:
         """The model and pooling that made the collection's vectors (loaded on the first image

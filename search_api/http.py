@@ -59,8 +59,8 @@ def client() -> SearchClient:
 
 @app.exception_handler(MedindexError)
 async def _user_error(request: Request, exc: MedindexError) -> JSONResponse:
-    # The store's outage or overload is not the caller's mistake.
-    unavailable = getattr(exc, "transient", False) or "no store worker answered" in str(exc)
+    # The store's outage or overload is not the caller's mistake: its error says which.
+    unavailable = getattr(exc, "transient", False)
     return JSONResponse({"detail": str(exc)}, status_code=503 if unavailable else 400)
 
 

@@ -17,13 +17,14 @@ from celery.utils.log import get_task_logger
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from pipeline import ledger
 from pipeline.batching import plan_flush
 from pipeline.celery_app import app
 from pipeline.logs import bind_job
 from pipeline.schemas import PointBatch
 from pipeline.settings import get_settings
 from pipeline.writer import Span
-from tasks.worker_state import writer
+from tasks.worker_state import tracker, writer
 
 log = get_task_logger(__name__)
 settings = get_settings()
@@ -134,8 +135,9 @@ def _apply_write(task: PointBatches, requests: list[SimpleRequest], spans: list)
 def upsert(requests: list[SimpleRequest], spans: list) -> dict:
     batches = [PointBatch.model_validate(r.kwargs["batch"]) for r in requests]
     bind_job(",".join(sorted({b.job_id for b in batches})))
-    written = writer().write(
+    report = writer().write(
         [Span(b, start, stop) for b, (start, stop) in zip(batches, spans, strict=True)]
     )
-    log.info("wrote %d points from %d messages", written, len(requests))
-    return {"written": written}
+    ledger.record(tracker(), report)
+    log.info("wrote %d points from %d messages", report.points_written, len(requests))
+    return {"written": report.points_written}

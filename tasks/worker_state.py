@@ -22,6 +22,5 @@ def store() -> Store:
 
 @cache
 def writer() -> Writer:
-    """One per process, so a collection is checked once, not before every write."""
     settings = get_settings()
-    return Writer(store(), tracker(), settings.upsert_batch_size, settings.store_retry_budget_s)
+    return Writer(store(), settings.upsert_batch_size, settings.store_retry_budget_s)

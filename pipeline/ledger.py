@@ -1,0 +1,29 @@
+"""The job bookkeeping that follows a write: what the writer reports, recorded per job."""
+
+from __future__ import annotations
+
+from pipeline.progress import JobTracker
+from pipeline.writer import Span, WriteReport
+
+
+def record(tracker: JobTracker, report: WriteReport) -> None:
+    """Written rows indexed, refused ones failed with the reason, parked ones kept whole in
+    Redis for `medindex retry` (shown as failed meanwhile), each call in the write log."""
+    for span in report.written:
+        tracker.mark_indexed(span.batch.job_id, span.batch.rows[span.start : span.stop])
+    for span, reason in report.refused:
+        tracker.mark_failed(span.batch.job_id, failures(span, reason))
+    for span, reason in report.parked:
+        job_id = span.batch.job_id
+        kept = span.batch.slice(span.start, span.stop).model_dump_json()
+        reason = f"{reason}; points kept, `medindex retry {job_id}` writes them"
+        tracker.park(job_id, kept, failures(span, reason))
+    for call in report.calls:
+        tracker.record_write(call.collection, call.points, call.seconds)
+
+
+def failures(span: Span, reason: str) -> list[dict]:
+    batch = span.batch
+    keys = batch.keys()[span.start : span.stop]
+    rows = batch.rows[span.start : span.stop]
+    return [{"row": row, "key": key, "reason": reason} for row, key in zip(rows, keys, strict=True)]

@@ -1,0 +1,475 @@
+"""The `edge` backend: Qdrant Edge, the real Qdrant engine in-process (the embedded default).
+
+Edge has shards, not collections: a collection is a folder holding its shard and `meta.json`
+(the spec it records, written last, so a half-made collection does not exist); aliases live in
+one `aliases.json` replaced by rename, read on every call. One process may open a shard, so
+the store worker owns the folder (a lock on it says so) and everyone else calls it through the
+broker. Edge has no background optimiser and `optimize()` holds its process (the GIL included)
+until done: a bulk-loaded collection gets its HNSW index in a child process that owns the shard
+until it is ready, so searches and writes of the other collections never wait behind it.
+
+Run as `python -m pipeline.store_edge SHARD_DIR M`: that child.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as edge
+
+from pipeline.edge_filters import edge_filter, edge_payload_selector
+from pipeline.errors import MedindexError, first_line
+from pipeline.store import (
+    Hit,
+    Store,
+    StoreError,
+    check_finite,
+    check_same_vectors,
+    parse_filter,
+    parse_payload_selector,
+    payload_indexes,
+    recommend_vector,
+    refuse_local_mode,
+)
+
+log = logging.getLogger(__name__)
+
+HNSW_M = 16
+SCHEMA_TYPES = {
+    "keyword": edge.PayloadSchemaType.Keyword,
+    "integer": edge.PayloadSchemaType.Integer,
+    "float": edge.PayloadSchemaType.Float,
+    "bool": edge.PayloadSchemaType.Bool,
+    "datetime": edge.PayloadSchemaType.Datetime,
+    "uuid": edge.PayloadSchemaType.Uuid,
+}
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+
+
+def hnsw(m: int) -> edge.HnswIndexConfig:
+    """Qdrant's defaults; m=0 defers the graph (bulk load)."""
+    return edge.HnswIndexConfig(m=m, ef_construct=100, full_scan_threshold=10_000)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Replaced whole, by rename: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with tmp.open("w") as out:
+        json.dump(value, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _point_id(value: str) -> str | int:
+    """Edge takes unsigned ints or UUIDs; ids travel as text."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def _id_text(value: str) -> str:
+    """A point id as Edge gives it back (a canonical UUID, or an integer)."""
+    return str(_point_id(value)) if str(value).isdigit() else str(uuid.UUID(value))
+
+
+def _hit(point: edge.ScoredPoint | edge.Record) -> Hit:
+    hit: Hit = {"id": str(point.id), "payload": point.payload or {}}
+    if isinstance(point, edge.ScoredPoint):
+        hit["score"] = float(point.score)
+    if point.vector is not None:
+        hit["vector"] = [float(x) for x in point.vector]
+    return hit
+
+
+def _group_values(payload: dict, key: str) -> list | None:
+    """The group ids a point belongs to, as the server computes them: a string or an integer
+    (or a list of them); a point with any other value joins no group."""
+    value: Any = payload
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    values = value if isinstance(value, list) else [value]
+    if not values or any(type(v) not in (str, int) for v in values):
+        return None
+    return list(dict.fromkeys(values))
+
+
+class EdgeStore(Store):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = f"embedded store {root}"
+        refuse_local_mode(root)
+        (root / "collections").mkdir(parents=True, exist_ok=True)
+        self._lock = (root / ".lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.close()
+            raise StoreError(f"embedded store {root} is in use by another process") from exc
+        self._shards: dict[str, edge.EdgeShard] = {}
+        self._builds: dict[str, subprocess.Popen] = {}
+
+    # --- management -----------------------------------------------------------------------
+
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
+        if self._exists(name):
+            existing = self.collection_info(name)
+            check_same_vectors(name, existing, spec)
+            return existing
+        folder = self._folder(name)
+        indexes = payload_indexes(spec)
+        with self._errors():
+            shutil.rmtree(folder, ignore_errors=True)  # what a crash mid-creation left
+            config = vector_config(spec["dim"], 0 if bulk else HNSW_M)
+            shard = edge.EdgeShard.create(str(folder / "shard"), config)
+            for field, kind in indexes.items():  # before the points: Qdrant's advice
+                shard.update(edge.UpdateOperation.create_field_index(field, SCHEMA_TYPES[kind]))
+            shard.close()  # opened again by its first use
+            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": not bulk}
+            _write_json(
+                folder / "meta.json", meta | {"metadata": spec | {"created_at": time.time()}}
+            )
+        log.info("created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description)
+        return self.collection_info(name)
+
+    def start_index(self, name: str, m: int = HNSW_M) -> None:
+        name = self._resolve(name)
+        if self._meta(name)["indexed"] or name in self._builds:
+            return
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()  # the builder owns it until it is ready
+        shard_path, dim = self._folder(name) / "shard", self._meta(name)["dim"]
+        argv = [sys.executable, "-m", "pipeline.store_edge", str(shard_path), str(dim), str(m)]
+        self._builds[name] = subprocess.Popen(argv)
+        log.info("building the index of %s in process %d", name, self._builds[name].pid)
+
+    def index_ready(self, name: str) -> bool:
+        name = self._resolve(name)
+        build = self._builds.get(name)
+        if build is None:  # none running here (this process restarted): start it again
+            if self._meta(name)["indexed"]:
+                return True
+            self.start_index(name)
+            return False
+        code = build.poll()
+        if code is None:
+            return False
+        del self._builds[name]
+        if code != 0:
+            raise StoreError(f"building the index of {name!r} failed (exit code {code})")
+        self._update_meta(name, indexed=True)
+        return True
+
+    def set_metadata(self, name: str, metadata: dict) -> None:
+        name = self._resolve(name)
+        self._update_meta(name, metadata=self._meta(name)["metadata"] | metadata)
+
+    def delete_collection(self, name: str) -> None:
+        if not self._exists(name):
+            raise StoreError(f"collection {name!r} does not exist")
+        if name in self._builds and self._builds[name].poll() is None:
+            raise StoreError(f"collection {name!r} is being indexed", transient=True)
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        aliases = self.aliases()
+        kept = {alias: target for alias, target in aliases.items() if target != name}
+        if kept != aliases:
+            _write_json(self.root / "aliases.json", kept)
+        gone = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
+        os.replace(self._folder(name), gone)  # gone in one step, then cleaned up
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def switch_alias(self, alias: str, collection: str) -> None:
+        if not self._exists(collection):
+            raise StoreError(f"collection {collection!r} does not exist")
+        if self._exists(alias):
+            raise StoreError(f"alias {alias!r} is the name of a collection")
+        _check_name(alias)
+        _write_json(self.root / "aliases.json", self.aliases() | {alias: collection})
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]
+    ) -> None:
+        check_finite(vectors)
+        shard = self._shard(name)
+        with self._errors():
+            points = [
+                edge.Point(_point_id(i), v, p)
+                for i, v, p in zip(ids, vectors.tolist(), payloads, strict=True)
+            ]
+            shard.update(edge.UpdateOperation.upsert_points(points))
+            # Acknowledged means on disk: Edge's WAL holds the points once `update` returns
+            # (a killed process loses nothing); the flush also survives a power cut.
+            shard.flush()
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def collections(self) -> list[str]:
+        folders = (self.root / "collections").iterdir()
+        return sorted(f.name for f in folders if (f / "meta.json").is_file())
+
+    def aliases(self) -> dict[str, str]:
+        path = self.root / "aliases.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def collection_info(self, name: str) -> dict:
+        meta = self._meta(self._resolve(name))
+        with self._errors():
+            points = self._shard(name).info().points_count
+        return {
+            "name": name,
+            "dim": meta["dim"],
+            "distance": meta["distance"],
+            "points": points,
+            "metadata": meta["metadata"],
+        }
+
+    def metadata(self, name: str) -> dict:
+        return self._meta(self._resolve(name))["metadata"]
+
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        filter: dict | None = None,
+        limit: int = 10,
+        score_threshold: float | None = None,
+        with_payload: bool | list | dict = True,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        request = self._query(vector, filter, limit, score_threshold, with_payload, with_vectors)
+        shard = self._shard(name)
+        with self._errors():
+            return [_hit(p) for p in shard.query(request)]
+
+    def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
+        requests = [
+            self._query(
+                q["vector"],
+                q.get("filter"),
+                q.get("limit", 10),
+                q.get("score_threshold"),
+                q.get("with_payload", True),
+            )
+            for q in queries
+        ]
+        shard = self._shard(name)
+        with self._errors():
+            results = shard.query_batch(edge.QueryBatchRequest(requests))
+        return [[_hit(p) for p in points] for points in results]
+
+    def groups(
+        self,
+        name: str,
+        vector: Sequence[float],
+        group_by: str,
+        limit: int = 10,
+        group_size: int = 1,
+        filter: dict | None = None,
+    ) -> list[dict]:
+        """Edge's binding has no query_groups: hits in score order, grouped the way the server
+        groups them, reading more hits until the first `limit` groups are full or none are
+        left (further hits could only join other groups or full ones)."""
+        shard = self._shard(name)
+        fetch = max(64, 4 * limit * group_size)
+        while True:
+            request = self._query(vector, filter, fetch, None, True, False)
+            with self._errors():
+                points = shard.query(request)
+            groups: dict[Any, list[Hit]] = {}
+            for point in points:
+                for value in _group_values(point.payload or {}, group_by) or ():
+                    hits = groups.setdefault(value, [])
+                    if len(hits) < group_size:
+                        hits.append(_hit(point))
+            first = list(groups.items())[:limit]
+            full = len(first) == limit and all(len(hits) == group_size for _, hits in first)
+            if full or len(points) < fetch:
+                return [{"group": value, "hits": hits} for value, hits in first]
+            fetch *= 4
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        filter: dict | None = None,
+        limit: int = 10,
+    ) -> list[Hit]:
+        examples = [*positive, *negative]
+        found = {p["id"]: p["vector"] for p in self.retrieve(name, examples, with_vectors=True)}
+        try:
+            vectors = [found[_id_text(i)] for i in examples]
+        except KeyError as exc:
+            raise StoreError(f"no point {exc.args[0]!r} in collection {name!r}") from exc
+        dim = len(vectors[0])
+        query = recommend_vector(
+            np.array(vectors[: len(positive)]), np.array(vectors[len(positive) :]).reshape(-1, dim)
+        )
+        without = {"must_not": [{"has_id": examples}]}
+        combined = {"must": [filter], **without} if filter else without
+        return self.search(name, query.tolist(), combined, limit)
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        shard = self._shard(name)
+        with self._errors():
+            points = shard.retrieve([_point_id(i) for i in ids], True, with_vectors)
+        return [_hit(p) for p in points]
+
+    def count(self, name: str, filter: dict | None = None) -> int:
+        request = edge.CountRequest(exact=True, filter=edge_filter(parse_filter(filter)))
+        shard = self._shard(name)
+        with self._errors():
+            return shard.count(request)
+
+    def scroll(
+        self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
+    ) -> dict:
+        request = edge.ScrollRequest(
+            offset=None if offset is None else _point_id(offset),
+            limit=limit,
+            filter=edge_filter(parse_filter(filter)),
+            with_payload=True,
+            with_vector=False,
+        )
+        shard = self._shard(name)
+        with self._errors():
+            points, next_offset = shard.scroll(request)
+        return {
+            "points": [_hit(p) for p in points],
+            "next_offset": None if next_offset is None else str(next_offset),
+        }
+
+    def ping(self) -> None:
+        if not (self.root / "collections").is_dir():
+            raise StoreError(f"{self.description} is gone", transient=True)
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+        self._lock.close()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _query(
+        self,
+        vector: Sequence[float],
+        filter: dict | None,
+        limit: int,
+        score_threshold: float | None,
+        with_payload: bool | list | dict,
+        with_vectors: bool = False,
+    ) -> edge.QueryRequest:
+        return edge.QueryRequest(
+            limit=limit,
+            query=edge.Query.Nearest([float(x) for x in vector]),
+            filter=edge_filter(parse_filter(filter)),
+            score_threshold=score_threshold,
+            with_payload=edge_payload_selector(parse_payload_selector(with_payload)),
+            with_vector=with_vectors,
+        )
+
+    def _folder(self, name: str) -> Path:
+        _check_name(name)
+        return self.root / "collections" / name
+
+    def _exists(self, name: str) -> bool:
+        return (self._folder(name) / "meta.json").is_file()
+
+    def _resolve(self, name: str) -> str:
+        """The collection behind `name` (itself, or the one its alias points at)."""
+        if self._exists(name):
+            return name
+        target = self.aliases().get(name)
+        if target is None or not self._exists(target):
+            raise StoreError(f"collection {name!r} does not exist")
+        return target
+
+    def _meta(self, name: str) -> dict:
+        return json.loads((self._folder(name) / "meta.json").read_text())
+
+    def _update_meta(self, name: str, **changes: Any) -> None:
+        _write_json(self._folder(name) / "meta.json", self._meta(name) | changes)
+
+    def _shard(self, name: str) -> edge.EdgeShard:
+        name = self._resolve(name)
+        shard = self._shards.get(name)
+        if shard is None:
+            with self._errors():
+                shard = self._shards[name] = edge.EdgeShard.load(str(self._folder(name) / "shard"))
+        return shard
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Edge raises plain exceptions: a locked shard or the disk is worth retrying, the
+        rest (a wrong id, a wrong dimension) is the request's fault."""
+        where = self.description
+        try:
+            yield
+        except MedindexError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"{where} cannot use its files: {first_line(exc)}", True) from exc
+        except Exception as exc:
+            text = first_line(exc)
+            if "WouldBlock" in text:
+                raise StoreError(
+                    f"{where}: a collection's shard is held by another process "
+                    "(its index being built?)",
+                    True,
+                ) from exc
+            if "No space" in text or "Service runtime error" in text:
+                raise StoreError(f"{where} cannot use its files: {text}", True) from exc
+            raise StoreError(f"Qdrant Edge ({where}) refused the request: {text}") from exc
+
+
+def _check_name(name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise StoreError(
+            f"collection name {name!r}: letters, digits, '_', '.' and '-' only (up to 255), "
+            "not starting with '.' or '-'"
+        )
+
+
+def vector_config(dim: int, m: int) -> edge.EdgeConfig:
+    return edge.EdgeConfig(
+        vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+        hnsw_config=hnsw(m),
+    )
+
+
+def build_index(shard_path: str, dim: int, m: int) -> None:
+    """Open the shard with HNSW enabled and optimise it: the slow part, in its own process."""
+    shard = edge.EdgeShard.load(shard_path, vector_config(dim, m))
+    started = time.perf_counter()
+    shard.optimize()
+    shard.close()
+    print(f"indexed {shard_path} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    build_index(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

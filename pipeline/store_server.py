@@ -1,0 +1,308 @@
+"""The `server` backend: qdrant-client against a Qdrant server (compose, Kubernetes).
+
+`ServerStore.local(path)` opens qdrant-client's local mode instead: the server's API over a
+pure-Python engine, kept only as the stand-in for a server in the contract tests and the bench
+(no Qdrant server runs where medindex is tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from pipeline.errors import MedindexError, first_line
+from pipeline.settings import Settings
+from pipeline.store import (
+    Hit,
+    Store,
+    StoreError,
+    check_finite,
+    check_same_vectors,
+    parse_filter,
+    parse_payload_selector,
+    payload_indexes,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "datetime": models.PayloadSchemaType.DATETIME,
+    "uuid": models.PayloadSchemaType.UUID,
+}
+
+
+def _hit(point: models.ScoredPoint | models.Record) -> Hit:
+    hit: Hit = {"id": str(point.id), "payload": point.payload or {}}
+    if isinstance(point, models.ScoredPoint):
+        hit["score"] = float(point.score)
+    if point.vector is not None:
+        hit["vector"] = [float(x) for x in point.vector]
+    return hit
+
+
+class ServerStore(Store):
+    def __init__(self, client: QdrantClient, description: str) -> None:
+        self.client = client
+        self.description = description
+
+    @classmethod
+    def connect(cls, settings: Settings) -> ServerStore:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        timeout = math.ceil(settings.qdrant_timeout_s)
+        client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=timeout)
+        return cls(client, settings.qdrant_url)
+
+    @classmethod
+    def local(cls, path: Path) -> ServerStore:
+        """qdrant-client's local mode in `path`: the server's API, for tests and the bench."""
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            client = QdrantClient(path=str(path))
+        except RuntimeError as exc:  # the folder is locked by another process
+            raise StoreError(f"local-mode store {path} is in use by another process") from exc
+        return cls(client, f"local-mode store {path}")
+
+    # --- management -----------------------------------------------------------------------
+
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
+        with self._errors():
+            if self.client.collection_exists(name):
+                existing = self.collection_info(name)
+                check_same_vectors(name, existing, spec)
+                return existing
+            indexes = payload_indexes(spec)
+            self.client.create_collection(
+                name,
+                vectors_config=models.VectorParams(
+                    size=spec["dim"], distance=models.Distance.COSINE
+                ),
+                hnsw_config=models.HnswConfigDiff(m=0) if bulk else None,
+                metadata=spec | {"created_at": time.time()},
+            )
+            for field, kind in indexes.items():  # before the points: Qdrant's advice
+                self.client.create_payload_index(name, field, SCHEMA_TYPES[kind])
+            log.info(
+                "created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description
+            )
+            return self.collection_info(name)
+
+    def start_index(self, name: str, m: int = 16) -> None:
+        with self._errors():
+            self.client.update_collection(name, hnsw_config=models.HnswConfigDiff(m=m))
+
+    def index_ready(self, name: str) -> bool:
+        with self._errors():
+            status = self.client.get_collection(name).status
+            if status == models.CollectionStatus.RED:
+                raise StoreError(f"Qdrant failed to optimise {name!r} (status red)")
+            if status == models.CollectionStatus.GREY:  # optimisers wait for an update
+                self.client.update_collection(name, optimizers_config=models.OptimizersConfigDiff())
+        return status == models.CollectionStatus.GREEN
+
+    def set_metadata(self, name: str, metadata: dict) -> None:
+        with self._errors():
+            self.client.update_collection(name, metadata=metadata)
+
+    def delete_collection(self, name: str) -> None:
+        with self._errors():
+            self.client.delete_collection(name)
+
+    def switch_alias(self, alias: str, collection: str) -> None:
+        operations: list = []
+        if alias in self.aliases():
+            operations.append(
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            )
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)
+            )
+        )
+        with self._errors():
+            self.client.update_collection_aliases(change_aliases_operations=operations)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]
+    ) -> None:
+        check_finite(vectors)
+        with self._errors():
+            self.client.upsert(
+                name,
+                points=models.Batch(
+                    ids=list(ids), vectors=vectors.tolist(), payloads=list(payloads)
+                ),
+                wait=True,
+            )
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def collections(self) -> list[str]:
+        with self._errors():
+            return sorted(c.name for c in self.client.get_collections().collections)
+
+    def aliases(self) -> dict[str, str]:
+        with self._errors():
+            return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def collection_info(self, name: str) -> dict:
+        with self._errors():
+            self._must_exist(name)
+            info = self.client.get_collection(name)
+            params = info.config.params.vectors
+            count = self.client.count(name, exact=True).count
+            return {
+                "name": name,
+                "dim": params.size,
+                "distance": params.distance.value,
+                "points": count,
+                "metadata": info.config.metadata or {},
+            }
+
+    def metadata(self, name: str) -> dict:
+        with self._errors():
+            self._must_exist(name)
+            return self.client.get_collection(name).config.metadata or {}
+
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        filter: dict | None = None,
+        limit: int = 10,
+        score_threshold: float | None = None,
+        with_payload: bool | list | dict = True,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        with self._errors():
+            response = self.client.query_points(
+                name,
+                query=list(vector),
+                query_filter=parse_filter(filter),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=parse_payload_selector(with_payload),
+                with_vectors=with_vectors,
+            )
+        return [_hit(p) for p in response.points]
+
+    def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
+        with self._errors():
+            requests = [
+                models.QueryRequest(
+                    query=list(q["vector"]),
+                    filter=parse_filter(q.get("filter")),
+                    limit=q.get("limit", 10),
+                    score_threshold=q.get("score_threshold"),
+                    with_payload=parse_payload_selector(q.get("with_payload", True)),
+                )
+                for q in queries
+            ]
+            responses = self.client.query_batch_points(name, requests=requests)
+        return [[_hit(p) for p in r.points] for r in responses]
+
+    def groups(
+        self,
+        name: str,
+        vector: Sequence[float],
+        group_by: str,
+        limit: int = 10,
+        group_size: int = 1,
+        filter: dict | None = None,
+    ) -> list[dict]:
+        with self._errors():
+            result = self.client.query_points_groups(
+                name,
+                group_by=group_by,
+                query=list(vector),
+                query_filter=parse_filter(filter),
+                limit=limit,
+                group_size=group_size,
+            )
+        return [{"group": g.id, "hits": [_hit(p) for p in g.hits]} for g in result.groups]
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        filter: dict | None = None,
+        limit: int = 10,
+    ) -> list[Hit]:
+        with self._errors():
+            query = models.RecommendQuery(
+                recommend=models.RecommendInput(positive=list(positive), negative=list(negative))
+            )
+            response = self.client.query_points(
+                name, query=query, query_filter=parse_filter(filter), limit=limit
+            )
+        return [_hit(p) for p in response.points]
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        with self._errors():
+            points = self.client.retrieve(name, ids=list(ids), with_vectors=with_vectors)
+        return [_hit(p) for p in points]
+
+    def count(self, name: str, filter: dict | None = None) -> int:
+        with self._errors():
+            return self.client.count(name, count_filter=parse_filter(filter), exact=True).count
+
+    def scroll(
+        self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
+    ) -> dict:
+        with self._errors():
+            points, next_offset = self.client.scroll(
+                name, scroll_filter=parse_filter(filter), limit=limit, offset=offset
+            )
+        return {
+            "points": [_hit(p) for p in points],
+            "next_offset": None if next_offset is None else str(next_offset),
+        }
+
+    def ping(self) -> None:
+        with self._errors():
+            self.client.get_collections()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _must_exist(self, name: str) -> None:
+        if not self.client.collection_exists(name) and name not in self.aliases():
+            raise StoreError(f"collection {name!r} does not exist")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn qdrant-client's and httpx's exceptions into one readable StoreError."""
+        where = self.description
+        try:
+            yield
+        except MedindexError:
+            raise
+        except UnexpectedResponse as exc:
+            detail = exc.content.decode(errors="replace")[:300] if exc.content else ""
+            transient = exc.status_code is not None and (
+                exc.status_code >= 500 or exc.status_code == 429
+            )
+            message = f"Qdrant ({where}) answered {exc.status_code}: {detail}"
+            raise StoreError(message, transient=transient) from exc
+        except (ResponseHandlingException, OSError, TimeoutError) as exc:
+            message = f"cannot reach Qdrant at {where}: {first_line(exc)}"
+            raise StoreError(message, transient=True) from exc
+        except (ValueError, ValidationError) as exc:
+            raise StoreError(f"Qdrant ({where}) refused the request: {first_line(exc)}") from exc
