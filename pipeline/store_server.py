@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,8 +93,10 @@ class ServerStore(Store):
                 hnsw_config=models.HnswConfigDiff(m=0) if bulk else None,
                 metadata=spec | {"created_at": time.time()},
             )
-            for field, kind in indexes.items():  # before the points: Qdrant's advice
-                self.client.create_payload_index(name, field, SCHEMA_TYPES[kind])
+            with warnings.catch_warnings():  # local mode ignores them; a server uses them
+                warnings.simplefilter("ignore", UserWarning)
+                for field, kind in indexes.items():  # before the points: Qdrant's advice
+                    self.client.create_payload_index(name, field, SCHEMA_TYPES[kind])
             log.info(
                 "created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description
             )

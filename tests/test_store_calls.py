@@ -1,0 +1,78 @@
+"""Calls to the embedded store across the broker, on the real stack: a message cannot aim the
+answer (or its expiry) at Redis keys it does not own, a search process cannot delete or
+relabel anything, and a refusal keeps its kind (outage or mistake) on the way back."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import qdrant_edge
+from conftest import Stack
+
+from pipeline.celery_app import STORE_QUEUE, UNACKED, app
+from pipeline.remote_store import MANAGE_TASK, QUERY_TASK, REPLY_PREFIX, RemoteReader, RemoteStore
+from pipeline.settings import get_settings
+from pipeline.store import StoreError
+
+
+@pytest.fixture()
+def remote(stack: Stack) -> RemoteStore:
+    return RemoteStore(get_settings())
+
+
+def forge(task: str, method: str, args: list, reply_to: str) -> None:
+    call = {"method": method, "args": args, "kwargs": {}, "reply_to": reply_to}
+    app.send_task(task, kwargs=call, queue=STORE_QUEUE)
+
+
+def test_answers_go_only_to_fresh_reply_keys(remote: RemoteStore) -> None:
+    """Issue 12, item 11: answering used to push to any key and set a 300 s expiry on it."""
+    r = remote.redis
+    r.hset(UNACKED, "sentinel-delivery", "kept")
+    r.set("medindex:job:j1:indexed", "7")
+    taken = REPLY_PREFIX + uuid.uuid4().hex
+    r.rpush(taken, "someone else's")
+    for key in (UNACKED, "medindex:job:j1:indexed", taken, REPLY_PREFIX + "not-hex"):
+        forge(QUERY_TASK, "collections", [], key)
+    remote.collections()  # answered after the forged calls: one store worker, in order
+    assert r.ttl(UNACKED) == -1 and r.hget(UNACKED, "sentinel-delivery") == b"kept"
+    assert r.ttl("medindex:job:j1:indexed") == -1 and r.get("medindex:job:j1:indexed") == b"7"
+    assert r.ttl(taken) == -1 and r.lrange(taken, 0, -1) == [b"someone else's"]
+    assert not r.exists(REPLY_PREFIX + "not-hex")
+    r.hdel(UNACKED, "sentinel-delivery")
+
+
+def test_the_query_path_refuses_management_calls(remote: RemoteStore) -> None:
+    remote.ensure_collection("kept", {"dim": 4})
+    reader = RemoteReader(get_settings())
+    assert not hasattr(reader, "delete_collection")  # a search process has no such method
+    for method, args in (
+        ("delete_collection", ["kept"]),
+        ("switch_alias", ["kept_alias", "kept"]),
+        ("set_metadata", ["kept", {"model": "forged"}]),
+    ):
+        with pytest.raises(StoreError, match="not allowed on this path"):
+            reader._call(QUERY_TASK, method, *args)
+    assert "kept" in remote.collections() and "kept_alias" not in remote.aliases()
+    assert "model" not in remote.metadata("kept")
+    with pytest.raises(StoreError, match="not allowed on this path"):
+        remote._call(MANAGE_TASK, "search", "kept", [0.0] * 4)
+
+
+def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteStore) -> None:
+    with pytest.raises(StoreError, match="does not exist") as mistake:
+        remote.count("no_such_collection")
+    assert not mistake.value.transient
+    # A shard held by another process (as while its index is built): an outage, not a mistake.
+    remote.ensure_collection("held", {"dim": 4})
+    shard_path = get_settings().embedded_store_path / "collections" / "held" / "shard"
+    shard = qdrant_edge.EdgeShard.load(str(shard_path))
+    try:
+        with pytest.raises(StoreError, match="held by another process") as outage:
+            remote.search("held", np.ones(4).tolist())
+        assert outage.value.transient
+    finally:
+        shard.close()
+    assert remote.count("held") == 0

@@ -1,0 +1,232 @@
+"""One contract for every store backend: the same calls give the same answers.
+
+Backends: Qdrant Edge (the embedded default) and qdrant-client's local mode, which stands in for
+a Qdrant server's API (no Qdrant server can run where medindex is tested). Both search exactly
+at this size, so results match id for id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.schemas import point_id
+from pipeline.store import Store, StoreError
+from pipeline.store_edge import EdgeStore
+from pipeline.store_server import ServerStore
+
+DIM = 16
+N = 300
+SEXES = ("male", "female", "unknown")
+DXS = ("melanoma", "nevus", "keratosis", "carcinoma")
+
+
+def _points() -> tuple[list[str], np.ndarray, list[dict]]:
+    rng = np.random.default_rng(11)
+    ids = [point_id("contract", f"img-{i}") for i in range(N)]
+    vectors = rng.normal(size=(N, DIM)).astype(np.float32)
+    payloads = []
+    for i in range(N):
+        payload = {"image_id": f"img-{i}", "dx": DXS[i % 4], "sex": SEXES[i % 3]}
+        if i % 7:  # missing metadata stays missing
+            payload["age"] = float(5 * (i % 18))
+        payloads.append(payload)
+    return ids, vectors, payloads
+
+
+IDS, VECTORS, PAYLOADS = _points()
+QUERY = VECTORS[0].tolist()
+SPEC = {"dim": DIM, "model": "m", "pooling": "mean"}
+
+FILTERS = [
+    None,
+    {"must": [{"key": "sex", "match": {"value": "female"}}, {"key": "age", "range": {"gte": 55}}]},
+    {"must": [{"key": "dx", "match": {"any": ["melanoma", "carcinoma"]}}]},
+    {"must": [{"key": "dx", "match": {"except": ["nevus"]}}]},
+    {"should": [{"key": "sex", "match": {"value": "male"}}, {"key": "age", "range": {"lt": 10}}]},
+    {"must_not": [{"key": "sex", "match": {"value": "unknown"}}]},
+    {"must": [{"is_empty": {"key": "age"}}]},
+    {"must": [{"has_id": IDS[:40]}], "must_not": [{"has_id": IDS[:5]}]},
+    {"must": [{"key": "age", "range": {"gt": 20, "lte": 60}}], "must_not": [{"has_id": IDS[:3]}]},
+]
+
+
+@pytest.fixture(params=["edge", "local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened = (
+        EdgeStore(tmp_path / "edge")
+        if request.param == "edge"
+        else ServerStore.local(tmp_path / "local")
+    )
+    opened.ensure_collection("c", SPEC)
+    opened.upsert("c", IDS, VECTORS, PAYLOADS)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """The server's API (local mode), queried beside each backend."""
+    local = ServerStore.local(tmp_path_factory.mktemp("reference"))
+    local.ensure_collection("c", SPEC)
+    local.upsert("c", IDS, VECTORS, PAYLOADS)
+    yield local
+    local.close()
+
+
+def ids_scores(hits: list[dict]) -> list[tuple[str, float]]:
+    return [(h["id"], round(h["score"], 4)) for h in hits]
+
+
+@pytest.mark.parametrize("where", FILTERS, ids=range(len(FILTERS)))
+def test_filtered_search_count_and_threshold(store: Store, reference: Store, where: dict) -> None:
+    for threshold in (None, 0.2):
+        got = store.search("c", QUERY, where, limit=15, score_threshold=threshold)
+        want = reference.search("c", QUERY, where, limit=15, score_threshold=threshold)
+        assert ids_scores(got) == ids_scores(want)
+        assert [h["payload"] for h in got] == [h["payload"] for h in want]
+    assert store.count("c", where) == reference.count("c", where)
+
+
+def test_payload_selectors_and_vectors(store: Store, reference: Store) -> None:
+    for selector in (False, ["dx"], {"include": ["dx", "age"]}, {"exclude": ["image_id"]}):
+        got = store.search("c", QUERY, limit=5, with_payload=selector)
+        want = reference.search("c", QUERY, limit=5, with_payload=selector)
+        assert [h["payload"] for h in got] == [h["payload"] for h in want]
+    hit = store.search("c", QUERY, limit=1, with_vectors=True)[0]
+    assert np.allclose(hit["vector"], VECTORS[0] / np.linalg.norm(VECTORS[0]), atol=1e-5)
+
+
+def test_batches_groups_and_recommend(store: Store, reference: Store) -> None:
+    queries = [
+        {"vector": VECTORS[i].tolist(), "filter": FILTERS[i % len(FILTERS)], "limit": 3 + i}
+        for i in range(5)
+    ]
+    got, want = store.search_batch("c", queries), reference.search_batch("c", queries)
+    assert [ids_scores(h) for h in got] == [ids_scores(h) for h in want]
+    for limit, size, where in ((4, 1, None), (3, 5, FILTERS[1]), (10, 2, FILTERS[5])):
+        got_groups = store.groups("c", QUERY, "dx", limit, size, where)
+        want_groups = reference.groups("c", QUERY, "dx", limit, size, where)
+        assert [(g["group"], ids_scores(g["hits"])) for g in got_groups] == [
+            (g["group"], ids_scores(g["hits"])) for g in want_groups
+        ]
+    for negative in ([], IDS[3:5]):
+        got_hits = store.recommend("c", IDS[:2], negative, FILTERS[3], limit=8)
+        want_hits = reference.recommend("c", IDS[:2], negative, FILTERS[3], limit=8)
+        assert ids_scores(got_hits) == ids_scores(want_hits)
+
+
+def test_retrieve_scroll_and_info(store: Store) -> None:
+    found = store.retrieve("c", IDS[:3], with_vectors=True)
+    assert {h["id"] for h in found} == set(IDS[:3])
+    assert all(len(h["vector"]) == DIM for h in found)
+    seen, offset = [], None
+    while True:
+        page = store.scroll("c", FILTERS[2], limit=40, offset=offset)
+        seen += [h["id"] for h in page["points"]]
+        if (offset := page["next_offset"]) is None:
+            break
+    assert len(seen) == len(set(seen)) == store.count("c", FILTERS[2])
+    info = store.collection_info("c")
+    assert (info["dim"], info["points"]) == (DIM, N)
+    assert info["metadata"]["model"] == "m"
+
+
+def test_aliases_versions_and_metadata(store: Store) -> None:
+    store.ensure_collection("c__v2", SPEC, bulk=True)
+    store.upsert("c__v2", IDS[:50], VECTORS[:50], PAYLOADS[:50])
+    store.finish_bulk("c__v2")
+    store.switch_alias("c_alias", "c")
+    assert store.count("c_alias") == N
+    store.switch_alias("c_alias", "c__v2")
+    assert store.aliases() == {"c_alias": "c__v2"}
+    assert store.count("c_alias") == 50
+    assert ids_scores(store.search("c_alias", QUERY, limit=3)) == ids_scores(
+        store.search("c__v2", QUERY, limit=3)
+    )
+    store.set_metadata("c__v2", {"status": "verified"})
+    assert store.metadata("c_alias") == store.metadata("c__v2")
+    assert store.metadata("c_alias")["status"] == "verified"
+    assert sorted(store.collections()) == ["c", "c__v2"]
+    store.delete_collection("c")
+    assert store.collections() == ["c__v2"]
+
+
+def test_refusals_keep_their_kind(store: Store) -> None:
+    with pytest.raises(StoreError, match="holds 16-d vectors") as refused:
+        store.ensure_collection("c", SPEC | {"dim": 8})
+    assert not refused.value.transient
+    with pytest.raises(StoreError, match="made with model") as refused:
+        store.ensure_collection("c", SPEC | {"model": "other"})
+    with pytest.raises(StoreError) as refused:
+        store.upsert("gone", IDS[:1], VECTORS[:1], PAYLOADS[:1])
+    assert not refused.value.transient
+    assert "gone" not in store.collections()  # a write never creates a collection
+    nan = VECTORS[:2].copy()
+    nan[1, 3] = np.nan
+    with pytest.raises(StoreError, match="NaN"):
+        store.upsert("c", IDS[:2], nan, PAYLOADS[:2])
+    with pytest.raises(StoreError, match="malformed filter"):
+        store.search("c", QUERY, {"must": [{"key": "age", "range": {"gte": "old"}}]})
+
+
+# --- Edge only -------------------------------------------------------------------------------
+
+
+def test_a_local_mode_folder_is_refused_with_how_to_rebuild(tmp_path: Path) -> None:
+    ServerStore.local(tmp_path / "qdrant").close()
+    with pytest.raises(StoreError, match=r"local mode.*medindex reindex") as refused:
+        EdgeStore(tmp_path / "qdrant")
+    assert "\n" not in str(refused.value)
+
+
+def test_one_process_per_embedded_store(tmp_path: Path) -> None:
+    first = EdgeStore(tmp_path / "edge")
+    code = (
+        "from pathlib import Path; from pipeline.store_edge import EdgeStore; EdgeStore(Path(%r))"
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", code % str(tmp_path / "edge")], capture_output=True, text=True
+    )
+    assert "is in use by another process" in second.stderr
+    first.close()
+
+
+WRITE_THEN_DIE = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+from pipeline.store_edge import EdgeStore
+store = EdgeStore(Path(sys.argv[1]))
+store.ensure_collection("d", {"dim": 16})
+ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(1000)]
+vectors = np.random.default_rng(0).normal(size=(1000, 16)).astype(np.float32)
+store.upsert("d", ids, vectors, [{"i": i} for i in range(1000)])
+print("acknowledged", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_acknowledged_write_survives_a_killed_process(tmp_path: Path) -> None:
+    """`upsert` returns once Edge's write-ahead log holds the points and they are flushed:
+    the process killed right after loses none of them."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_THEN_DIE, str(tmp_path / "edge")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
+    assert done.returncode == -signal.SIGKILL and "acknowledged" in done.stdout, done.stderr
+    reopened = EdgeStore(tmp_path / "edge")
+    assert reopened.count("d") == 1000
+    assert reopened.retrieve("d", ["00000000-0000-0000-0000-000000000999"])[0]["payload"] == {
+        "i": 999
+    }
+    reopened.close()
