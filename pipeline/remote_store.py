@@ -171,8 +171,8 @@ class RemoteReader:
 class RemoteStore(RemoteReader):
     """Queries and the producer's management calls; never given to a search process."""
 
-    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
-        return self._call(MANAGE_TASK, "ensure_collection", name, spec, bulk)
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
+        self._call(MANAGE_TASK, "ensure_collection", name, spec, bulk)
 
     def start_index(self, name: str) -> None:
         self._call(MANAGE_TASK, "start_index", name)

@@ -151,7 +151,7 @@ class Store(ABC):
     # --- management: the producer's and reindex's calls, never a search process' ---------
 
     @abstractmethod
-    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
         """Create a cosine collection recording `spec` (what makes its vectors: model,
         pooling, dim, ...) with payload indexes; refuse to reuse one made another way.
 

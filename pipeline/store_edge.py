@@ -130,11 +130,10 @@ class EdgeStore(Store):
 
     # --- management -----------------------------------------------------------------------
 
-    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
-        if self._exists(name):
-            existing = self.collection_info(name)
-            check_same_vectors(name, existing, spec)
-            return existing
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
+        if self._exists(name):  # checked on its record: its shard may be busy
+            check_same_vectors(name, self._meta(name), spec)
+            return
         folder = self._folder(name)
         indexes = payload_indexes(spec)
         with self._errors():
@@ -149,7 +148,6 @@ class EdgeStore(Store):
                 folder / "meta.json", meta | {"metadata": spec | {"created_at": time.time()}}
             )
         log.info("created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description)
-        return self.collection_info(name)
 
     def start_index(self, name: str, m: int = HNSW_M) -> None:
         name = self._resolve(name)

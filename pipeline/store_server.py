@@ -78,12 +78,11 @@ class ServerStore(Store):
 
     # --- management -----------------------------------------------------------------------
 
-    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> dict:
+    def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
         with self._errors():
             if self.client.collection_exists(name):
-                existing = self.collection_info(name)
-                check_same_vectors(name, existing, spec)
-                return existing
+                check_same_vectors(name, self.collection_info(name), spec)
+                return
             indexes = payload_indexes(spec)
             self.client.create_collection(
                 name,
@@ -100,7 +99,6 @@ class ServerStore(Store):
             log.info(
                 "created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description
             )
-            return self.collection_info(name)
 
     def start_index(self, name: str, m: int = 16) -> None:
         with self._errors():

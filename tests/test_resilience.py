@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import datasets
 import numpy as np
 import psutil
 import pytest
+import qdrant_edge
 import yaml
 from chaos import fix_bad_images, indexed_keys, kill_and_wait_for_restart, write_laced_dataset
 from conftest import Stack
@@ -122,16 +122,14 @@ def log(stack: Stack) -> str:
 
 @contextmanager
 def locked_store(collection: str) -> Iterator[None]:
-    """Another process holds the embedded engine's storage: every write waits, then fails."""
-    path = get_settings().embedded_store_path / "collection" / collection / "storage.sqlite"
-    assert path.is_file(), path
-    lock = sqlite3.connect(path, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
+    """Another process holds the collection's shard (the store worker has not opened it since
+    creating it): every write fails as an outage until it lets go."""
+    path = get_settings().embedded_store_path / "collections" / collection / "shard"
+    shard = qdrant_edge.EdgeShard.load(str(path))
     try:
         yield
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        shard.close()
 
 
 # --- 1. an embed worker killed mid-job -----------------------------------------------------

@@ -34,14 +34,16 @@ def test_answers_go_only_to_fresh_reply_keys(remote: RemoteStore) -> None:
     r.set("medindex:job:j1:indexed", "7")
     taken = REPLY_PREFIX + uuid.uuid4().hex
     r.rpush(taken, "someone else's")
-    for key in (UNACKED, "medindex:job:j1:indexed", taken, REPLY_PREFIX + "not-hex"):
-        forge(QUERY_TASK, "collections", [], key)
-    remote.collections()  # answered after the forged calls: one store worker, in order
-    assert r.ttl(UNACKED) == -1 and r.hget(UNACKED, "sentinel-delivery") == b"kept"
-    assert r.ttl("medindex:job:j1:indexed") == -1 and r.get("medindex:job:j1:indexed") == b"7"
-    assert r.ttl(taken) == -1 and r.lrange(taken, 0, -1) == [b"someone else's"]
+    try:
+        for key in (UNACKED, "medindex:job:j1:indexed", taken, REPLY_PREFIX + "not-hex"):
+            forge(QUERY_TASK, "collections", [], key)
+        remote.collections()  # answered after the forged calls: one store worker, in order
+        assert r.ttl(UNACKED) == -1 and r.hget(UNACKED, "sentinel-delivery") == "kept"
+    finally:
+        r.hdel(UNACKED, "sentinel-delivery")
+    assert r.ttl("medindex:job:j1:indexed") == -1 and r.get("medindex:job:j1:indexed") == "7"
+    assert r.ttl(taken) == -1 and r.lrange(taken, 0, -1) == ["someone else's"]
     assert not r.exists(REPLY_PREFIX + "not-hex")
-    r.hdel(UNACKED, "sentinel-delivery")
 
 
 def test_the_query_path_refuses_management_calls(remote: RemoteStore) -> None:
