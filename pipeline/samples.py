@@ -312,3 +312,16 @@ def write_sample_dataset(out_dir: Path, n: int, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Dataset.from_dict(columns, features=_FEATURES).to_parquet(str(path))
     return out_dir
+
+
+def sample_metadata(n: int, seed: int = 0) -> list[dict]:
+    """`n` payloads shaped like the sample dataset's rows (no images: for store benchmarks);
+    a missing age is left out, as the pipeline leaves it out."""
+    lesions = _lesions(np.random.default_rng((seed, 0)), n)
+    rows = [lesion for lesion in lesions for _ in range(lesion["size"])]
+    fields = ("lesion_id", "dx", "dx_type", "age", "sex", "localization")
+    return [
+        {"image_id": f"ISIC_{_FIRST_IMAGE_ID + i:07d}"}
+        | {name: row[name] for name in fields if row[name] is not None}
+        for i, row in enumerate(rows)
+    ]

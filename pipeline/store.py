@@ -102,6 +102,18 @@ def check_same_vectors(name: str, existing: dict, spec: dict) -> None:
             )
 
 
+def to_hit(point: Any) -> Hit:
+    """A scored point or a record, of either engine (both carry id, payload, vector, and a
+    score when scored)."""
+    hit: Hit = {"id": str(point.id), "payload": point.payload or {}}
+    score = getattr(point, "score", None)
+    if score is not None:
+        hit["score"] = float(score)
+    if point.vector is not None:
+        hit["vector"] = [float(x) for x in point.vector]
+    return hit
+
+
 def check_finite(vectors: np.ndarray) -> None:
     """Both engines would store a NaN vector (the server refuses it): refuse it everywhere."""
     if not np.isfinite(vectors).all():

@@ -44,6 +44,7 @@ from pipeline.store import (
     payload_indexes,
     recommend_vector,
     refuse_local_mode,
+    to_hit,
 )
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,6 @@ def _point_id(value: str) -> str | int:
 def _id_text(value: str) -> str:
     """A point id as Edge gives it back (a canonical UUID, or an integer)."""
     return str(_point_id(value)) if str(value).isdigit() else str(uuid.UUID(value))
-
-
-def _hit(point: edge.ScoredPoint | edge.Record) -> Hit:
-    hit: Hit = {"id": str(point.id), "payload": point.payload or {}}
-    if isinstance(point, edge.ScoredPoint):
-        hit["score"] = float(point.score)
-    if point.vector is not None:
-        hit["vector"] = [float(x) for x in point.vector]
-    return hit
 
 
 def _group_values(payload: dict, key: str) -> list | None:
@@ -261,7 +253,7 @@ class EdgeStore(Store):
         request = self._query(vector, filter, limit, score_threshold, with_payload, with_vectors)
         shard = self._shard(name)
         with self._errors():
-            return [_hit(p) for p in shard.query(request)]
+            return [to_hit(p) for p in shard.query(request)]
 
     def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
         requests = [
@@ -277,7 +269,7 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors():
             results = shard.query_batch(edge.QueryBatchRequest(requests))
-        return [[_hit(p) for p in points] for points in results]
+        return [[to_hit(p) for p in points] for points in results]
 
     def groups(
         self,
@@ -302,7 +294,7 @@ class EdgeStore(Store):
                 for value in _group_values(point.payload or {}, group_by) or ():
                     hits = groups.setdefault(value, [])
                     if len(hits) < group_size:
-                        hits.append(_hit(point))
+                        hits.append(to_hit(point))
             first = list(groups.items())[:limit]
             full = len(first) == limit and all(len(hits) == group_size for _, hits in first)
             if full or len(points) < fetch:
@@ -335,7 +327,7 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors():
             points = shard.retrieve([_point_id(i) for i in ids], True, with_vectors)
-        return [_hit(p) for p in points]
+        return [to_hit(p) for p in points]
 
     def count(self, name: str, filter: dict | None = None) -> int:
         request = edge.CountRequest(exact=True, filter=edge_filter(parse_filter(filter)))
@@ -357,7 +349,7 @@ class EdgeStore(Store):
         with self._errors():
             points, next_offset = shard.scroll(request)
         return {
-            "points": [_hit(p) for p in points],
+            "points": [to_hit(p) for p in points],
             "next_offset": None if next_offset is None else str(next_offset),
         }
 

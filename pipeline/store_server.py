@@ -31,6 +31,7 @@ from pipeline.store import (
     parse_filter,
     parse_payload_selector,
     payload_indexes,
+    to_hit,
 )
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,6 @@ SCHEMA_TYPES = {
     "datetime": models.PayloadSchemaType.DATETIME,
     "uuid": models.PayloadSchemaType.UUID,
 }
-
-
-def _hit(point: models.ScoredPoint | models.Record) -> Hit:
-    hit: Hit = {"id": str(point.id), "payload": point.payload or {}}
-    if isinstance(point, models.ScoredPoint):
-        hit["score"] = float(point.score)
-    if point.vector is not None:
-        hit["vector"] = [float(x) for x in point.vector]
-    return hit
 
 
 class ServerStore(Store):
@@ -199,7 +191,7 @@ class ServerStore(Store):
                 with_payload=parse_payload_selector(with_payload),
                 with_vectors=with_vectors,
             )
-        return [_hit(p) for p in response.points]
+        return [to_hit(p) for p in response.points]
 
     def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
         with self._errors():
@@ -214,7 +206,7 @@ class ServerStore(Store):
                 for q in queries
             ]
             responses = self.client.query_batch_points(name, requests=requests)
-        return [[_hit(p) for p in r.points] for r in responses]
+        return [[to_hit(p) for p in r.points] for r in responses]
 
     def groups(
         self,
@@ -234,7 +226,7 @@ class ServerStore(Store):
                 limit=limit,
                 group_size=group_size,
             )
-        return [{"group": g.id, "hits": [_hit(p) for p in g.hits]} for g in result.groups]
+        return [{"group": g.id, "hits": [to_hit(p) for p in g.hits]} for g in result.groups]
 
     def recommend(
         self,
@@ -251,12 +243,12 @@ class ServerStore(Store):
             response = self.client.query_points(
                 name, query=query, query_filter=parse_filter(filter), limit=limit
             )
-        return [_hit(p) for p in response.points]
+        return [to_hit(p) for p in response.points]
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         with self._errors():
             points = self.client.retrieve(name, ids=list(ids), with_vectors=with_vectors)
-        return [_hit(p) for p in points]
+        return [to_hit(p) for p in points]
 
     def count(self, name: str, filter: dict | None = None) -> int:
         with self._errors():
@@ -270,7 +262,7 @@ class ServerStore(Store):
                 name, scroll_filter=parse_filter(filter), limit=limit, offset=offset
             )
         return {
-            "points": [_hit(p) for p in points],
+            "points": [to_hit(p) for p in points],
             "next_offset": None if next_offset is None else str(next_offset),
         }
 

@@ -6,14 +6,18 @@ One run, one process tree, the same generated 600x450 JPEGs and the same ViT-S/1
   (b) the model ceiling: the bare forward pass on already-preprocessed tensors;
   (c) the pipeline end to end: producer -> Redis -> embed workers -> upsert worker -> Qdrant;
   (d) the orchestration ceiling: (c) with a trivial embedder (no decoding, no model);
-and, for the fast preprocessing path, its parity with the exact one on the same images; and
-the embedded store's writes with its write-ahead log against SQLite's default journal.
+and, for the fast preprocessing path, its parity with the exact one on the same images; the
+embedded store's 1,000-point writes, Qdrant Edge against qdrant-client's local mode; and filtered
+searches (`sex = female` and `age >= 55`, 384-d, skin-lesion payloads) in-process on Edge and
+through `SearchClient` (the broker round trip included): idle, while an ingest writes, and
+while the store builds another collection's index.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,13 +39,21 @@ from pipeline.images import decode_rgb
 from pipeline.model import TRIVIAL_MODEL, Embedder, build_random_vit
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
-from pipeline.samples import write_sample_dataset
+from pipeline.remote_store import RemoteStore
+from pipeline.samples import sample_metadata, write_sample_dataset
 from pipeline.schemas import point_id
 from pipeline.settings import PREPROCESSINGS, Settings
 from pipeline.store import Store
+from pipeline.store_edge import EdgeStore
+from pipeline.store_server import ServerStore
 from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
+from search_api.client import Query, SearchClient
 
 PROBE_QUEUE = "medindex-bench-probe"
+SEARCH_FILTER = {
+    "must": [{"key": "sex", "match": {"value": "female"}}, {"key": "age", "range": {"gte": 55}}]
+}
+DIM = 384
 
 
 @dataclass
@@ -122,28 +134,67 @@ def preprocessing_parity(data: Path, model: str, settings: Settings, n: int = 12
 
 
 def store_writes(rounds: int = 4, size: int = 1000) -> dict[str, float]:
-    """Median points/s of 1,000-point writes into the embedded engine, with its collection's
-    write-ahead log (as the pipeline runs it) and without (SQLite's rollback journal),
-    alternating so that both see the same machine."""
+    """Median points/s of 1,000-point writes into the embedded engines: Qdrant Edge (the
+    default) and qdrant-client's local mode (the engine it replaced), alternating so that both
+    see the same machine."""
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory() as tmp:
-        stores = {}
-        for journal in ("write_ahead_log", "rollback_journal"):
-            path = Path(tmp) / journal
-            ahead = path if journal == "write_ahead_log" else None
-            stores[journal] = Store(QdrantClient(path=str(path)), journal, embedded_path=ahead)
-            stores[journal].ensure_collection("bench", {"dim": 384})
-        rates: dict[str, list[float]] = {journal: [] for journal in stores}
+        stores: dict[str, Store] = {
+            "edge": EdgeStore(Path(tmp) / "edge"),
+            "local_mode": ServerStore.local(Path(tmp) / "local"),
+        }
+        for store in stores.values():
+            store.ensure_collection("bench", {"dim": DIM})
+        rates: dict[str, list[float]] = {engine: [] for engine in stores}
         for n in range(rounds):
-            for journal, store in stores.items():
-                ids = [point_id("bench", f"{n}-{i}") for i in range(size)]
-                vectors = rng.random((size, 384), dtype=np.float32)
+            ids = [point_id("bench", f"{n}-{i}") for i in range(size)]
+            vectors = rng.random((size, DIM), dtype=np.float32)
+            payloads = sample_metadata(size, seed=n)
+            for engine, store in stores.items():
                 started = time.perf_counter()
-                store.upsert("bench", ids, vectors, [{"age": 40.0, "sex": "male"}] * size)
-                rates[journal].append(size / (time.perf_counter() - started))
+                store.upsert("bench", ids, vectors, payloads)
+                rates[engine].append(size / (time.perf_counter() - started))
         for store in stores.values():
             store.close()
-    return {journal: float(np.median(r)) for journal, r in rates.items()}
+    return {engine: float(np.median(r)) for engine, r in rates.items()}
+
+
+def fill_search_collections(root: Path, sizes: list[int]) -> dict[str, dict]:
+    """Collections `search_<size>` of random 384-d points with skin-lesion payloads, written
+    in 1,000-point calls as the pipeline writes them (no HNSW: an ingest builds none), and
+    the in-process Edge latency of the filtered search on each."""
+    store = EdgeStore(root)
+    rng = np.random.default_rng(5)
+    figures = {}
+    for size in sizes:
+        name = f"search_{size}"
+        store.ensure_collection(name, {"dim": DIM})
+        payloads = sample_metadata(size, seed=size)
+        for start in range(0, size, 1000):
+            stop = min(start + 1000, size)
+            ids = [point_id(name, str(i)) for i in range(start, stop)]
+            vectors = rng.normal(size=(stop - start, DIM)).astype(np.float32)
+            store.upsert(name, ids, vectors, payloads[start:stop])
+        figures[name] = _latencies(lambda v, name=name: store.search(name, v, SEARCH_FILTER))
+    store.close()
+    return figures
+
+
+def _latencies(search: object, n: int = 200, until: threading.Event | None = None) -> dict:
+    """p50/p95 in ms of `n` searches (or of searches until `until` is set), random queries."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):  # warm up: the shard opened, its pages read
+        search(rng.normal(size=DIM).tolist())
+    times = []
+    while (until is None and len(times) < n) or (until is not None and not until.is_set()):
+        vector = rng.normal(size=DIM).tolist()
+        started = time.perf_counter()
+        search(vector)
+        times.append(1000 * (time.perf_counter() - started))
+    if not times:
+        return {"p50_ms": None, "p95_ms": None, "searches": 0}
+    p50, p95 = np.percentile(times, [50, 95])
+    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "searches": len(times)}
 
 
 class Stack:
@@ -213,6 +264,37 @@ class Stack:
         sampler.join()
         return StackRun(total, seconds, peaks)
 
+    def search_figures(self, data: Path, copies: int, sizes: list[int]) -> dict[str, dict]:
+        """Filtered searches through `SearchClient` on the collections `fill_search_collections`
+        made: idle; while an ingest writes; while the store builds the largest one's index
+        (searching the smallest); and on the largest once indexed."""
+        client = SearchClient(self.settings)
+
+        def search(name: str) -> object:
+            return lambda vector: client.search(
+                name, Query(vector=vector, filter=SEARCH_FILTER, limit=10)
+            )
+
+        figures = {f"idle_{n}": _latencies(search(f"search_{n}")) for n in sizes}
+        largest, smallest = f"search_{max(sizes)}", f"search_{min(sizes)}"
+        ingested = threading.Event()
+        ingest = threading.Thread(target=lambda: (self.ingest(data, copies), ingested.set()))
+        ingest.start()
+        figures[f"ingesting_{max(sizes)}"] = _latencies(search(largest), until=ingested)
+        ingest.join()
+        store = RemoteStore(self.settings)
+        built = threading.Event()
+        started = time.perf_counter()
+        store.start_index(largest)
+        poller = threading.Thread(target=_wait_for_index, args=(store, largest, built))
+        poller.start()
+        figures[f"indexing_{max(sizes)}_searching_{min(sizes)}"] = _latencies(
+            search(smallest), until=built
+        ) | {"index_build_s": round(time.perf_counter() - started, 1)}
+        poller.join()
+        figures[f"indexed_{max(sizes)}"] = _latencies(search(largest))
+        return figures
+
     def bytes_per_queued_job(self, data: Path, jobs: int = 500) -> float:
         """Redis memory of `jobs` embed messages parked on a queue no worker reads."""
         from pipeline.schemas import EmbedJob
@@ -229,6 +311,12 @@ class Stack:
         used = client.memory_usage(PROBE_QUEUE, samples=0)
         client.delete(PROBE_QUEUE)
         return used / jobs
+
+
+def _wait_for_index(store: RemoteStore, name: str, built: threading.Event) -> None:
+    while not store.index_ready(name):
+        time.sleep(0.5)
+    built.set()
 
 
 def _sample_rss(root: int, peaks: dict[str, int], done: threading.Event) -> None:
@@ -262,7 +350,12 @@ def _role(process: psutil.Process) -> str:
 
 
 def run_bench(
-    settings: Settings, n: int, embed_workers: int, copies: int, preprocessing: str
+    settings: Settings,
+    n: int,
+    embed_workers: int,
+    copies: int,
+    preprocessing: str,
+    search_points: list[int],
 ) -> dict:
     # The stacks run one after the other on a free port of their own, so a running
     # `medindex up` is left alone; this process' Celery app is pointed there before it connects.
@@ -287,6 +380,9 @@ def run_bench(
         write_sample_dataset(warmup, 32, seed=2)
     # Each stack first ingests a few images, so that loading the model and opening the
     # dataset in the workers is not timed (the seed's loop is timed after its loading too).
+    for stack_home in ("stack-c", "stack-d"):  # the bench's own scratch stores, made afresh
+        shutil.rmtree(home / stack_home / "qdrant", ignore_errors=True)
+    in_process = fill_search_collections(home / "stack-d" / "qdrant", search_points)
     with Stack(settings, home / "stack-c", model, embed_workers, preprocessing) as stack:
         stack.ingest(warmup)
         c = stack.ingest(data)
@@ -294,6 +390,7 @@ def run_bench(
     with Stack(settings, home / "stack-d", TRIVIAL_MODEL, embed_workers, preprocessing) as stack:
         stack.ingest(warmup)
         d = stack.ingest(data, copies=copies)
+        searches = stack.search_figures(data, copies, search_points)
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, device cpu",
@@ -311,4 +408,6 @@ def run_bench(
         "preprocessing": preprocessing,
         "parity": parity,
         "store_points_per_s": writes,
+        "search_in_process": in_process,
+        "search_client": searches,
     }

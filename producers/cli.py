@@ -406,8 +406,22 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "--preprocessing", choices=PREPROCESSINGS, default=None,
         help="the pipeline's, in (c) (default: MEDINDEX_PREPROCESSING)",
     )  # fmt: skip
+    cmd.add_argument(
+        "--search-points", type=_sizes, default=[10_000, 100_000],
+        help="comma-separated sizes of the collections searched (default: 10000,100000)",
+    )  # fmt: skip
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(run=_bench)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        sizes = []
+    if len(sizes) < 2 or sizes[0] < 1:
+        raise argparse.ArgumentTypeError("two or more positive sizes, e.g. 10000,100000")
+    return sizes
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -416,7 +430,7 @@ def _bench(args: argparse.Namespace) -> int:
     settings = get_settings()
     workers = args.embed_workers or settings.embed_concurrency
     preprocessing = args.preprocessing or settings.preprocessing
-    result = run_bench(settings, args.n, workers, args.copies, preprocessing)
+    result = run_bench(settings, args.n, workers, args.copies, preprocessing, args.search_points)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -437,9 +451,19 @@ def _bench(args: argparse.Namespace) -> int:
         f"{parity['prep_ms_exact']:.2f} ms per image (decode + preprocess)"
     )
     writes = result["store_points_per_s"]
-    ahead, journal = writes["write_ahead_log"], writes["rollback_journal"]
+    edge, local = writes["edge"], writes["local_mode"]
     out.print(
-        f"embedded store, 1,000-point writes: {ahead:.0f} points/s with its write-ahead log, "
-        f"{journal:.0f} with SQLite's rollback journal ({ahead / journal:.2f}x)"
+        f"embedded store, 1,000-point writes: Qdrant Edge {edge:.0f} points/s, "
+        f"qdrant-client local mode {local:.0f} ({edge / local:.1f}x)"
     )
+    out.print("filtered search (sex = female and age >= 55), p50 / p95 ms:")
+    for where in ("search_in_process", "search_client"):
+        for name, figure in result[where].items():
+            extra = (
+                f", index built in {figure['index_build_s']} s" if "index_build_s" in figure else ""
+            )
+            out.print(
+                f"  {where.removeprefix('search_')} {name}: {figure['p50_ms']} / "
+                f"{figure['p95_ms']} ({figure['searches']} searches{extra})"
+            )
     return 0
