@@ -5,10 +5,12 @@ Edge has shards, not collections: a collection is a folder holding its shard and
 one `aliases.json` replaced by rename, read on every call. One process may open a shard, so
 the store worker owns the folder (a lock on it says so) and everyone else calls it through the
 broker. Edge has no background optimiser and `optimize()` holds its process (the GIL included)
-until done: a bulk-loaded collection gets its HNSW index in a child process that owns the shard
-until it is ready, so searches and writes of the other collections never wait behind it.
+until done: a collection gets its HNSW index (`start_index`: a reindex's new version after its
+bulk load) in a child process that owns the shard until it is ready, so searches and writes of
+the other collections never wait behind it. Until then a collection is searched exactly (its
+payload indexes narrow a filtered search first).
 
-Run as `python -m pipeline.store_edge SHARD_DIR M`: that child.
+Run as `python -m pipeline.store_edge SHARD_DIR DIM M`: that child.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class EdgeStore(Store):
             for field, kind in indexes.items():  # before the points: Qdrant's advice
                 shard.update(edge.UpdateOperation.create_field_index(field, SCHEMA_TYPES[kind]))
             shard.close()  # opened again by its first use
-            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": not bulk}
+            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False}  # no HNSW yet
             _write_json(
                 folder / "meta.json", meta | {"metadata": spec | {"created_at": time.time()}}
             )

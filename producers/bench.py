@@ -159,13 +159,11 @@ def store_writes(rounds: int = 4, size: int = 1000) -> dict[str, float]:
     return {engine: float(np.median(r)) for engine, r in rates.items()}
 
 
-def fill_search_collections(root: Path, sizes: list[int]) -> dict[str, dict]:
+def fill_search_collections(root: Path, sizes: list[int]) -> None:
     """Collections `search_<size>` of random 384-d points with skin-lesion payloads, written
-    in 1,000-point calls as the pipeline writes them (no HNSW: an ingest builds none), and
-    the in-process Edge latency of the filtered search on each."""
+    in 1,000-point calls as the pipeline writes them (no HNSW: an ingest builds none)."""
     store = EdgeStore(root)
     rng = np.random.default_rng(5)
-    figures = {}
     for size in sizes:
         name = f"search_{size}"
         store.ensure_collection(name, {"dim": DIM})
@@ -175,7 +173,16 @@ def fill_search_collections(root: Path, sizes: list[int]) -> dict[str, dict]:
             ids = [point_id(name, str(i)) for i in range(start, stop)]
             vectors = rng.normal(size=(stop - start, DIM)).astype(np.float32)
             store.upsert(name, ids, vectors, payloads[start:stop])
-        figures[name] = _latencies(lambda v, name=name: store.search(name, v, SEARCH_FILTER))
+    store.close()
+
+
+def in_process_searches(root: Path, names: list[str]) -> dict[str, dict]:
+    """The filtered search's latency on Edge itself, no broker (the store worker stopped)."""
+    store = EdgeStore(root)
+    figures = {
+        name: _latencies(lambda v, name=name: store.search(name, v, SEARCH_FILTER))
+        for name in names
+    }
     store.close()
     return figures
 
@@ -382,7 +389,10 @@ def run_bench(
     # dataset in the workers is not timed (the seed's loop is timed after its loading too).
     for stack_home in ("stack-c", "stack-d"):  # the bench's own scratch stores, made afresh
         shutil.rmtree(home / stack_home / "qdrant", ignore_errors=True)
-    in_process = fill_search_collections(home / "stack-d" / "qdrant", search_points)
+    search_root = home / "stack-d" / "qdrant"
+    fill_search_collections(search_root, search_points)
+    names = [f"search_{size}" for size in search_points]
+    in_process = in_process_searches(search_root, names)
     with Stack(settings, home / "stack-c", model, embed_workers, preprocessing) as stack:
         stack.ingest(warmup)
         c = stack.ingest(data)
@@ -391,6 +401,10 @@ def run_bench(
         stack.ingest(warmup)
         d = stack.ingest(data, copies=copies)
         searches = stack.search_figures(data, copies, search_points)
+    in_process |= {  # the largest again, now that the stack built its HNSW index
+        f"{name}_indexed": figure
+        for name, figure in in_process_searches(search_root, names[-1:]).items()
+    }
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, device cpu",

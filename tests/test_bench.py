@@ -22,7 +22,9 @@ def test_bench_reports_every_figure(base_env: dict[str, str]) -> None:
     assert result["parity"]["mean_cosine"] > 0.99 and result["parity"]["top10_overlap"] > 0.5
     assert set(result["store_points_per_s"]) == {"edge", "local_mode"}
     assert all(rate > 0 for rate in result["store_points_per_s"].values())
-    assert set(result["search_in_process"]) == {"search_1000", "search_3000"}
+    assert set(result["search_in_process"]) == {
+        "search_1000", "search_3000", "search_3000_indexed"
+    }  # fmt: skip
     assert set(result["search_client"]) == {
         "idle_1000", "idle_3000", "ingesting_3000", "indexing_3000_searching_1000", "indexed_3000"
     }  # fmt: skip
