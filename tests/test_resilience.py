@@ -304,6 +304,7 @@ def test_a_job_whose_messages_vanished_is_sent_again_once_it_stalls(
     ref = resolve(str(small))
     meta = {"collection": "stalled", "dataset": ref.dataset, "split": ref.split,
             "source_name": ref.identity, "model": settings.model, "pooling": "mean"}  # fmt: skip
+    store.ensure_collection("stalled", {"dim": 384})  # as ingest makes it, before the job
     tracker.create("stalled", N_SMALL, meta)  # created, but nothing reached the queue
     impatient = settings.model_copy(update={"visibility_timeout_s": 1})  # a 2 s stall
     final = wait(tracker, "stalled", lambda _: None, timeout_s=120, settings=impatient)
