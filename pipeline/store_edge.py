@@ -125,8 +125,8 @@ class EdgeStore(Store):
     # --- management -----------------------------------------------------------------------
 
     def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
-        if self._exists(name):  # checked on its record: its shard may be busy
-            check_same_vectors(name, self._meta(name), spec)
+        if self._exists(name) or name in self.aliases():  # checked on its record only
+            check_same_vectors(name, self._meta(self._resolve(name)), spec)
             return
         folder = self._folder(name)
         indexes = payload_indexes(spec)

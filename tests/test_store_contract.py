@@ -148,6 +148,8 @@ def test_aliases_versions_and_metadata(store: Store) -> None:
     store.switch_alias("c_alias", "c__v2")
     assert store.aliases() == {"c_alias": "c__v2"}
     assert store.count("c_alias") == 50
+    with pytest.raises(StoreError, match="made with model"):  # an alias is its collection
+        store.ensure_collection("c_alias", SPEC | {"model": "other"})
     assert ids_scores(store.search("c_alias", QUERY, limit=3)) == ids_scores(
         store.search("c__v2", QUERY, limit=3)
     )
