@@ -166,6 +166,18 @@ def test_points_buffered_in_a_killed_store_worker_are_written_after_its_restart(
     assert_all_indexed(finish(ingest), store, "kill_store", medium)
 
 
+def test_points_written_before_the_store_worker_is_killed_are_on_disk(
+    stack: Stack, small: Path, tracker: JobTracker, store: object
+) -> None:
+    """A write acknowledged is on disk (Edge's write-ahead log, flushed before the store call
+    returns and so before the acknowledgement): the store worker SIGKILLed right after the job
+    is done, the shard reopened by its restart holds every point."""
+    up = psutil.Process(stack.process.pid)
+    summary = finish(start_ingest(stack, small, "durable", "durable"))
+    assert kill_and_wait_for_restart(up, "store worker")
+    assert_all_indexed(summary, store, "durable", small)
+
+
 # --- 3. the store unavailable ---------------------------------------------------------------
 
 

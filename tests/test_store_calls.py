@@ -5,16 +5,18 @@ relabel anything, and a refusal keeps its kind (outage or mistake) on the way ba
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import qdrant_edge
-from conftest import Stack
+from conftest import Stack, run_medindex
 
 from pipeline.celery_app import STORE_QUEUE, UNACKED, app
 from pipeline.remote_store import MANAGE_TASK, QUERY_TASK, REPLY_PREFIX, RemoteReader, RemoteStore
 from pipeline.settings import get_settings
 from pipeline.store import StoreError
+from pipeline.store_server import ServerStore
 
 
 @pytest.fixture()
@@ -78,3 +80,32 @@ def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteStore) -> None
     finally:
         shard.close()
     assert remote.count("held") == 0
+
+
+def test_http_answers_503_for_an_outage_and_400_for_a_mistake(remote: RemoteStore) -> None:
+    """The refusal's kind decides the status, not its wording."""
+    from fastapi.testclient import TestClient
+
+    from search_api.http import app as http_app
+
+    api = TestClient(http_app)
+    remote.ensure_collection("held_http", {"dim": 4})
+    query = {"vector": [0.1, 0.2, 0.3, 0.4]}
+    shard_path = get_settings().embedded_store_path / "collections" / "held_http" / "shard"
+    shard = qdrant_edge.EdgeShard.load(str(shard_path))
+    try:
+        assert api.post("/collections/held_http/search", json=query).status_code == 503
+    finally:
+        shard.close()
+    assert api.post("/collections/held_http/search", json=query).json() == []
+    assert api.post("/collections/no_such_collection/search", json=query).status_code == 400
+
+
+def test_up_refuses_a_local_mode_store_with_how_to_rebuild(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    ServerStore.local(tmp_path / "home" / "qdrant").close()  # what the old engine left
+    done = run_medindex("up", env=base_env | {"MEDINDEX_HOME": str(tmp_path / "home")}, timeout=60)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "local mode" in lines[0] and "medindex reindex" in lines[0], lines
