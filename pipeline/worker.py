@@ -1,0 +1,82 @@
+"""`medindex worker --role embed|store`: one worker on a host of its own, no `medindex up`.
+
+The command lines here are the only place that says how each role's Celery worker runs:
+`medindex up` starts its workers from them, and `medindex worker` replaces itself with one
+(exec), so a supervisor (systemd, Kubernetes) signals Celery directly. The broker and the
+store come from the settings (`MEDINDEX_REDIS_URL`, `MEDINDEX_QDRANT_URL` or `MEDINDEX_HOME`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Literal
+
+from pipeline.errors import MedindexError
+from pipeline.settings import Settings, get_settings
+
+Role = Literal["embed", "store"]
+ROLES: tuple[Role, ...] = ("embed", "store")
+CELERY = ["-m", "celery", "-A", "pipeline.celery_app"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser("worker", help="run one embed or store worker in the foreground")
+    cmd.add_argument("--role", choices=ROLES, required=True)
+    cmd.add_argument(
+        "--concurrency",
+        type=positive,
+        default=None,
+        help="embed processes (default: MEDINDEX_EMBED_CONCURRENCY)",
+    )
+    cmd.add_argument("--name", default=None, help="Celery node name (default: ROLE@HOSTNAME)")
+    cmd.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    argv = worker_argv(args.role, settings, args.concurrency, args.name or f"{args.role}@%h")
+    os.execv(sys.executable, [sys.executable, *argv])  # never returns
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def worker_argv(role: Role, settings: Settings, concurrency: int | None, name: str) -> list[str]:
+    """The Celery worker's arguments (after the interpreter) for `role`.
+
+    A store worker is one process: an embedded store allows one opener, and one buffer must
+    collect a full write. It prefetches enough messages to fill that write.
+    """
+    from pipeline.celery_app import EMBED_QUEUE, STORE_QUEUE, UPSERT_QUEUE  # celery: slow
+
+    queue = EMBED_QUEUE if role == "embed" else f"{UPSERT_QUEUE},{STORE_QUEUE}"
+    queues = ["-Q", queue, "-n", name, "--loglevel", settings.log_level]
+    if role == "embed":
+        processes = concurrency or settings.embed_concurrency
+        return [*CELERY, "worker", *queues, "-c", str(processes)]
+    if concurrency not in (None, 1):
+        raise MedindexError(
+            "a store worker runs one process (it owns the store): drop --concurrency"
+        )
+    prefetch = 4 * math.ceil(settings.upsert_batch_size / settings.job_size)
+    return [*CELERY, "worker", *queues, "-c", "1", "--prefetch-multiplier", str(prefetch)]
+
+
+def flower_argv(settings: Settings, address: str, db: str) -> list[str]:
+    """Flower on the broker of `settings`, listening on `address`, its state kept in `db`."""
+    port = settings.flower_port
+    return [
+        *CELERY,
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        "--persistent=True",
+        f"--db={db}",
+    ]
