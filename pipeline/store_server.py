@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from pipeline.errors import MedindexError, first_line
+from pipeline.layout import CollectionLayout, collection_layout
 from pipeline.settings import Settings
 from pipeline.store import (
     Hit,
@@ -47,26 +48,36 @@ SCHEMA_TYPES = {
 
 
 class ServerStore(Store):
-    def __init__(self, client: QdrantClient, description: str) -> None:
+    def __init__(
+        self, client: QdrantClient, description: str, layout: CollectionLayout | None = None
+    ) -> None:
         self.client = client
         self.description = description
+        self.layout = layout or CollectionLayout()
+        self._search_params = self.layout.search_params()
 
     @classmethod
     def connect(cls, settings: Settings) -> ServerStore:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         timeout = math.ceil(settings.qdrant_timeout_s)
-        client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=timeout)
-        return cls(client, settings.qdrant_url)
+        client = QdrantClient(
+            url=settings.qdrant_url,
+            api_key=api_key,
+            timeout=timeout,
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            grpc_port=settings.qdrant_grpc_port,
+        )
+        return cls(client, settings.qdrant_url, collection_layout(settings))
 
     @classmethod
-    def local(cls, path: Path) -> ServerStore:
+    def local(cls, path: Path, layout: CollectionLayout | None = None) -> ServerStore:
         """qdrant-client's local mode in `path`: the server's API, for tests and the bench."""
         path.mkdir(parents=True, exist_ok=True)
         try:
             client = QdrantClient(path=str(path))
         except RuntimeError as exc:  # the folder is locked by another process
             raise StoreError(f"local-mode store {path} is in use by another process") from exc
-        return cls(client, f"local-mode store {path}")
+        return cls(client, f"local-mode store {path}", layout)
 
     # --- management -----------------------------------------------------------------------
 
@@ -78,11 +89,9 @@ class ServerStore(Store):
             indexes = payload_indexes(spec)
             self.client.create_collection(
                 name,
-                vectors_config=models.VectorParams(
-                    size=spec["dim"], distance=models.Distance.COSINE
-                ),
+                **self.layout.create_args(spec["dim"]),
                 hnsw_config=models.HnswConfigDiff(m=0) if bulk else None,
-                metadata=spec | {"created_at": time.time()},
+                metadata=spec | {"created_at": time.time(), "layout": self.layout.record()},
             )
             with warnings.catch_warnings():  # local mode ignores them; a server uses them
                 warnings.simplefilter("ignore", UserWarning)
@@ -190,6 +199,7 @@ class ServerStore(Store):
                 score_threshold=score_threshold,
                 with_payload=parse_payload_selector(with_payload),
                 with_vectors=with_vectors,
+                search_params=self._search_params,
             )
         return [to_hit(p) for p in response.points]
 
@@ -202,6 +212,7 @@ class ServerStore(Store):
                     limit=q.get("limit", 10),
                     score_threshold=q.get("score_threshold"),
                     with_payload=parse_payload_selector(q.get("with_payload", True)),
+                    params=self._search_params,
                 )
                 for q in queries
             ]
@@ -225,6 +236,7 @@ class ServerStore(Store):
                 query_filter=parse_filter(filter),
                 limit=limit,
                 group_size=group_size,
+                search_params=self._search_params,
             )
         return [{"group": g.id, "hits": [to_hit(p) for p in g.hits]} for g in result.groups]
 
@@ -241,7 +253,11 @@ class ServerStore(Store):
                 recommend=models.RecommendInput(positive=list(positive), negative=list(negative))
             )
             response = self.client.query_points(
-                name, query=query, query_filter=parse_filter(filter), limit=limit
+                name,
+                query=query,
+                query_filter=parse_filter(filter),
+                limit=limit,
+                search_params=self._search_params,
             )
         return [to_hit(p) for p in response.points]
 
