@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     qdrant_timeout_s: float = Field(30.0, gt=0)
     collection: str = "skin_lesions"
     # Production layout of a server collection (pipeline.layout), applied when it is created
-    # and recorded in its metadata. Writes over gRPC: a 1,000-point write of 384-d floats is
-    # about 3.5x smaller as protobuf than as JSON (BENCHMARKS.md).
+    # and recorded in its metadata. Prefer gRPC for writes: a 1,000-point write of 384-d floats
+    # is 7.8 MiB as JSON, above Qdrant's 5 MB advice, and 1.6 MiB as protobuf (docs/capacity.md).
     qdrant_shard_number: int = Field(1, ge=1, le=64)
     qdrant_replication_factor: int = Field(1, ge=1, le=9)
     qdrant_write_consistency: int = Field(1, ge=1, le=9)
