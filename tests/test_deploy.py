@@ -61,7 +61,11 @@ def test_compose_and_manifests_parse() -> None:
         compose["services"]
     )
     kinds = {d["kind"] for m in MANIFESTS for d in yaml.safe_load_all(m.read_text()) if d}
-    assert {"Deployment", "ScaledObject", "Job", "CronJob", "ConfigMap"} <= kinds
+    assert {"Deployment", "ScaledObject", "Job", "CronJob", "ConfigMap", "StatefulSet"} <= kinds
+    cluster = {
+        name for name, s in compose["services"].items() if "qdrant-cluster" in s.get("profiles", [])
+    }
+    assert cluster == {"qdrant-node-1", "qdrant-node-2", "qdrant-node-3"}
 
 
 def test_every_medindex_variable_is_a_setting() -> None:
