@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up test chaos bench lint format clean
+.PHONY: help install browser demo up test chaos cluster capacity bench lint format clean
 
 help:
 	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
 	@echo "make test    the test suite (real Redis, real Celery workers, embedded Qdrant)"
 	@echo "make up      the local stack in the foreground (Redis + workers)"
 	@echo "make chaos   ingest while killing workers, the store worker and Redis; poisoned images"
+	@echo "make cluster hosts as network namespaces over TCP; links cut, workers and broker killed (root)"
+	@echo "make capacity the capacity model (docs/capacity.md) from measured inputs"
 	@echo "make bench   pipeline vs the seed's loop vs the hardware's ceilings (BENCHMARKS.md)"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove the virtual environment and local state"
@@ -43,6 +45,12 @@ test: install browser
 
 chaos: install
 	$(BIN)/python tests/chaos.py --images 400 --kills 8
+
+cluster: install
+	$(BIN)/python tests/cluster.py --images 400
+
+capacity: install
+	$(BIN)/python docs/capacity.py
 
 bench: install
 	$(BIN)/medindex bench

@@ -55,7 +55,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.set_defaults(run=lambda args: Stack(get_settings(), args.embed_workers, args.model).run())
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # If `up` itself is killed outright, the kernel still stops its children: no orphans.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -98,7 +98,7 @@ class Stack:
 
     def _popen(self, argv: list[str]) -> subprocess.Popen:
         return subprocess.Popen(
-            argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+            argv, env=self.env, start_new_session=True, preexec_fn=die_with_parent
         )
 
     def _start_redis(self) -> None:

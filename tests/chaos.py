@@ -239,8 +239,15 @@ def chaos_env(workdir: Path, layers: int) -> dict[str, str]:
     }
 
 
-def measure(figures: Figures, store: object, tracker: object, job_id: str, bad: dict) -> None:
-    keys = indexed_keys(store, COLLECTION)
+def measure(
+    figures: Figures,
+    store: object,
+    tracker: object,
+    job_id: str,
+    bad: dict,
+    collection: str = COLLECTION,
+) -> None:
+    keys = indexed_keys(store, collection)
     unique = set(keys)
     figures.indexed = len(unique - bad.keys())
     figures.duplicates = len(keys) - len(unique)
