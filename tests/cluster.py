@@ -59,9 +59,9 @@ class ClusterError(Exception):
 @dataclass
 class ClusterFigures:
     hosts: int = len(HOSTS)
-    images: int = 0  # per ingest; one ingest per fault
+    images: int = 0  # summed over the ingests, one per fault
     faults: int = 0
-    indexed: int = 0  # summed over the ingests
+    indexed: int = 0
     lost: int = 0
     duplicates: int = 0
     failed_with_reason: int = 0
@@ -77,6 +77,7 @@ class ClusterFigures:
             and all(self.exact_after_fault)
             and self.lost == 0
             and self.duplicates == 0
+            and self.indexed + self.failed_with_reason == self.images
             and self.flower_workers == 2
         )
 
@@ -271,7 +272,7 @@ def until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def run(n_valid: int, seed: int, workdir: Path, layers: int, store_down_s: float) -> ClusterFigures:
-    with Network(f"mi{os.getpid() % 100000}") as net:
+    with Network(f"mc{os.getpid() % 100000}") as net:
         net.enter("producer")  # this process is the producer: the ingest and the checks
         cluster = Cluster(net, workdir, layers)
         os.environ.update(cluster.host_env("producer"))
@@ -291,7 +292,8 @@ def _run(
     started = time.monotonic()
     build_random_vit(Path(cluster.env["MEDINDEX_MODEL"]), num_layers=layers)
     data, bad = write_laced_dataset(cluster.workdir / "data", n_valid, seed)
-    figures = ClusterFigures(images=len(datasets.load_dataset(str(data), split="train")))
+    per_ingest = len(datasets.load_dataset(str(data), split="train"))
+    figures = ClusterFigures()
     settings = get_settings()
     net, procs = cluster.net, cluster.procs
     cluster.start_broker()
@@ -328,9 +330,10 @@ def _run(
 
     faults = (worker_a_link, worker_b_killed, store_link, broker_restarted)
     for number, (name, fault) in enumerate(zip(FAULTS, faults, strict=True)):
-        job = Ingest(f"cluster{number}", data, bad, figures.images)
+        job = Ingest(f"cluster{number}", data, bad, per_ingest)
         one, fault_ended = job.through(fault, name, tracker, settings)
         figures.faults += 1
+        figures.images += one.images
         figures.time_to_exact_s = round(time.monotonic() - fault_ended, 1)
         exact = one.lost == one.duplicates == 0 and one.bad_reported == one.bad_tried
         figures.exact_after_fault.append(exact and one.indexed == one.valid)
