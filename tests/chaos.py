@@ -270,20 +270,31 @@ def indexed_keys(store: object, collection: str) -> list[str]:
             return keys
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options `make chaos` and `make cluster` share."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--images", type=int, default=400, help="valid sample images")
-    parser.add_argument("--kills", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=12, help="ViT layers (12 = ViT-S/16)")
     parser.add_argument("--json", action="store_true", help="last line: the figures as JSON")
+    return parser
+
+
+def report(figures: object, as_json: bool) -> int:
+    """The figures' line (then as JSON); the exit status."""
+    print(figures.line(), flush=True)
+    if as_json:
+        print(json.dumps(asdict(figures) | {"ok": figures.ok}))
+    return 0 if figures.ok else 1
+
+
+def main() -> int:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medindex-chaos-") as workdir:
         figures = run(args.images, args.kills, args.seed, Path(workdir), args.layers)
-    print(figures.line(), flush=True)
-    if args.json:
-        print(json.dumps(asdict(figures) | {"ok": figures.ok}))
-    return 0 if figures.ok else 1
+    return report(figures, args.json)
 
 
 if __name__ == "__main__":

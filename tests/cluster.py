@@ -25,10 +25,8 @@ process is removed on the way out, on failure too.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -40,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from chaos import Figures, measure, write_laced_dataset
+from chaos import Figures, arguments, measure, report, write_laced_dataset
 
 from pipeline.stack import die_with_parent
 
@@ -404,12 +402,8 @@ def _flower_workers_with_tasks(cluster: Cluster) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=400, help="valid sample images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, default=12, help="ViT layers (12 = ViT-S/16)")
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--store-down-s", type=float, default=30.0)
-    parser.add_argument("--json", action="store_true", help="last line: the figures as JSON")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # cleans up on the way out
     try:
@@ -418,10 +412,7 @@ def main() -> int:
     except ClusterError as exc:
         print(f"cluster: FAILED: {exc}", flush=True)
         return 2
-    print(figures.line(), flush=True)
-    if args.json:
-        print(json.dumps(asdict(figures) | {"ok": figures.ok}))
-    return 0 if figures.ok else 1
+    return report(figures, args.json)
 
 
 if __name__ == "__main__":
