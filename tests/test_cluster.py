@@ -9,14 +9,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CLUSTER = Path(__file__).resolve().parent / "cluster.py"
 
 
+@pytest.mark.timeout(1500)
 def test_hosts_over_tcp_with_links_cut_lose_nothing_and_double_nothing() -> None:
     argv = ["--images", "120", "--layers", "1", "--seed", "2", "--json"]
-    done = subprocess.run(
-        [sys.executable, str(CLUSTER), *argv], capture_output=True, text=True, timeout=1500
+    run = subprocess.Popen(
+        [sys.executable, str(CLUSTER), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    try:
+        stdout, stderr = run.communicate(timeout=1200)
+    finally:  # SIGTERM, never SIGKILL: the harness removes its namespaces on the way out
+        if run.poll() is None:
+            run.terminate()
+            run.communicate(timeout=120)
+    done = subprocess.CompletedProcess(run.args, run.returncode, stdout.decode(), stderr.decode())
     lines = done.stdout.strip().splitlines()
     assert done.returncode in (0, 1), (lines or [""])[-1] + done.stderr[-3000:]
     figures = json.loads(lines[-1])
