@@ -118,8 +118,8 @@ class Stack:
 
     def _start_workers(self) -> None:
         tag = os.getpid()
-        for role in ("embed", "store"):
-            argv = worker_argv(role, self.settings, self.embed_workers, f"{role}-{tag}@%h")
+        for role, processes in (("embed", self.embed_workers), ("store", None)):
+            argv = worker_argv(role, self.settings, processes, f"{role}-{tag}@%h")
             self._spawn(role, [sys.executable, *argv])
 
     def _start_flower(self) -> None:
