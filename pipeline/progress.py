@@ -142,6 +142,10 @@ class JobTracker:
         if mapping:
             self.redis.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
 
+    def fail_rows(self, job_id: str, rows: list[int], reason: str) -> None:
+        """A whole job that could not be embedded: each of its rows failed with the reason."""
+        self.mark_failed(job_id, [{"row": row, "key": None, "reason": reason} for row in rows])
+
     def _not_indexed(self, job_id: str, failures: list[dict]) -> dict[int, str]:
         if not failures:
             return {}

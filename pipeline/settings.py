@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     upsert_batch_size: int = Field(1000, ge=1, le=10_000)
     flush_interval_s: float = Field(2.0, gt=0)
     embed_concurrency: int = Field(1, ge=1)
+    # Tries again of a job that met an unexpected, maybe passing error (CUDA out of memory, a
+    # file system hiccup) before its rows are recorded as failed with the reason.
+    embed_max_retries: int = Field(3, ge=0, le=10)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
     # Seconds the store worker retries a failing write (tries included) before it parks the

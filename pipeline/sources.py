@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import logging
 import math
 import time
@@ -53,8 +55,12 @@ class DatasetSource:
         table = _load(ref)
         self.image_column = _image_column(table, ref)
         self.key_column = KEY_COLUMN if KEY_COLUMN in table.column_names else None
+        # Other image columns (masks, thumbnails) are pixels, not metadata: never in a payload.
+        extra = [n for n, f in table.features.items() if _is_image(f) and n != self.image_column]
         # Undecoded: each image is decoded (or refused) on its own, so one bad file fails alone.
-        self.table = table.cast_column(self.image_column, datasets.Image(decode=False))
+        self.table = table.remove_columns(extra).cast_column(
+            self.image_column, datasets.Image(decode=False)
+        )
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -71,7 +77,7 @@ class DatasetSource:
 
     def _payload(self, record: dict, row: int) -> dict:
         # Missing stays missing: no age 0 for an unknown age, so range filters cannot match it.
-        payload = {name: value for name, value in record.items() if not _is_missing(value)}
+        payload = {name: _plain(value) for name, value in record.items() if not _is_missing(value)}
         payload["source"] = {"dataset": self.ref.dataset, "split": self.ref.split, "row": row}
         return payload
 
@@ -112,7 +118,7 @@ def _load(ref: SourceRef) -> datasets.Dataset:
 
 def _image_column(table: datasets.Dataset, ref: SourceRef) -> str:
     for name, feature in table.features.items():
-        if isinstance(feature, datasets.Image):
+        if _is_image(feature):
             return name
     raise SourceError(
         f"dataset {ref.dataset!r} has no image column (columns: {', '.join(table.column_names)})"
@@ -130,6 +136,26 @@ def _image_bytes(image: dict | None) -> bytes | None:
         except OSError:
             return None
     return None
+
+
+def _is_image(feature: object) -> bool:
+    return isinstance(feature, datasets.Image)
+
+
+def _plain(value: object) -> object:
+    """A payload value as msgpack and Qdrant's JSON carry it: dates and times as ISO strings,
+    decimals as floats, inside lists and structs too."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _is_missing(value: object) -> bool:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import redis
+from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
-from kombu.exceptions import OperationalError
+from kombu.exceptions import EncodeError, OperationalError
 
 from pipeline.celery_app import UPSERT_QUEUE, app
 from pipeline.embed import embed_job
+from pipeline.errors import MedindexError, first_line
 from pipeline.logs import bind_job
 from pipeline.model import get_embedder, share_cpu
 from pipeline.schemas import EmbedJob
@@ -25,8 +27,13 @@ def _share_cpu(**_: object) -> None:
     share_cpu(get_settings().embed_concurrency)
 
 
-@app.task(name="medindex.embed")
-def embed(job: dict) -> dict:
+# Errors that a second try would meet again (a dataset that cannot be loaded, a row that is no
+# longer there, a payload that cannot be encoded): the job's rows fail at once, with the reason.
+DETERMINISTIC = (MedindexError, EncodeError, ValueError, TypeError, LookupError)
+
+
+@app.task(name="medindex.embed", bind=True, max_retries=get_settings().embed_max_retries)
+def embed(self: Task, job: dict) -> dict:
     parsed = EmbedJob.model_validate(job)
     bind_job(parsed.job_id)
     try:
@@ -37,6 +44,15 @@ def embed(job: dict) -> dict:
         # comes back after the visibility timeout.
         log.warning("job=%s: lost Redis (%s); job returned to the queue", parsed.job_id, exc)
         raise Reject(exc, requeue=True) from exc
+    except Exception as exc:  # anything else must end as failed rows, never as a lost job
+        reason = f"embedding failed: {type(exc).__name__}: {first_line(exc)}"
+        if not isinstance(exc, DETERMINISTIC) and self.request.retries < self.max_retries:
+            log.warning("job=%s: %s; try %d again", parsed.job_id, reason, self.request.retries)
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        log.error("job=%s rows %d-%d failed: %s", parsed.job_id, parsed.rows[0], parsed.rows[-1],
+                  reason, exc_info=not isinstance(exc, DETERMINISTIC))  # fmt: skip
+        tracker().fail_rows(parsed.job_id, parsed.rows, reason)
+        return {"job_id": parsed.job_id, "points": 0, "failed": len(parsed.rows)}
 
 
 def _embed(parsed: EmbedJob) -> dict:

@@ -1,0 +1,100 @@
+"""Issue 12's defects, each on the session's real stack: rows that must end indexed or failed
+with their reason, never lost and never left pending."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import io
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import Stack
+from PIL import Image
+
+from pipeline.progress import JobTracker, connect_redis
+from pipeline.remote_store import open_store
+from pipeline.settings import get_settings
+from pipeline.sources import resolve
+from producers.ingest import enqueue, wait
+
+N = 20
+
+
+@pytest.fixture(scope="module")
+def tracker() -> JobTracker:
+    return JobTracker(connect_redis(get_settings().broker_url))
+
+
+def png(shade: int) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (shade, 90, 200 - shade)).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def write_table(folder: Path, columns: dict, features: dict) -> Path:
+    """A local dataset in the layout `load_dataset(folder, split="train")` reads."""
+    (folder / "data").mkdir(parents=True)
+    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    table.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+    return folder
+
+
+def ingest(stack: Stack, data: Path, collection: str, *extra: str) -> dict:
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--collection", collection, "--job-id", collection,
+        "--timeout", "120", "--json", *extra, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.json()
+
+
+# --- 1. an unexpected error never loses a job ---------------------------------------------------
+
+
+def test_dates_decimals_and_a_second_image_column_are_indexed(stack: Stack, tmp_path: Path) -> None:
+    columns = {
+        "image": [png(i * 10) for i in range(N)],
+        "mask": [png(255 - i) for i in range(N)],
+        "image_id": [f"typed-{i}" for i in range(N)],
+        "taken": [datetime.datetime(2024, 1, 1, 12, i) for i in range(N)],
+        "born": [datetime.date(1960, 1, 1 + i) for i in range(N)],
+        "dose": [decimal.Decimal(f"{i}.25") for i in range(N)],
+    }
+    features = {
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "image_id": datasets.Value("string"),
+        "taken": datasets.Value("timestamp[s]"),
+        "born": datasets.Value("date32"),
+        "dose": datasets.Value("decimal128(10, 2)"),
+    }
+    data = write_table(tmp_path, columns, features)
+    assert ingest(stack, data, "typed") | {"seconds": 0} == {
+        "job_id": "typed", "indexed": N, "failed": 0, "seconds": 0,
+    }  # fmt: skip
+    point = open_store(get_settings()).scroll("typed", limit=1)["points"][0]["payload"]
+    assert point["taken"].startswith("2024-01-01T12:") and point["born"].startswith("1960-01-")
+    assert isinstance(point["dose"], float) and "mask" not in point
+
+
+def test_a_job_whose_rows_are_gone_fails_them_with_the_reason(
+    stack: Stack, tmp_path: Path, tracker: JobTracker
+) -> None:
+    """A shrunken dataset (rows past its end): those rows fail with the reason, the job ends."""
+    data = write_table(
+        tmp_path,
+        {"image": [png(i) for i in range(N)], "image_id": [f"gone-{i}" for i in range(N)]},
+        {"image": datasets.Image(), "image_id": datasets.Value("string")},
+    )
+    ref = resolve(str(data))
+    model = get_settings().model
+    open_store(get_settings()).ensure_collection("gone", {"dim": 384})
+    meta = {"collection": "gone", "dataset": ref.dataset, "split": ref.split,
+            "source_name": ref.identity, "model": model, "pooling": "mean"}  # fmt: skip
+    tracker.create("gone", N + 16, meta)
+    enqueue("gone", "gone", ref, model, "mean", [list(range(16)), list(range(16, N + 16))])
+    final = wait(tracker, "gone", lambda _: None, timeout_s=90)
+    assert (final.indexed, final.failed) == (16, 20)
+    assert all("IndexError" in f["reason"] for f in tracker.failures("gone"))
