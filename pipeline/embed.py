@@ -42,7 +42,7 @@ def embed_job(
             failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
             continue
         images.append(image)
-        ids.append(point_id(job.source.identity, record.key))
+        ids.append(point_id(job.source.identity, job.source.split, record.key))
         rows.append(record.row)
         payloads.append(record.payload)
     vectors = embedder.embed(images)

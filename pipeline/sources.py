@@ -7,6 +7,7 @@ import decimal
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +62,7 @@ class DatasetSource:
         self.table = table.remove_columns(extra).cast_column(
             self.image_column, datasets.Image(decode=False)
         )
+        self.keys = _key_census(self.table[self.key_column] if self.key_column else [])
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -71,7 +73,7 @@ class DatasetSource:
         for i, row in enumerate(rows):
             record = {name: values[i] for name, values in columns.items()}
             image = record.pop(self.image_column)
-            key = str(record[self.key_column]) if self.key_column else f"row-{row}"
+            key = self.keys.key(record[self.key_column] if self.key_column else None, row)
             out.append(SourceRow(row, key, self._payload(record, row), _image_bytes(image)))
         return out
 
@@ -80,6 +82,44 @@ class DatasetSource:
         payload = {name: _plain(value) for name, value in record.items() if not _is_missing(value)}
         payload["source"] = {"dataset": self.ref.dataset, "split": self.ref.split, "row": row}
         return payload
+
+
+@dataclass(frozen=True)
+class KeyCensus:
+    """Which keys cannot name one image alone: missing ones and those several rows share."""
+
+    missing: int
+    duplicated: dict[str, int]  # key -> how many rows carry it
+
+    def key(self, value: object, row: int) -> str:
+        """An image's key, unique in its split: the row stands in for a missing key (never
+        "None" or "nan"), and is added to a key that other rows share."""
+        if _is_missing(value):
+            return f"row-{row}"
+        key = str(value)
+        return f"{key}@row-{row}" if key in self.duplicated else key
+
+    def describe(self, column: str) -> str | None:
+        """One line for the user, or None when every key is present and unique."""
+        parts = []
+        if self.missing:
+            parts.append(f"{self.missing} rows have no {column} (keyed by their row)")
+        if self.duplicated:
+            rows = sum(self.duplicated.values())
+            shown = ", ".join(list(self.duplicated)[:5]) + (
+                ", ..." if len(self.duplicated) > 5 else ""
+            )
+            parts.append(
+                f"{rows} rows share {len(self.duplicated)} {column} values ({shown}): "
+                "each keyed by its value and row"
+            )
+        return "; ".join(parts) or None
+
+
+def _key_census(values: list) -> KeyCensus:
+    counts = Counter(str(v) for v in values if not _is_missing(v))
+    missing = sum(1 for v in values if _is_missing(v))
+    return KeyCensus(missing, {key: n for key, n in counts.items() if n > 1})
 
 
 def open_source(ref: SourceRef) -> DatasetSource:

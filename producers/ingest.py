@@ -49,7 +49,10 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     only the shards that still hold rows neither indexed nor failed.
     """
     ref = resolve(request.dataset, request.split, request.source_name)
-    total = len(DatasetSource(ref))
+    source = DatasetSource(ref)
+    total = len(source)
+    if problem := source.keys.describe(source.key_column or "key"):
+        log.warning("%s %s: %s", ref.dataset, ref.split, problem)
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))

@@ -98,3 +98,35 @@ def test_a_job_whose_rows_are_gone_fails_them_with_the_reason(
     final = wait(tracker, "gone", lambda _: None, timeout_s=90)
     assert (final.indexed, final.failed) == (16, 20)
     assert all("IndexError" in f["reason"] for f in tracker.failures("gone"))
+
+
+# --- 2. every image its own point --------------------------------------------------------------
+
+
+def test_missing_and_duplicate_keys_and_two_splits_each_keep_every_image(
+    stack: Stack, tmp_path: Path
+) -> None:
+    keys = [None] * 3 + ["dup-a"] * 4 + ["dup-b"] * 2 + [f"k{i}" for i in range(11)]
+    features = {"image": datasets.Image(), "image_id": datasets.Value("string")}
+    data = write_table(tmp_path, {"image": [png(i) for i in range(N)], "image_id": keys}, features)
+    test_split = datasets.Dataset.from_dict(
+        {"image": [png(i) for i in range(5)], "image_id": [f"k{i}" for i in range(5)]},
+        features=datasets.Features(features),
+    )  # the same keys as train: `--split test` must add to the collection, not overwrite
+    test_split.to_parquet(data / "data" / "test-00000-of-00001.parquet")
+
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--collection", "keys", "--json", timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.json()["indexed"] == N
+    assert "3 rows have no image_id" in result.stderr
+    assert "6 rows share 2 image_id values (dup-a, dup-b)" in result.stderr
+    store = open_store(get_settings())
+    assert store.count("keys") == N
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--split", "test", "--collection", "keys", "--json",
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert store.count("keys") == N + 5
