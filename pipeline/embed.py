@@ -26,8 +26,10 @@ def embed_job(
     """Read, decode and embed a job's rows; a bad image fails alone with its reason."""
     source = open_source(job.source)
     images, ids, rows, payloads, failures = [], [], [], [], []
-    for record in source.read(job.rows):
+    for record in source.read(job.rows, settings.max_image_bytes):
         try:
+            if record.refusal:
+                raise ImageError(record.refusal)
             image = (
                 decode_rgb(
                     record.image,

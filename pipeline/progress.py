@@ -142,6 +142,14 @@ class JobTracker:
         if mapping:
             self.redis.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
 
+    def start_delivery(self, job_id: str, first_row: int) -> int:
+        """Count one delivery of a job's shard; returns how many are counted, this one too."""
+        return int(self.redis.hincrby(f"{PREFIX}{job_id}:deliveries", str(first_row), 1))
+
+    def end_delivery(self, job_id: str, first_row: int) -> None:
+        """The shard's delivery ended in the task (done or failed), not with its worker."""
+        self.redis.hdel(f"{PREFIX}{job_id}:deliveries", str(first_row))
+
     def fail_rows(self, job_id: str, rows: list[int], reason: str) -> None:
         """A whole job that could not be embedded: each of its rows failed with the reason."""
         self.mark_failed(job_id, [{"row": row, "key": None, "reason": reason} for row in rows])

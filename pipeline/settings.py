@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Tries again of a job that met an unexpected, maybe passing error (CUDA out of memory, a
     # file system hiccup) before its rows are recorded as failed with the reason.
     embed_max_retries: int = Field(3, ge=0, le=10)
+    # Deliveries of one job whose worker died on it (OOM-killed, crashed) before its rows are
+    # recorded as failed with the reason: a poisonous job must not come back forever.
+    embed_max_lost: int = Field(3, ge=1, le=20)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
     # Seconds the store worker retries a failing write (tries included) before it parks the

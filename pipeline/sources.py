@@ -6,6 +6,7 @@ import datetime
 import decimal
 import logging
 import math
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import datasets
 
 from pipeline.errors import MedindexError, first_line
+from pipeline.images import ImageError
 from pipeline.schemas import SourceRef
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class SourceRow:
     key: str
     payload: dict
     image: bytes | None
+    refusal: str | None = None  # why the image could not even be read (the row fails alone)
 
 
 def resolve(dataset: str, split: str = "train", name: str | None = None) -> SourceRef:
@@ -67,14 +70,20 @@ class DatasetSource:
     def __len__(self) -> int:
         return self.table.num_rows
 
-    def read(self, rows: list[int]) -> list[SourceRow]:
+    def read(self, rows: list[int], max_image_bytes: int) -> list[SourceRow]:
+        """The rows' keys, payloads and image bytes; a file over `max_image_bytes` is refused
+        before it is read. A passing read error (I/O, network file system) is raised."""
         columns = self.table[rows]
         out = []
         for i, row in enumerate(rows):
             record = {name: values[i] for name, values in columns.items()}
             image = record.pop(self.image_column)
             key = self.keys.key(record[self.key_column] if self.key_column else None, row)
-            out.append(SourceRow(row, key, self._payload(record, row), _image_bytes(image)))
+            payload = self._payload(record, row)
+            try:
+                out.append(SourceRow(row, key, payload, _image_bytes(image, max_image_bytes)))
+            except ImageError as exc:
+                out.append(SourceRow(row, key, payload, None, refusal=str(exc)))
         return out
 
     def _payload(self, record: dict, row: int) -> dict:
@@ -165,17 +174,32 @@ def _image_column(table: datasets.Dataset, ref: SourceRef) -> str:
     )
 
 
-def _image_bytes(image: dict | None) -> bytes | None:
+def _image_bytes(image: dict | None, max_bytes: int) -> bytes | None:
     if not image:
         return None
     if image.get("bytes"):
-        return image["bytes"]
+        return image["bytes"]  # already in memory: decode_rgb checks its size
     if image.get("path"):
-        try:
-            return Path(image["path"]).read_bytes()
-        except OSError:
-            return None
+        return _read_file(Path(image["path"]), max_bytes)
     return None
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """Look before reading: a multi-GB file or a link to /dev/zero would take the worker's
+    memory, and its job would come back to the next worker forever."""
+    try:
+        info = path.stat()  # follows links: what would be read
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"image file {path} is not a regular file")
+    if info.st_size > max_bytes:
+        raise ImageError(f"image file is {info.st_size} bytes (limit {max_bytes})")
+    try:
+        with path.open("rb") as file:
+            return file.read(max_bytes + 1)  # a file grown since stat() stays bounded
+    except PermissionError as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from exc
 
 
 def _is_image(feature: object) -> bool:

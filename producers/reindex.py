@@ -110,7 +110,7 @@ def reindex(
         "failed": progress.failed,
     }
     try:
-        _verify(store, collection, progress, ref)
+        _verify(store, collection, progress, ref, settings.max_image_bytes)
         summary["quality"], sample = knn_agreement(store, collection)
         # The serving version is measured on the same points, where it holds them.
         summary["previous_quality"] = (
@@ -163,7 +163,9 @@ def _record_pending(redis: Redis, alias: str, pending: dict) -> None:
     redis.set(PENDING + alias, json.dumps(pending))
 
 
-def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef) -> None:
+def _verify(
+    store: AnyStore, collection: str, progress: Progress, ref: SourceRef, max_image_bytes: int
+) -> None:
     count = store.count(collection)
     if count != progress.indexed:
         raise ReindexRefused(
@@ -176,7 +178,7 @@ def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef
     sample = store.scroll(collection, limit=256)["points"]
     chosen = random.Random(0).sample(sample, min(ROUND_TRIP_SAMPLE, len(sample)))
     rows = {p["payload"]["source"]["row"]: p for p in chosen}
-    for record in DatasetSource(ref).read(sorted(rows)):
+    for record in DatasetSource(ref).read(sorted(rows), max_image_bytes):
         point = rows[record.row]
         if any(point["payload"].get(k) != v for k, v in record.payload.items()):
             raise ReindexRefused(f"point {point['id']} does not carry row {record.row}'s payload")

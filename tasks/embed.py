@@ -37,7 +37,16 @@ def embed(self: Task, job: dict) -> dict:
     parsed = EmbedJob.model_validate(job)
     bind_job(parsed.job_id)
     try:
-        return _embed(parsed)
+        # Counted before the work and cleared after it: what remains counts the deliveries
+        # whose worker died on these rows (out of memory, killed). Past the limit the rows
+        # fail, instead of the job coming back to the next worker forever.
+        lost = tracker().start_delivery(parsed.job_id, parsed.rows[0]) - 1
+        if lost >= get_settings().embed_max_lost:
+            reason = f"the embed worker was lost {lost} times on these rows (out of memory?)"
+            return _fail(parsed, reason)
+        outcome = _embed(parsed)
+        tracker().end_delivery(parsed.job_id, parsed.rows[0])
+        return outcome
     except (redis.RedisError, OperationalError) as exc:
         # Redis gone for longer than the clients' retries: give the job back instead of
         # failing it. If even that cannot reach Redis, the job stays unacknowledged there and
@@ -48,11 +57,19 @@ def embed(self: Task, job: dict) -> dict:
         reason = f"embedding failed: {type(exc).__name__}: {first_line(exc)}"
         if not isinstance(exc, DETERMINISTIC) and self.request.retries < self.max_retries:
             log.warning("job=%s: %s; try %d again", parsed.job_id, reason, self.request.retries)
+            tracker().end_delivery(parsed.job_id, parsed.rows[0])
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
-        log.error("job=%s rows %d-%d failed: %s", parsed.job_id, parsed.rows[0], parsed.rows[-1],
-                  reason, exc_info=not isinstance(exc, DETERMINISTIC))  # fmt: skip
-        tracker().fail_rows(parsed.job_id, parsed.rows, reason)
-        return {"job_id": parsed.job_id, "points": 0, "failed": len(parsed.rows)}
+        log.error("job=%s: %s", parsed.job_id, reason, exc_info=not isinstance(exc, DETERMINISTIC))
+        return _fail(parsed, reason)
+
+
+def _fail(parsed: EmbedJob, reason: str) -> dict:
+    """Every row of the job failed with the reason: the job ends, and `report` says why."""
+    tracker().fail_rows(parsed.job_id, parsed.rows, reason)
+    tracker().end_delivery(parsed.job_id, parsed.rows[0])
+    log.warning("job=%s rows %d-%d failed: %s", parsed.job_id, parsed.rows[0], parsed.rows[-1],
+                reason)  # fmt: skip
+    return {"job_id": parsed.job_id, "points": 0, "failed": len(parsed.rows)}
 
 
 def _embed(parsed: EmbedJob) -> dict:

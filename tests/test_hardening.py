@@ -130,3 +130,44 @@ def test_missing_and_duplicate_keys_and_two_splits_each_keep_every_image(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert store.count("keys") == N + 5
+
+
+# --- 4. a huge or endless file, a worker lost again and again ----------------------------------
+
+
+def test_oversized_and_endless_files_are_refused_before_they_are_read(
+    stack: Stack, tmp_path: Path, tracker: JobTracker
+) -> None:
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 60, 90, 20)).save(tmp_path / f"good{i}.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with (tmp_path / "huge.png").open("wb") as huge:
+        huge.truncate(get_settings().max_image_bytes + 1)  # sparse: costs no disk
+    names = ["good0", "good1", "good2", "zero", "huge"]
+    (tmp_path / "metadata.csv").write_text(
+        "file_name,image_id\n" + "".join(f"{n}.png,{n}\n" for n in names)
+    )
+    summary = ingest(stack, tmp_path, "files")
+    assert (summary["indexed"], summary["failed"]) == (3, 2)
+    reasons = {f["key"]: f["reason"] for f in tracker.failures("files")}
+    assert "not a regular file" in reasons["zero"]
+    assert f"limit {get_settings().max_image_bytes}" in reasons["huge"]
+
+
+def test_a_job_whose_worker_keeps_dying_fails_its_rows_with_the_reason(
+    stack: Stack, dataset: Path, tracker: JobTracker
+) -> None:
+    """As if the worker had been OOM-killed on this job three times already."""
+    ref = resolve(str(dataset))
+    model = get_settings().model
+    open_store(get_settings()).ensure_collection("lost", {"dim": 384})
+    meta = {"collection": "lost", "dataset": ref.dataset, "split": ref.split,
+            "source_name": ref.identity, "model": model, "pooling": "mean"}  # fmt: skip
+    tracker.create("lost", 32, meta)
+    lost = get_settings().embed_max_lost
+    tracker.redis.hset("medindex:job:lost:deliveries", "0", lost)
+    enqueue("lost", "lost", ref, model, "mean", [list(range(16)), list(range(16, 32))])
+    final = wait(tracker, "lost", lambda _: None, timeout_s=90)
+    assert (final.indexed, final.failed) == (16, 16)
+    reasons = {f["reason"] for f in tracker.failures("lost")}
+    assert reasons == {f"the embed worker was lost {lost} times on these rows (out of memory?)"}
