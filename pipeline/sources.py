@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import hashlib
 import logging
 import math
 import stat
@@ -99,6 +100,7 @@ class KeyCensus:
 
     missing: int
     duplicated: dict[str, int]  # key -> how many rows carry it
+    fingerprint: str  # of every key in row order: a resumed job checks its rows are the same
 
     def key(self, value: object, row: int) -> str:
         """An image's key, unique in its split: the row stands in for a missing key (never
@@ -126,9 +128,13 @@ class KeyCensus:
 
 
 def _key_census(values: list) -> KeyCensus:
-    counts = Counter(str(v) for v in values if not _is_missing(v))
-    missing = sum(1 for v in values if _is_missing(v))
-    return KeyCensus(missing, {key: n for key, n in counts.items() if n > 1})
+    keys = [None if _is_missing(v) else str(v) for v in values]
+    counts = Counter(key for key in keys if key is not None)
+    digest = hashlib.sha256(f"{len(keys)}".encode())
+    for key in keys:
+        digest.update(b"\x00" if key is None else b"\x01" + key.encode())
+    duplicated = {key: n for key, n in counts.items() if n > 1}
+    return KeyCensus(keys.count(None), duplicated, digest.hexdigest()[:16])
 
 
 def open_source(ref: SourceRef) -> DatasetSource:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime
 import decimal
 import io
+import threading
 from pathlib import Path
 
 import datasets
 import pytest
 from conftest import Stack
 from PIL import Image
+from test_bad_input import assert_one_line_error
 
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.remote_store import open_store
@@ -171,3 +173,44 @@ def test_a_job_whose_worker_keeps_dying_fails_its_rows_with_the_reason(
     assert (final.indexed, final.failed) == (16, 16)
     reasons = {f["reason"] for f in tracker.failures("lost")}
     assert reasons == {f"the embed worker was lost {lost} times on these rows (out of memory?)"}
+
+
+# --- 3. one state per row ----------------------------------------------------------------------
+
+
+def test_a_row_is_never_both_indexed_and_failed(stack: Stack, tracker: JobTracker) -> None:
+    """Failures and writes of the same rows from two clients at once (a redelivered job's
+    failure racing the write of its first delivery)."""
+    rows = list(range(3000))
+    tracker.create("race", len(rows), {})
+    failing = JobTracker(connect_redis(get_settings().broker_url))
+
+    def fail_each() -> None:
+        for row in rows:
+            failing.mark_failed("race", [{"row": row, "key": None, "reason": "late failure"}])
+
+    thread = threading.Thread(target=fail_each)
+    thread.start()
+    for row in rows:
+        tracker.mark_indexed("race", [row])
+    thread.join()
+    progress = tracker.progress("race")
+    assert progress.indexed == len(rows) and progress.failed == 0
+
+
+def test_resuming_a_job_over_a_changed_dataset_is_refused(stack: Stack, tmp_path: Path) -> None:
+    features = {"image": datasets.Image(), "image_id": datasets.Value("string")}
+    data = write_table(
+        tmp_path, {"image": [png(i) for i in range(N)], "image_id": [f"c{i}" for i in range(N)]},
+        features,
+    )  # fmt: skip
+    ingest(stack, data, "changing")
+    shrunk = datasets.Dataset.from_dict(
+        {"image": [png(i) for i in range(N - 4)], "image_id": [f"c{i}" for i in range(4, N)]},
+        features=datasets.Features(features),
+    )
+    shrunk.to_parquet(data / "data" / "train-00000-of-00001.parquet")
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--collection", "changing", "--job-id", "changing"
+    )
+    assert_one_line_error(result, "changed since job changing started", f"{N} rows then")
