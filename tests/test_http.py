@@ -49,7 +49,7 @@ def first_row(dataset: Path) -> dict:
 
 
 def test_search_by_id_with_filter(api: httpx.Client, dataset: Path, first_row: dict) -> None:
-    pid = point_id(str(dataset.resolve()), first_row["image_id"])
+    pid = point_id(str(dataset.resolve()), "train", first_row["image_id"])
     hits = api.post("/collections/skin/search", json={"point_id": pid, "limit": 3}).json()
     assert hits[0]["id"] == pid and hits[0]["score"] >= 0.999
     female = {"must": [{"key": "sex", "match": {"value": "female"}}]}
@@ -69,7 +69,7 @@ def test_search_by_uploaded_image(api: httpx.Client, first_row: dict) -> None:
 
 
 def test_batch_groups_and_recommend(api: httpx.Client, dataset: Path, first_row: dict) -> None:
-    pid = point_id(str(dataset.resolve()), first_row["image_id"])
+    pid = point_id(str(dataset.resolve()), "train", first_row["image_id"])
     queries = [{"point_id": pid, "limit": 2}, {"point_id": pid, "limit": 4}]
     results = api.post("/collections/skin/search/batch", json={"queries": queries}).json()
     assert [len(r) for r in results] == [2, 4]
