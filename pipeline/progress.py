@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from pipeline.errors import MedindexError, first_line
+from pipeline.errors import MedindexError, first_line, mask_url
 
 PREFIX = "medindex:job:"
 JOB_INDEX = "medindex:jobs"
@@ -40,6 +40,8 @@ end
 
 class BrokerError(MedindexError):
     """Redis cannot be reached; the message is meant for the user."""
+
+    transient = True  # an outage, not the caller's mistake
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def connect_redis(url: str) -> redis.Redis:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, retry=Retry(NoBackoff(), 0)).ping()
     except redis.RedisError as exc:
-        raise BrokerError(f"cannot reach Redis at {url}: {first_line(exc)}") from exc
+        raise BrokerError(f"cannot reach Redis at {mask_url(url)}: {first_line(exc)}") from exc
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=3,

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from pipeline.errors import MedindexError, first_line
+from pipeline.errors import MedindexError, first_line, mask_url
 from pipeline.settings import Settings
 from pipeline.store import (
     Hit,
@@ -56,7 +56,7 @@ class ServerStore(Store):
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         timeout = math.ceil(settings.qdrant_timeout_s)
         client = QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=timeout)
-        return cls(client, settings.qdrant_url)
+        return cls(client, mask_url(settings.qdrant_url))
 
     @classmethod
     def local(cls, path: Path) -> ServerStore:

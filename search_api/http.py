@@ -7,18 +7,22 @@ image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_MAX_IMAGE_PIXELS).
 from __future__ import annotations
 
 import json
+import logging
 from functools import cache
 from typing import Annotated, Any
 
+import redis
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from pipeline.errors import MedindexError
+from pipeline.errors import MedindexError, mask_url
 from pipeline.settings import get_settings
 from search_api.client import MAX_LIMIT, Query, SearchClient
 
 app = FastAPI(title="medindex search", version="1")
+log = logging.getLogger(__name__)
+UNAVAILABLE = "search is unavailable for now (its broker or store is down); try again later"
 
 
 class SearchBody(BaseModel):
@@ -59,9 +63,21 @@ def client() -> SearchClient:
 
 @app.exception_handler(MedindexError)
 async def _user_error(request: Request, exc: MedindexError) -> JSONResponse:
-    # The store's outage or overload is not the caller's mistake: its error says which.
-    unavailable = getattr(exc, "transient", False)
-    return JSONResponse({"detail": str(exc)}, status_code=503 if unavailable else 400)
+    # An outage is not the caller's mistake, and its details (addresses, the store's own
+    # answer) are for the operator: the server log has them, the caller a generic reason.
+    if getattr(exc, "transient", False):
+        return _unavailable(request, exc)
+    return JSONResponse({"detail": mask_url(str(exc))}, status_code=400)
+
+
+@app.exception_handler(redis.RedisError)
+async def _broker_lost(request: Request, exc: redis.RedisError) -> JSONResponse:
+    return _unavailable(request, exc)
+
+
+def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: %s", request.method, request.url.path, mask_url(str(exc)))
+    return JSONResponse({"detail": UNAVAILABLE}, status_code=503)
 
 
 @app.middleware("http")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -19,11 +20,18 @@ from pipeline.schemas import point_id
 
 @pytest.fixture(scope="module")
 def api(stack: Stack, ingested: dict) -> Iterator[httpx.Client]:
+    with serving(stack.env | {"MEDINDEX_MAX_IMAGE_BYTES": "2000000"}, "serve.log") as client:
+        yield client
+
+
+@contextmanager
+def serving(env: dict, log_name: str) -> Iterator[httpx.Client]:
+    """`medindex serve` on a free port, until it answers /healthz (whatever its status)."""
     port = free_port()
-    log = (ARTIFACTS / "serve.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port)],
-        env=stack.env | {"MEDINDEX_MAX_IMAGE_BYTES": "2000000"},
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -31,16 +39,18 @@ def api(stack: Stack, ingested: dict) -> Iterator[httpx.Client]:
     deadline = time.monotonic() + 60
     while True:
         try:
-            if client.get("/healthz").status_code == 200:
-                break
+            client.get("/healthz")
+            break
         except httpx.TransportError:
             pass
         assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
         time.sleep(0.5)
-    yield client
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    try:
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +101,24 @@ def test_bounds_and_mistakes(api: httpx.Client) -> None:
     response = api.post("/collections/skin/search/image", files=garbage)
     assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
     assert api.post("/collections/nope/search", json={"vector": [0.1]}).status_code == 400
+
+
+def test_an_outage_is_a_503_that_never_shows_a_password(stack: Stack) -> None:
+    redis_url = f"redis://:s3cr3tpw@127.0.0.1:{free_port()}/0"
+    qdrant_url = f"http://medindex:q-s3cr3t@127.0.0.1:{free_port()}"
+    for env in ({"MEDINDEX_REDIS_URL": redis_url}, {"MEDINDEX_QDRANT_URL": qdrant_url}):
+        with serving(stack.env | env, "serve-outage.log") as client:
+            answers = [
+                client.get("/healthz"),
+                client.post("/collections/skin/search", json={"vector": [0.1] * 384}),
+            ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert "s3cr3t" not in answer.text and "127.0.0.1" not in answer.text
+        server_log = (ARTIFACTS / "serve-outage.log").read_text()
+        assert "cannot reach" in server_log and ":***@127.0.0.1" in server_log
+        assert "s3cr3t" not in server_log
+        cli = stack.medindex(
+            "search", "--collection", "skin", "--vector", "[0.1]", env=stack.env | env
+        )
+        assert cli.returncode != 0 and "s3cr3t" not in cli.stderr + cli.stdout
