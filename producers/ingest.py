@@ -97,7 +97,8 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
             app.send_task(
                 UPSERT_TASK,
                 kwargs={"batch": batch.model_dump()},
-                argsrepr=f"job {job_id}: {len(batch)} parked points",
+                argsrepr="()",  # what Flower shows and keeps: never the payloads
+                kwargsrepr=f"job {job_id}: {len(batch)} parked points",
                 queue=UPSERT_QUEUE,
                 producer=producer,
             )

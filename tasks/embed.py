@@ -84,7 +84,13 @@ def _embed(parsed: EmbedJob) -> dict:
     tracker().mark_failed(parsed.job_id, result.failures)
     tracker().mark_embedded(parsed.job_id, result.batch.rows)
     if len(result.batch):
-        upsert.apply_async(kwargs={"batch": result.batch.model_dump()}, queue=UPSERT_QUEUE)
+        upsert.apply_async(
+            kwargs={"batch": result.batch.model_dump()},
+            queue=UPSERT_QUEUE,
+            # What Flower shows and keeps: never the payloads (patient metadata).
+            argsrepr="()",
+            kwargsrepr=f"job {parsed.job_id}: {len(result.batch)} points",
+        )
     log.info(
         "rows %d-%d: %d embedded, %d failed",
         parsed.rows[0],
