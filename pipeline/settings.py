@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # Guards on what an image may cost to decode.
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_image_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    # Query images (uploads to the HTTP API) are anyone's: a much lower pixel limit, and at
+    # most this many decoded at once in one search process (a 16-bit 7000x7000 PNG of 95 KB
+    # would otherwise take about 730 MB).
+    query_max_image_pixels: int = Field(16_000_000, ge=1)
+    query_decode_concurrency: int = Field(2, ge=1, le=64)
 
     # Seconds a client waits for the store worker to answer (embedded store only).
     store_call_timeout_s: float = Field(60.0, gt=0)

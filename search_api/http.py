@@ -20,7 +20,10 @@ from pipeline.errors import MedindexError, mask_url
 from pipeline.settings import get_settings
 from search_api.client import MAX_LIMIT, Query, SearchClient
 
-app = FastAPI(title="medindex search", version="1")
+# Counted on the bytes received (a chunked body declares no length), with room for the
+# form's other fields: an oversized upload is refused before it is spooled.
+MAX_BODY_BYTES = get_settings().max_image_bytes + 64 * 1024
+app = FastAPI(title="medindex search", version="1", max_body_size=MAX_BODY_BYTES)
 log = logging.getLogger(__name__)
 UNAVAILABLE = "search is unavailable for now (its broker or store is down); try again later"
 
@@ -80,16 +83,6 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": UNAVAILABLE}, status_code=503)
 
 
-@app.middleware("http")
-async def _refuse_large_uploads(request: Request, call_next: Any) -> Any:
-    """Refuse an oversized upload from its Content-Length, before it is received."""
-    declared = request.headers.get("content-length")
-    limit = get_settings().max_image_bytes + 64 * 1024  # room for the form's other fields
-    if declared and declared.isdigit() and int(declared) > limit:
-        return JSONResponse({"detail": f"upload larger than {limit} bytes"}, status_code=413)
-    return await call_next(request)
-
-
 @app.get("/healthz")
 def healthz() -> dict:
     client().store.ping()
@@ -115,7 +108,7 @@ def search_image(
     score_threshold: Annotated[float | None, Form()] = None,
 ) -> list[dict]:
     max_bytes = get_settings().max_image_bytes
-    data = image.file.read(max_bytes + 1)  # spooled already: see _refuse_large_uploads
+    data = image.file.read(max_bytes + 1)  # spooled already, at most MAX_BODY_BYTES
     if len(data) > max_bytes:
         raise HTTPException(413, f"upload larger than {max_bytes} bytes")
     query = Query(image=data, filter=_json(filter), limit=limit, score_threshold=score_threshold)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import datasets
 import httpx
+import numpy as np
 import pytest
 from conftest import ARTIFACTS, Stack, free_port
+from PIL import Image
 
 from pipeline.schemas import point_id
 
@@ -101,6 +103,31 @@ def test_bounds_and_mistakes(api: httpx.Client) -> None:
     response = api.post("/collections/skin/search/image", files=garbage)
     assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
     assert api.post("/collections/nope/search", json={"vector": [0.1]}).status_code == 400
+
+
+def test_query_images_are_bounded_before_they_cost_memory(api: httpx.Client) -> None:
+    wide = Image.fromarray(np.zeros((7000, 7000), dtype=np.uint16))  # about 95 KB as PNG
+    buffer = io.BytesIO()
+    wide.save(buffer, format="PNG")
+    files = {"image": ("wide.png", buffer.getvalue(), "image/png")}
+    response = api.post("/collections/skin/search/image", files=files)
+    assert response.status_code == 400, response.text
+    assert "7000x7000 pixels (limit 16000000" in response.json()["detail"]
+
+    gif = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(gif, format="GIF")
+    files = {"image": ("q.gif", gif.getvalue(), "image/gif")}
+    response = api.post("/collections/skin/search/image", files=files)
+    assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body's own bytes must count
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'
+        for _ in range(30):
+            yield b"0" * 100_000
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    response = api.post("/collections/skin/search/image", content=chunks(), headers=headers)
+    assert response.status_code == 413, response.text
 
 
 def test_an_outage_is_a_503_that_never_shows_a_password(stack: Stack) -> None:
