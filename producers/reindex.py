@@ -26,6 +26,10 @@ from pipeline.sources import DatasetSource, resolve
 from producers.ingest import IngestRequest, start_ingest, wait
 
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
+LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
+# The lock's lifetime, renewed while its reindex runs: a reindex killed outright frees its
+# alias this long after its last renewal.
+LOCK_LIFETIME_S = 300
 ROUND_TRIP_SAMPLE = 16
 
 
@@ -60,14 +64,40 @@ def versions(names: list[str], alias: str) -> list[tuple[int, str]]:
 def reindex(
     request: ReindexRequest, settings: Settings, on_progress: Callable[[Progress], None]
 ) -> dict:
-    store = open_store(settings)
+    """One reindex per alias at a time: concurrent ones would share version numbers, and one
+    could prune the other's version while it is built."""
     redis = connect_redis(settings.broker_url)
+    lock = redis.lock(LOCK + request.alias, timeout=LOCK_LIFETIME_S, blocking=False)
+    if not lock.acquire():
+        raise MedindexError(
+            f"another reindex of {request.alias!r} is running (or died less than "
+            f"{LOCK_LIFETIME_S}s ago); wait for it to end"
+        )
+
+    def renewing(progress: Progress) -> None:
+        lock.reacquire()  # a full lifetime again, at each look at the job
+        on_progress(progress)
+
+    try:
+        return _reindex(request, settings, redis, renewing)
+    finally:
+        lock.release()
+
+
+def _reindex(
+    request: ReindexRequest,
+    settings: Settings,
+    redis: Redis,
+    on_progress: Callable[[Progress], None],
+) -> dict:
+    store = open_store(settings)
     tracker = JobTracker(redis)
     aliases = store.aliases()
     names = store.collections()
-    if request.alias in names:
-        raise MedindexError(f"{request.alias!r} is a collection, not an alias: pick another name")
-    serving = aliases.get(request.alias)
+    # A plain collection of that name (made by `medindex ingest`, as the deployments do) is
+    # adopted: it serves until the first version is verified, which then takes its name.
+    adopted = request.alias if request.alias in names else None
+    serving = aliases.get(request.alias) or adopted
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     ref = resolve(request.dataset, request.split, request.source_name)
@@ -122,6 +152,10 @@ def reindex(
         redis.delete(PENDING + request.alias)
         raise
     store.set_metadata(collection, {"quality": summary["quality"], "status": "verified"})
+    if adopted:
+        # The name must be free for the alias: searches miss it for this one moment.
+        store.delete_collection(adopted)
+        summary["deleted_plain_collection"] = adopted
     store.switch_alias(request.alias, collection)
     redis.delete(PENDING + request.alias)
     summary["deleted"] = _prune(store, request.alias, request.keep, spare={collection, serving})

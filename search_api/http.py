@@ -1,7 +1,7 @@
 """The HTTP face of search_api: the same queries as `SearchClient`, as JSON over HTTP.
 
 Run with `medindex serve`. Bounds: `limit` (search_api.client.MAX_LIMIT), upload size and
-image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_MAX_IMAGE_PIXELS).
+query image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_QUERY_MAX_IMAGE_PIXELS).
 """
 
 from __future__ import annotations
