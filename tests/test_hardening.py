@@ -6,18 +6,24 @@ from __future__ import annotations
 import datetime
 import decimal
 import io
+import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import datasets
 import pytest
-from conftest import Stack
+import qdrant_edge
+from conftest import ARTIFACTS, Stack, free_port
 from PIL import Image
 from test_bad_input import assert_one_line_error
 
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.remote_store import open_store
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
 from producers.ingest import enqueue, wait
 
@@ -214,3 +220,73 @@ def test_resuming_a_job_over_a_changed_dataset_is_refused(stack: Stack, tmp_path
         "ingest", "--dataset", str(data), "--collection", "changing", "--job-id", "changing"
     )
     assert_one_line_error(result, "changed since job changing started", f"{N} rows then")
+
+
+# --- 5. a store outage longer than the visibility timeout --------------------------------------
+
+
+def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
+    base_env: dict, tmp_path: Path
+) -> None:
+    """A stack of its own, with the shortest visibility timeout (30 s) and writes of 64 points:
+    the store worker buffers several calls' worth of messages while the first call retries.
+    Each message must be parked (its budget counted from its arrival) before Redis would hand
+    it out again: every point parked once, none twice."""
+    env = base_env | {
+        "MEDINDEX_HOME": str(tmp_path / "home"),
+        "MEDINDEX_LOCAL_REDIS_PORT": str(free_port()),
+        "MEDINDEX_FLOWER_PORT": "0",
+        "MEDINDEX_VISIBILITY_TIMEOUT_S": "30",
+        "MEDINDEX_STORE_RETRY_BUDGET_S": "15",
+        "MEDINDEX_UPSERT_BATCH_SIZE": "64",
+    }
+    settings = Settings(
+        home=tmp_path / "home", local_redis_port=int(env["MEDINDEX_LOCAL_REDIS_PORT"])
+    )
+    data = write_table(
+        tmp_path / "data",
+        {"image": [png(i) for i in range(160)], "image_id": [f"o{i}" for i in range(160)]},
+        {"image": datasets.Image(), "image_id": datasets.Value("string")},
+    )
+    log = ARTIFACTS / "short-stack.log"
+    with log.open("w") as out:
+        up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, stdout=out,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "medindex up: ready" not in log.read_text():
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        make = "open_store(get_settings()).ensure_collection('outage', {'dim': 384})"
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from pipeline.remote_store import open_store; from "
+                f"pipeline.settings import get_settings; {make}",
+            ],
+            env=env,
+            check=True,
+            timeout=120,
+        )  # fmt: skip  (this process' Celery app talks to the session's broker)
+        shard_path = settings.embedded_store_path / "collections" / "outage" / "shard"
+        shard = qdrant_edge.EdgeShard.load(str(shard_path))  # the store is out from here
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "pipeline.cli", "ingest", "--dataset", str(data),
+                 "--collection", "outage", "--job-id", "outage", "--json"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-2000:]
+            time.sleep(max(0.0, 45 - (time.monotonic() - started)))  # past the timeout
+        finally:
+            shard.close()
+        tracker = JobTracker(connect_redis(settings.broker_url))
+        parked = tracker.parked("outage")
+        rows = [row for batch in parked for row in json.loads(batch)["rows"]]
+        assert len(rows) == len(set(rows)) == 160, (len(rows), len(set(rows)))
+        assert tracker.redis.hlen("unacked") == 0
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=90)
