@@ -28,8 +28,9 @@ from producers.ingest import IngestRequest, start_ingest, wait
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
 LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
 # The lock's lifetime, renewed while its reindex runs: a reindex killed outright frees its
-# alias this long after its last renewal.
-LOCK_LIFETIME_S = 300
+# alias this long after its last renewal, and running the same command again (to resume it)
+# waits that long for it.
+LOCK_LIFETIME_S = 60
 ROUND_TRIP_SAMPLE = 16
 
 
@@ -67,12 +68,9 @@ def reindex(
     """One reindex per alias at a time: concurrent ones would share version numbers, and one
     could prune the other's version while it is built."""
     redis = connect_redis(settings.broker_url)
-    lock = redis.lock(LOCK + request.alias, timeout=LOCK_LIFETIME_S, blocking=False)
-    if not lock.acquire():
-        raise MedindexError(
-            f"another reindex of {request.alias!r} is running (or died less than "
-            f"{LOCK_LIFETIME_S}s ago); wait for it to end"
-        )
+    lock = redis.lock(LOCK + request.alias, timeout=LOCK_LIFETIME_S)
+    if not lock.acquire(blocking=True, blocking_timeout=LOCK_LIFETIME_S + 5):
+        raise MedindexError(f"another reindex of {request.alias!r} is running; wait for it to end")
 
     def renewing(progress: Progress) -> None:
         lock.reacquire()  # a full lifetime again, at each look at the job

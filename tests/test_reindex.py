@@ -173,7 +173,7 @@ def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
     stack: Stack, small_dataset: Path
 ) -> None:
     redis = connect_redis(get_settings().broker_url)
-    running = redis.lock(f"medindex:reindex-lock:{ALIAS}", timeout=60)  # as a running reindex
+    running = redis.lock(f"medindex:reindex-lock:{ALIAS}", timeout=120)  # a reindex running
     assert running.acquire(blocking=False)
     try:
         result = stack.medindex("reindex", "--alias", ALIAS, "--dataset", str(small_dataset))
