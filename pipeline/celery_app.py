@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Queue
 
@@ -19,10 +21,27 @@ UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged m
 TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store"]
 
 
+class ShortReprAMQP(AMQP):
+    """Protocol 1 drops a message's `argsrepr`/`kwargsrepr` and puts a repr of the whole
+    arguments in its events instead (a point batch's payloads: patient metadata, into Flower's
+    task list and database). Given ones are kept: in the events sent and in the body, where the
+    worker's own events read them."""
+
+    def as_task_v1(
+        self, *args: Any, argsrepr: str | None = None, kwargsrepr: str | None = None, **kw: Any
+    ) -> Any:
+        message = super().as_task_v1(*args, **kw)
+        shown = {k: v for k, v in (("args", argsrepr), ("kwargs", kwargsrepr)) if v is not None}
+        if message.sent_event is not None:
+            message.sent_event.update(shown)
+        message.body.update({f"{k}repr": v for k, v in shown.items()})
+        return message
+
+
 def create_app() -> Celery:
     settings = get_settings()
     # No result backend: tasks report through job state in Redis (pipeline.progress).
-    app = Celery("medindex", broker=settings.broker_url)
+    app = Celery("medindex", broker=settings.broker_url, amqp=ShortReprAMQP)
     app.conf.update(
         include=TASK_MODULES,
         # Never pickle: vectors travel as msgpack binary, everything else as plain data.

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 
 import redis
 
-from pipeline.errors import MedindexError, first_line
+from pipeline.errors import MedindexError, first_line, mask_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except MedindexError as exc:
-        print(f"medindex {args.command}: error: {exc}", file=sys.stderr)
+        print(f"medindex {args.command}: error: {mask_url(str(exc))}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:  # Redis lost for longer than the clients' retries
-        print(f"medindex {args.command}: error: lost Redis: {first_line(exc)}", file=sys.stderr)
+        reason = mask_url(first_line(exc))
+        print(f"medindex {args.command}: error: lost Redis: {reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medindex {args.command}: interrupted", file=sys.stderr)

@@ -26,8 +26,10 @@ def embed_job(
     """Read, decode and embed a job's rows; a bad image fails alone with its reason."""
     source = open_source(job.source)
     images, ids, rows, payloads, failures = [], [], [], [], []
-    for record in source.read(job.rows):
+    for record in source.read(job.rows, settings.max_image_bytes):
         try:
+            if record.refusal:
+                raise ImageError(record.refusal)
             image = (
                 decode_rgb(
                     record.image,
@@ -42,7 +44,7 @@ def embed_job(
             failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
             continue
         images.append(image)
-        ids.append(point_id(job.source.identity, record.key))
+        ids.append(point_id(job.source.identity, job.source.split, record.key))
         rows.append(record.row)
         payloads.append(record.payload)
     vectors = embedder.embed(images)

@@ -18,11 +18,14 @@ def decode_rgb(
     max_pixels: int,
     max_bytes: int,
     draft_size: tuple[int, int] | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Decode one image to RGB; raise ImageError with a short reason when it cannot be.
 
     `draft_size`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, never below this size
-    (libjpeg skips the work instead of resizing after it); other formats decode whole.
+    (libjpeg skips the work instead of resizing after it); other formats decode whole, then
+    shrink by a whole factor, never below it, before converting (a 16-bit picture converts
+    through float32). `formats`: PIL format names accepted (None: any PIL reads).
     """
     if not data:
         raise ImageError("empty image (0 bytes)")
@@ -32,13 +35,15 @@ def decode_rgb(
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=formats)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(f"image is {width}x{height} pixels (limit {max_pixels} pixels)")
             if draft_size:
                 image.draft(image.mode, draft_size)
             image.load()
+            if draft_size and image.format != "JPEG":  # a JPEG was drafted already
+                image = _reduce(image, draft_size)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -48,6 +53,16 @@ def decode_rgb(
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
     return to_rgb(image)
+
+
+def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Shrink by the largest whole factor that keeps at least `size` (box average)."""
+    factor = min(image.width // size[0], image.height // size[1])
+    if factor < 2:
+        return image
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # PIL reduces 32-bit integers, not 16-bit ones
+    return image.reduce(factor)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from pipeline.errors import MedindexError, first_line
+from pipeline.errors import MedindexError, first_line, mask_url
 
 PREFIX = "medindex:job:"
 JOB_INDEX = "medindex:jobs"
@@ -25,8 +25,23 @@ RECONNECT_RETRIES = 20
 RECONNECT_BACKOFF = {"cap": 2.0, "base": 0.1}
 
 
+# A row's failure is recorded only where the row is not indexed, in one step: checked and set
+# apart, a write finishing in between (another process) could leave a row indexed and failed.
+# KEYS: indexed set, failed hash, parked list. ARGV: a batch to park (or ""), then row, failure.
+_FAIL_UNLESS_INDEXED = """
+if ARGV[1] ~= "" then redis.call("RPUSH", KEYS[3], ARGV[1]) end
+for i = 2, #ARGV, 2 do
+  if redis.call("SISMEMBER", KEYS[1], ARGV[i]) == 0 then
+    redis.call("HSET", KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+"""
+
+
 class BrokerError(MedindexError):
     """Redis cannot be reached; the message is meant for the user."""
+
+    transient = True  # an outage, not the caller's mistake
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,7 @@ def connect_redis(url: str) -> redis.Redis:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, retry=Retry(NoBackoff(), 0)).ping()
     except redis.RedisError as exc:
-        raise BrokerError(f"cannot reach Redis at {url}: {first_line(exc)}") from exc
+        raise BrokerError(f"cannot reach Redis at {mask_url(url)}: {first_line(exc)}") from exc
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=3,
@@ -83,6 +98,7 @@ def connect_redis(url: str) -> redis.Redis:
 class JobTracker:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._fail_unless_indexed = client.register_script(_FAIL_UNLESS_INDEXED)
 
     def create(self, job_id: str, total: int, meta: dict[str, Any]) -> None:
         now = time.time()
@@ -138,17 +154,25 @@ class JobTracker:
     def mark_failed(self, job_id: str, failures: list[dict]) -> None:
         """Each failure: {"row", "key", "reason"}. A row already indexed (by an earlier
         delivery of the same job) stays indexed, so it never counts twice."""
-        mapping = self._not_indexed(job_id, failures)
-        if mapping:
-            self.redis.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
+        if failures:
+            self._record_failures(job_id, failures, parked="")
 
-    def _not_indexed(self, job_id: str, failures: list[dict]) -> dict[int, str]:
-        if not failures:
-            return {}
-        indexed = self.redis.smismember(f"{PREFIX}{job_id}:indexed", [f["row"] for f in failures])
-        return {
-            f["row"]: json.dumps(f) for f, done in zip(failures, indexed, strict=True) if not done
-        }
+    def start_delivery(self, job_id: str, first_row: int) -> int:
+        """Count one delivery of a job's shard; returns how many are counted, this one too."""
+        return int(self.redis.hincrby(f"{PREFIX}{job_id}:deliveries", str(first_row), 1))
+
+    def end_delivery(self, job_id: str, first_row: int) -> None:
+        """The shard's delivery ended in the task (done or failed), not with its worker."""
+        self.redis.hdel(f"{PREFIX}{job_id}:deliveries", str(first_row))
+
+    def fail_rows(self, job_id: str, rows: list[int], reason: str) -> None:
+        """A whole job that could not be embedded: each of its rows failed with the reason."""
+        self.mark_failed(job_id, [{"row": row, "key": None, "reason": reason} for row in rows])
+
+    def _record_failures(self, job_id: str, failures: list[dict], parked: str) -> None:
+        keys = [f"{PREFIX}{job_id}:{part}" for part in ("indexed", "failed", "parked")]
+        pairs = [value for f in failures for value in (f["row"], json.dumps(f))]
+        self._fail_unless_indexed(keys=keys, args=[parked, *pairs])
 
     def progress(self, job_id: str) -> Progress:
         pipe = self.redis.pipeline()
@@ -174,12 +198,7 @@ class JobTracker:
     def park(self, job_id: str, batch_json: str, failures: list[dict]) -> None:
         """Points the store did not take within the retry budget: kept whole in Redis, their
         images shown as failed with the reason, until `medindex retry` sends them again."""
-        mapping = self._not_indexed(job_id, failures)
-        pipe = self.redis.pipeline()  # MULTI: kept and shown together, or neither
-        pipe.rpush(f"{PREFIX}{job_id}:parked", batch_json)
-        if mapping:
-            pipe.hset(f"{PREFIX}{job_id}:failed", mapping=mapping)
-        pipe.execute()
+        self._record_failures(job_id, failures, parked=batch_json)  # together, or neither
 
     def parked(self, job_id: str) -> list[str]:
         return list(self.redis.lrange(f"{PREFIX}{job_id}:parked", 0, -1))

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from pipeline.celery_app import STORE_QUEUE, app
-from pipeline.errors import first_line
+from pipeline.errors import first_line, mask_url
 from pipeline.progress import connect_redis
 from pipeline.settings import Settings
 from pipeline.store import Hit, Store, StoreError, connect, wait_for_index
@@ -74,7 +74,7 @@ class RemoteReader:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.description = f"embedded store via the store worker at {settings.broker_url}"
+        self.description = f"embedded store via the store worker at {mask_url(settings.broker_url)}"
         self.redis = connect_redis(settings.broker_url)  # fails early, on one line, if down
 
     def collections(self) -> list[str]:

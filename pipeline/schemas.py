@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 POINT_NAMESPACE = uuid.UUID("6f1d3c1e-4a53-5b0e-9c36-6d6564696e64")
 
 
-def point_id(source_name: str, key: str) -> str:
-    """Deterministic id, so a redelivered or re-run job rewrites the same points."""
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{source_name}/{key}"))
+def point_id(source_name: str, split: str, key: str) -> str:
+    """Deterministic id, so a redelivered or re-run job rewrites the same points; the split is
+    part of the identity, so `test` rows never overwrite `train` rows with the same key."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{source_name}/{split}/{key}"))
 
 
 class SourceRef(BaseModel):

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     upsert_batch_size: int = Field(1000, ge=1, le=10_000)
     flush_interval_s: float = Field(2.0, gt=0)
     embed_concurrency: int = Field(1, ge=1)
+    # Tries again of a job that met an unexpected, maybe passing error (CUDA out of memory, a
+    # file system hiccup) before its rows are recorded as failed with the reason.
+    embed_max_retries: int = Field(3, ge=0, le=10)
+    # Deliveries of one job whose worker died on it (OOM-killed, crashed) before its rows are
+    # recorded as failed with the reason: a poisonous job must not come back forever.
+    embed_max_lost: int = Field(3, ge=1, le=20)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
     # Seconds the store worker retries a failing write (tries included) before it parks the
@@ -75,6 +81,11 @@ class Settings(BaseSettings):
     # Guards on what an image may cost to decode.
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_image_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    # Query images (uploads to the HTTP API) are anyone's: a much lower pixel limit, and at
+    # most this many decoded at once in one search process (a 16-bit 7000x7000 PNG of 95 KB
+    # would otherwise take about 730 MB).
+    query_max_image_pixels: int = Field(16_000_000, ge=1)
+    query_decode_concurrency: int = Field(2, ge=1, le=64)
 
     # Seconds a client waits for the store worker to answer (embedded store only).
     store_call_timeout_s: float = Field(60.0, gt=0)

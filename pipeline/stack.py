@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from pipeline.errors import MedindexError
+from pipeline.errors import MedindexError, mask_url
 from pipeline.settings import Settings, get_settings
 from pipeline.store import refuse_local_mode
 from pipeline.worker import flower_argv, positive, worker_argv
@@ -83,7 +83,8 @@ class Stack:
                 self._start_flower()
             self._wait_ready()
             print(
-                f"medindex up: ready (broker {self.settings.broker_url}); Ctrl-C stops", flush=True
+                f"medindex up: ready (broker {mask_url(self.settings.broker_url)}); Ctrl-C stops",
+                flush=True,
             )
             return self._supervise()
         except KeyboardInterrupt:

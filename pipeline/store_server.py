@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from pipeline.errors import MedindexError, first_line
+from pipeline.errors import MedindexError, first_line, mask_url
 from pipeline.layout import CollectionLayout, collection_layout
 from pipeline.settings import Settings
 from pipeline.store import (
@@ -67,7 +67,7 @@ class ServerStore(Store):
             prefer_grpc=settings.qdrant_prefer_grpc,
             grpc_port=settings.qdrant_grpc_port,
         )
-        return cls(client, settings.qdrant_url, collection_layout(settings))
+        return cls(client, mask_url(settings.qdrant_url), collection_layout(settings))
 
     @classmethod
     def local(cls, path: Path, layout: CollectionLayout | None = None) -> ServerStore:

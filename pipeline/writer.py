@@ -73,10 +73,11 @@ class Writer:
         self.batch_size = batch_size
         self.retry_budget_s = retry_budget_s
 
-    def write(self, spans: list[Span]) -> WriteReport:
+    def write(self, spans: list[Span], deadline: float | None = None) -> WriteReport:
         """Write every span's points.
 
-        An outage is retried with backoff for `retry_budget_s`; past it, the spans are parked.
+        An outage is retried with backoff until `deadline` (a `time.monotonic()` value; by
+        default `retry_budget_s` from now); past it, the spans are parked.
         A refusal (bad vector, wrong size, a collection that does not exist) is narrowed down
         to the messages that cause it; the others are written.
         """
@@ -84,13 +85,14 @@ class Writer:
         by_collection: dict[str, list[Span]] = defaultdict(list)
         for span in spans:
             by_collection[span.batch.collection].append(span)
+        deadline = deadline if deadline is not None else time.monotonic() + self.retry_budget_s
         for group in by_collection.values():
-            self._write_or_narrow(group, report)
+            self._write_or_narrow(group, report, deadline)
         return report
 
-    def _write_or_narrow(self, spans: list[Span], report: WriteReport) -> None:
+    def _write_or_narrow(self, spans: list[Span], report: WriteReport, deadline: float) -> None:
         try:
-            self._write_collection(spans[0].batch.collection, spans, report)
+            self._write_collection(spans[0].batch.collection, spans, report, deadline)
         except StoreError as exc:
             if exc.transient:
                 reason = f"store unavailable for {self.retry_budget_s:g}s: {exc}"
@@ -98,30 +100,31 @@ class Writer:
                 report.parked.extend((span, reason) for span in spans)
             elif len(spans) > 1:
                 for span in spans:
-                    self._write_or_narrow([span], report)
+                    self._write_or_narrow([span], report, deadline)
             else:
                 log.error(
                     "job=%s: the store refused %d points: %s", _jobs(spans), len(spans[0]), exc
                 )
                 report.refused.append((spans[0], f"store refused: {exc}"))
 
-    def _write_collection(self, collection: str, spans: list[Span], report: WriteReport) -> None:
+    def _write_collection(
+        self, collection: str, spans: list[Span], report: WriteReport, deadline: float
+    ) -> None:
         ids = [i for s in spans for i in s.batch.ids[s.start : s.stop]]
         payloads = [p for s in spans for p in s.batch.payloads[s.start : s.stop]]
         vectors = np.concatenate([s.batch.matrix()[s.start : s.stop] for s in spans])
         for start in range(0, len(ids), self.batch_size):
             stop = start + self.batch_size
             call = self._write_once(
-                collection, ids[start:stop], vectors[start:stop], payloads[start:stop]
+                collection, ids[start:stop], vectors[start:stop], payloads[start:stop], deadline
             )
             report.calls.append(call)
         report.written.extend(spans)
 
     def _write_once(
-        self, collection: str, ids: list, vectors: np.ndarray, payloads: list
+        self, collection: str, ids: list, vectors: np.ndarray, payloads: list, deadline: float
     ) -> WriteCall:
-        """One call, tried again with backoff until `retry_budget_s` (tries included) is spent."""
-        deadline = time.monotonic() + self.retry_budget_s
+        """One call, tried at least once, and again with backoff until `deadline`."""
         for attempt, delay in enumerate(retry_delays(), start=1):
             started = time.perf_counter()
             try:

@@ -147,7 +147,7 @@ def store_writes(rounds: int = 4, size: int = 1000) -> dict[str, float]:
             store.ensure_collection("bench", {"dim": DIM})
         rates: dict[str, list[float]] = {engine: [] for engine in stores}
         for n in range(rounds):
-            ids = [point_id("bench", f"{n}-{i}") for i in range(size)]
+            ids = [point_id("bench", "train", f"{n}-{i}") for i in range(size)]
             vectors = rng.random((size, DIM), dtype=np.float32)
             payloads = sample_metadata(size, seed=n)
             for engine, store in stores.items():
@@ -170,7 +170,7 @@ def fill_search_collections(root: Path, sizes: list[int]) -> None:
         payloads = sample_metadata(size, seed=size)
         for start in range(0, size, 1000):
             stop = min(start + 1000, size)
-            ids = [point_id(name, str(i)) for i in range(start, stop)]
+            ids = [point_id(name, "train", str(i)) for i in range(start, stop)]
             vectors = rng.normal(size=(stop - start, DIM)).astype(np.float32)
             store.upsert(name, ids, vectors, payloads[start:stop])
     store.close()

@@ -212,7 +212,8 @@ def _report(args: argparse.Namespace) -> int:
         f"{progress.failed} failed, {progress.total - progress.done} pending of {progress.total}"
     )
     for failure in failures:
-        out.print(f"  row {failure['row']} {failure['key']}: {failure['reason']}")
+        key = "" if failure["key"] is None else f" {failure['key']}"
+        out.print(f"  row {failure['row']}{key}: {failure['reason']}")
     sys.stdout.flush()
     return 0
 

@@ -111,7 +111,7 @@ def _seed_searches(env: dict, data: Path, collection: str) -> None:
 
     rows = datasets.load_dataset(str(data), split="train").select_columns(["image_id", "dx"])
     melanoma = next((r for r in rows if r["dx"] == "melanoma"), rows[0])
-    query_id = point_id(str(data), melanoma["image_id"])
+    query_id = point_id(str(data), "train", melanoma["image_id"])
     out.print(f"\n[bold]4. searches[/]: query {melanoma['image_id']} ({melanoma['dx']})")
     female_55 = (
         '{"must": [{"key": "sex", "match": {"value": "female"}}], '

@@ -49,7 +49,10 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     only the shards that still hold rows neither indexed nor failed.
     """
     ref = resolve(request.dataset, request.split, request.source_name)
-    total = len(DatasetSource(ref))
+    source = DatasetSource(ref)
+    total = len(source)
+    if problem := source.keys.describe(source.key_column or "key"):
+        log.warning("%s %s: %s", ref.dataset, ref.split, problem)
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
@@ -57,14 +60,15 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
     store.ensure_collection(request.collection, spec)
     meta = _meta(request, ref, model) | {"pooling": pooling}
+    dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
     job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
     if job_id and tracker.exists(job_id):
-        _check_same_job(tracker, job_id, meta)
+        _check_same_job(tracker, job_id, meta, dataset_now)
         tracker.resume(job_id)
         done = tracker.done_rows(job_id)
     else:
         job_id = job_id or uuid.uuid4().hex[:12]
-        tracker.create(job_id, total, meta)
+        tracker.create(job_id, total, meta | dataset_now)
         done = set()
     todo = [rows for rows in shards(range(total), settings.job_size) if not done.issuperset(rows)]
     enqueue(job_id, request.collection, ref, model, pooling, todo)
@@ -93,7 +97,8 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
             app.send_task(
                 UPSERT_TASK,
                 kwargs={"batch": batch.model_dump()},
-                argsrepr=f"job {job_id}: {len(batch)} parked points",
+                argsrepr="()",  # what Flower shows and keeps: never the payloads
+                kwargsrepr=f"job {job_id}: {len(batch)} parked points",
                 queue=UPSERT_QUEUE,
                 producer=producer,
             )
@@ -211,10 +216,17 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
     return None
 
 
-def _check_same_job(tracker: JobTracker, job_id: str, meta: dict) -> None:
+def _check_same_job(tracker: JobTracker, job_id: str, meta: dict, dataset_now: dict) -> None:
     known = tracker.progress(job_id).meta
     for key in ("dataset", "split", "collection", "model", "source_name"):
         if known.get(key) != meta[key]:
             raise MedindexError(
                 f"job {job_id} was started with {key}={known.get(key)!r}, not {meta[key]!r}"
             )
+    # Rows are resumed by index: the same index must still name the same image.
+    if known.get("fingerprint", dataset_now["fingerprint"]) != dataset_now["fingerprint"]:
+        raise MedindexError(
+            f"dataset {meta['dataset']} ({meta['split']}) changed since job {job_id} started "
+            f"({known['rows']} rows then, {dataset_now['rows']} now, or other keys): "
+            "start a new job (without --job-id/--resume)"
+        )

@@ -26,6 +26,11 @@ from pipeline.sources import DatasetSource, resolve
 from producers.ingest import IngestRequest, start_ingest, wait
 
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
+LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
+# The lock's lifetime, renewed while its reindex runs: a reindex killed outright frees its
+# alias this long after its last renewal, and running the same command again (to resume it)
+# waits that long for it.
+LOCK_LIFETIME_S = 60
 ROUND_TRIP_SAMPLE = 16
 
 
@@ -60,14 +65,37 @@ def versions(names: list[str], alias: str) -> list[tuple[int, str]]:
 def reindex(
     request: ReindexRequest, settings: Settings, on_progress: Callable[[Progress], None]
 ) -> dict:
-    store = open_store(settings)
+    """One reindex per alias at a time: concurrent ones would share version numbers, and one
+    could prune the other's version while it is built."""
     redis = connect_redis(settings.broker_url)
+    lock = redis.lock(LOCK + request.alias, timeout=LOCK_LIFETIME_S)
+    if not lock.acquire(blocking=True, blocking_timeout=LOCK_LIFETIME_S + 5):
+        raise MedindexError(f"another reindex of {request.alias!r} is running; wait for it to end")
+
+    def renewing(progress: Progress) -> None:
+        lock.reacquire()  # a full lifetime again, at each look at the job
+        on_progress(progress)
+
+    try:
+        return _reindex(request, settings, redis, renewing)
+    finally:
+        lock.release()
+
+
+def _reindex(
+    request: ReindexRequest,
+    settings: Settings,
+    redis: Redis,
+    on_progress: Callable[[Progress], None],
+) -> dict:
+    store = open_store(settings)
     tracker = JobTracker(redis)
     aliases = store.aliases()
     names = store.collections()
-    if request.alias in names:
-        raise MedindexError(f"{request.alias!r} is a collection, not an alias: pick another name")
-    serving = aliases.get(request.alias)
+    # A plain collection of that name (made by `medindex ingest`, as the deployments do) is
+    # adopted: it serves until the first version is verified, which then takes its name.
+    adopted = request.alias if request.alias in names else None
+    serving = aliases.get(request.alias) or adopted
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     ref = resolve(request.dataset, request.split, request.source_name)
@@ -110,7 +138,7 @@ def reindex(
         "failed": progress.failed,
     }
     try:
-        _verify(store, collection, progress, ref)
+        _verify(store, collection, progress, ref, settings.max_image_bytes)
         summary["quality"], sample = knn_agreement(store, collection)
         # The serving version is measured on the same points, where it holds them.
         summary["previous_quality"] = (
@@ -122,6 +150,10 @@ def reindex(
         redis.delete(PENDING + request.alias)
         raise
     store.set_metadata(collection, {"quality": summary["quality"], "status": "verified"})
+    if adopted:
+        # The name must be free for the alias: searches miss it for this one moment.
+        store.delete_collection(adopted)
+        summary["deleted_plain_collection"] = adopted
     store.switch_alias(request.alias, collection)
     redis.delete(PENDING + request.alias)
     summary["deleted"] = _prune(store, request.alias, request.keep, spare={collection, serving})
@@ -163,7 +195,9 @@ def _record_pending(redis: Redis, alias: str, pending: dict) -> None:
     redis.set(PENDING + alias, json.dumps(pending))
 
 
-def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef) -> None:
+def _verify(
+    store: AnyStore, collection: str, progress: Progress, ref: SourceRef, max_image_bytes: int
+) -> None:
     count = store.count(collection)
     if count != progress.indexed:
         raise ReindexRefused(
@@ -176,7 +210,7 @@ def _verify(store: AnyStore, collection: str, progress: Progress, ref: SourceRef
     sample = store.scroll(collection, limit=256)["points"]
     chosen = random.Random(0).sample(sample, min(ROUND_TRIP_SAMPLE, len(sample)))
     rows = {p["payload"]["source"]["row"]: p for p in chosen}
-    for record in DatasetSource(ref).read(sorted(rows)):
+    for record in DatasetSource(ref).read(sorted(rows), max_image_bytes):
         point = rows[record.row]
         if any(point["payload"].get(k) != v for k, v in record.payload.items()):
             raise ReindexRefused(f"point {point['id']} does not carry row {record.row}'s payload")

@@ -3,6 +3,7 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,12 +37,17 @@ class Query:
     with_payload: bool | list | dict = True
 
 
+# What a query image may be: the formats scanners and viewers export, nothing exotic.
+QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+
+
 class SearchClient:
     def __init__(self, settings: Settings | None = None, model: str | None = None) -> None:
         """`model`: the model the caller means to query with; refused where a collection
         records another. Without it, image queries use the model each collection records."""
         self.settings = settings or get_settings()
         self.model = model
+        self._decoding = threading.BoundedSemaphore(self.settings.query_decode_concurrency)
         self.store = open_reader(self.settings)
 
     def embedder_for(self, collection: str) -> Embedder:
@@ -122,15 +128,17 @@ class SearchClient:
         data = image if isinstance(image, bytes) else _read(image, self.settings.max_image_bytes)
         embedder = self.embedder_for(collection)
         try:
-            picture = decode_rgb(
-                data,
-                self.settings.max_image_pixels,
-                self.settings.max_image_bytes,
-                embedder.draft_size,
-            )
+            with self._decoding:  # bounded: each decode may hold a large picture
+                picture = decode_rgb(
+                    data,
+                    self.settings.query_max_image_pixels,
+                    self.settings.max_image_bytes,
+                    embedder.draft_size,
+                    formats=QUERY_FORMATS,
+                )
+                return embedder.embed([picture])[0].tolist()
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
-        return embedder.embed([picture])[0].tolist()
 
     def _request(self, collection: str, query: Query) -> dict:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]

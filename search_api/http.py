@@ -1,24 +1,31 @@
 """The HTTP face of search_api: the same queries as `SearchClient`, as JSON over HTTP.
 
 Run with `medindex serve`. Bounds: `limit` (search_api.client.MAX_LIMIT), upload size and
-image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_MAX_IMAGE_PIXELS).
+query image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_QUERY_MAX_IMAGE_PIXELS).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from functools import cache
 from typing import Annotated, Any
 
+import redis
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from pipeline.errors import MedindexError
+from pipeline.errors import MedindexError, mask_url
 from pipeline.settings import get_settings
 from search_api.client import MAX_LIMIT, Query, SearchClient
 
-app = FastAPI(title="medindex search", version="1")
+# Counted on the bytes received (a chunked body declares no length), with room for the
+# form's other fields: an oversized upload is refused before it is spooled.
+MAX_BODY_BYTES = get_settings().max_image_bytes + 64 * 1024
+app = FastAPI(title="medindex search", version="1", max_body_size=MAX_BODY_BYTES)
+log = logging.getLogger(__name__)
+UNAVAILABLE = "search is unavailable for now (its broker or store is down); try again later"
 
 
 class SearchBody(BaseModel):
@@ -59,19 +66,21 @@ def client() -> SearchClient:
 
 @app.exception_handler(MedindexError)
 async def _user_error(request: Request, exc: MedindexError) -> JSONResponse:
-    # The store's outage or overload is not the caller's mistake: its error says which.
-    unavailable = getattr(exc, "transient", False)
-    return JSONResponse({"detail": str(exc)}, status_code=503 if unavailable else 400)
+    # An outage is not the caller's mistake, and its details (addresses, the store's own
+    # answer) are for the operator: the server log has them, the caller a generic reason.
+    if getattr(exc, "transient", False):
+        return _unavailable(request, exc)
+    return JSONResponse({"detail": mask_url(str(exc))}, status_code=400)
 
 
-@app.middleware("http")
-async def _refuse_large_uploads(request: Request, call_next: Any) -> Any:
-    """Refuse an oversized upload from its Content-Length, before it is received."""
-    declared = request.headers.get("content-length")
-    limit = get_settings().max_image_bytes + 64 * 1024  # room for the form's other fields
-    if declared and declared.isdigit() and int(declared) > limit:
-        return JSONResponse({"detail": f"upload larger than {limit} bytes"}, status_code=413)
-    return await call_next(request)
+@app.exception_handler(redis.RedisError)
+async def _broker_lost(request: Request, exc: redis.RedisError) -> JSONResponse:
+    return _unavailable(request, exc)
+
+
+def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: %s", request.method, request.url.path, mask_url(str(exc)))
+    return JSONResponse({"detail": UNAVAILABLE}, status_code=503)
 
 
 @app.get("/healthz")
@@ -99,7 +108,7 @@ def search_image(
     score_threshold: Annotated[float | None, Form()] = None,
 ) -> list[dict]:
     max_bytes = get_settings().max_image_bytes
-    data = image.file.read(max_bytes + 1)  # spooled already: see _refuse_large_uploads
+    data = image.file.read(max_bytes + 1)  # spooled already, at most MAX_BODY_BYTES
     if len(data) > max_bytes:
         raise HTTPException(413, f"upload larger than {max_bytes} bytes")
     query = Query(image=data, filter=_json(filter), limit=limit, score_threshold=score_threshold)

@@ -94,9 +94,14 @@ class PointBatches(Batches):
             state = self._deliveries[request]
             state.written, state.in_flight = stop, state.in_flight + 1
             state.last_sent = stop == _size(request)
+        # The retry budget counts from each message's arrival, not from this call: messages
+        # buffered behind a long outage must still end before Redis redelivers them.
+        deadline = (
+            min(self._deliveries[r].first_seen for r in in_call) + settings.store_retry_budget_s
+        )
         return self._pool.apply_async(
             _apply_write,
-            (self, [SimpleRequest.from_request(r) for r in in_call], spans),
+            (self, [SimpleRequest.from_request(r) for r in in_call], spans, deadline),
             callback=lambda result: self._settle(in_call, result),
             # A pool process that died (OOM, SIGKILL) reports here, not to `callback`.
             error_callback=lambda exc: self._settle(in_call, None),
@@ -126,17 +131,19 @@ class PointBatches(Batches):
                 request.send_event("task-succeeded", result=repr(result), runtime=0)
 
 
-def _apply_write(task: PointBatches, requests: list[SimpleRequest], spans: list) -> Any:
+def _apply_write(
+    task: PointBatches, requests: list[SimpleRequest], spans: list, deadline: float
+) -> Any:
     # celery-batches' tracer: signals, logging, and None when the call raised.
-    return apply_batches_task(task, (requests, spans), 0, None)
+    return apply_batches_task(task, (requests, spans, deadline), 0, None)
 
 
 @app.task(name="medindex.upsert", base=PointBatches)
-def upsert(requests: list[SimpleRequest], spans: list) -> dict:
+def upsert(requests: list[SimpleRequest], spans: list, deadline: float) -> dict:
     batches = [PointBatch.model_validate(r.kwargs["batch"]) for r in requests]
     bind_job(",".join(sorted({b.job_id for b in batches})))
     report = writer().write(
-        [Span(b, start, stop) for b, (start, stop) in zip(batches, spans, strict=True)]
+        [Span(b, start, stop) for b, (start, stop) in zip(batches, spans, strict=True)], deadline
     )
     ledger.record(tracker(), report)
     log.info("wrote %d points from %d messages", report.points_written, len(requests))

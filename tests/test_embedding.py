@@ -31,11 +31,15 @@ def test_embedder_matches_the_notebooks_code(tiny_model: Path, dataset: Path) ->
     assert recorded["preprocessing"] == "exact"
 
 
-def test_point_ids_are_deterministic_per_source_and_key() -> None:
-    assert point_id("marmal88/skin_cancer", "ISIC_0024329") == point_id(
-        "marmal88/skin_cancer", "ISIC_0024329"
+def test_point_ids_are_deterministic_per_source_split_and_key() -> None:
+    key = "ISIC_0024329"
+    assert point_id("marmal88/skin_cancer", "train", key) == point_id(
+        "marmal88/skin_cancer", "train", key
     )
-    assert point_id("marmal88/skin_cancer", "ISIC_0024329") != point_id("other", "ISIC_0024329")
+    assert point_id("marmal88/skin_cancer", "train", key) != point_id("other", "train", key)
+    assert point_id("marmal88/skin_cancer", "train", key) != point_id(
+        "marmal88/skin_cancer", "test", key
+    )
 
 
 def test_resnet_style_models_use_their_pooled_output(tmp_path: Path, dataset: Path) -> None:

@@ -7,23 +7,33 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 import httpx
+import numpy as np
 import pytest
 from conftest import ARTIFACTS, Stack, free_port
+from PIL import Image
 
 from pipeline.schemas import point_id
 
 
 @pytest.fixture(scope="module")
 def api(stack: Stack, ingested: dict) -> Iterator[httpx.Client]:
+    with serving(stack.env | {"MEDINDEX_MAX_IMAGE_BYTES": "2000000"}, "serve.log") as client:
+        yield client
+
+
+@contextmanager
+def serving(env: dict, log_name: str) -> Iterator[httpx.Client]:
+    """`medindex serve` on a free port, until it answers /healthz (whatever its status)."""
     port = free_port()
-    log = (ARTIFACTS / "serve.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port)],
-        env=stack.env | {"MEDINDEX_MAX_IMAGE_BYTES": "2000000"},
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -31,16 +41,18 @@ def api(stack: Stack, ingested: dict) -> Iterator[httpx.Client]:
     deadline = time.monotonic() + 60
     while True:
         try:
-            if client.get("/healthz").status_code == 200:
-                break
+            client.get("/healthz")
+            break
         except httpx.TransportError:
             pass
         assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
         time.sleep(0.5)
-    yield client
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    try:
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +61,7 @@ def first_row(dataset: Path) -> dict:
 
 
 def test_search_by_id_with_filter(api: httpx.Client, dataset: Path, first_row: dict) -> None:
-    pid = point_id(str(dataset.resolve()), first_row["image_id"])
+    pid = point_id(str(dataset.resolve()), "train", first_row["image_id"])
     hits = api.post("/collections/skin/search", json={"point_id": pid, "limit": 3}).json()
     assert hits[0]["id"] == pid and hits[0]["score"] >= 0.999
     female = {"must": [{"key": "sex", "match": {"value": "female"}}]}
@@ -69,7 +81,7 @@ def test_search_by_uploaded_image(api: httpx.Client, first_row: dict) -> None:
 
 
 def test_batch_groups_and_recommend(api: httpx.Client, dataset: Path, first_row: dict) -> None:
-    pid = point_id(str(dataset.resolve()), first_row["image_id"])
+    pid = point_id(str(dataset.resolve()), "train", first_row["image_id"])
     queries = [{"point_id": pid, "limit": 2}, {"point_id": pid, "limit": 4}]
     results = api.post("/collections/skin/search/batch", json={"queries": queries}).json()
     assert [len(r) for r in results] == [2, 4]
@@ -91,3 +103,49 @@ def test_bounds_and_mistakes(api: httpx.Client) -> None:
     response = api.post("/collections/skin/search/image", files=garbage)
     assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
     assert api.post("/collections/nope/search", json={"vector": [0.1]}).status_code == 400
+
+
+def test_query_images_are_bounded_before_they_cost_memory(api: httpx.Client) -> None:
+    wide = Image.fromarray(np.zeros((7000, 7000), dtype=np.uint16))  # about 95 KB as PNG
+    buffer = io.BytesIO()
+    wide.save(buffer, format="PNG")
+    files = {"image": ("wide.png", buffer.getvalue(), "image/png")}
+    response = api.post("/collections/skin/search/image", files=files)
+    assert response.status_code == 400, response.text
+    assert "7000x7000 pixels (limit 16000000" in response.json()["detail"]
+
+    gif = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(gif, format="GIF")
+    files = {"image": ("q.gif", gif.getvalue(), "image/gif")}
+    response = api.post("/collections/skin/search/image", files=files)
+    assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body's own bytes must count
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'
+        for _ in range(30):
+            yield b"0" * 100_000
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    response = api.post("/collections/skin/search/image", content=chunks(), headers=headers)
+    assert response.status_code == 413, response.text
+
+
+def test_an_outage_is_a_503_that_never_shows_a_password(stack: Stack) -> None:
+    redis_url = f"redis://:s3cr3tpw@127.0.0.1:{free_port()}/0"
+    qdrant_url = f"http://medindex:q-s3cr3t@127.0.0.1:{free_port()}"
+    for env in ({"MEDINDEX_REDIS_URL": redis_url}, {"MEDINDEX_QDRANT_URL": qdrant_url}):
+        with serving(stack.env | env, "serve-outage.log") as client:
+            answers = [
+                client.get("/healthz"),
+                client.post("/collections/skin/search", json={"vector": [0.1] * 384}),
+            ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert "s3cr3t" not in answer.text and "127.0.0.1" not in answer.text
+        server_log = (ARTIFACTS / "serve-outage.log").read_text()
+        assert "cannot reach" in server_log and ":***@127.0.0.1" in server_log
+        assert "s3cr3t" not in server_log
+        cli = stack.medindex(
+            "search", "--collection", "skin", "--vector", "[0.1]", env=stack.env | env
+        )
+        assert cli.returncode != 0 and "s3cr3t" not in cli.stderr + cli.stdout

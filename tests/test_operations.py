@@ -40,6 +40,20 @@ def test_flower_lists_workers_and_counts_succeeded_tasks(ingested: dict) -> None
         assert counted >= N_IMAGES // 16, (task, counted)
 
 
+def test_no_payload_value_reaches_flower(ingested: dict, dataset: Path) -> None:
+    """Flower keeps what task events carry: upsert messages hold patient metadata."""
+    import datasets
+
+    table = datasets.load_dataset(str(dataset), split="train").select(range(32))
+    values = set(table["image_id"]) | set(table["lesion_id"])
+    shown = flower("/api/tasks?taskname=medindex.upsert").json()
+    assert len(shown) >= N_IMAGES // 16
+    for task in shown.values():
+        text = json.dumps([task.get("args"), task.get("kwargs"), task.get("result")])
+        assert "payloads" not in text and not any(v in text for v in values), text[:300]
+    assert any("points" in str(task.get("kwargs")) for task in shown.values())
+
+
 def test_flower_dashboard_in_headless_chromium(ingested: dict) -> None:
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed: `make test` installs it"

@@ -211,7 +211,7 @@ def test_ingesting_again_changes_nothing(
 
 
 def test_cli_search_by_id_and_filter(stack: Stack, dataset: Path, table: datasets.Dataset) -> None:
-    some_id = point_id(str(dataset.resolve()), table[17]["image_id"])
+    some_id = point_id(str(dataset.resolve()), "train", table[17]["image_id"])
     result = stack.medindex("search", "--collection", COLLECTION, "--id", some_id, "--json")
     assert result.returncode == 0, result.stderr
     hits = result.json()

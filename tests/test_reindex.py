@@ -167,3 +167,32 @@ def test_another_model_is_refused(stack: Stack, small_dataset: Path, tmp_path: P
     result = run_medindex("search", "--collection", ALIAS, "--image", str(query), "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert result.json()[0]["score"] >= 0.99
+
+
+def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
+    stack: Stack, small_dataset: Path
+) -> None:
+    redis = connect_redis(get_settings().broker_url)
+    running = redis.lock(f"medindex:reindex-lock:{ALIAS}", timeout=120)  # a reindex running
+    assert running.acquire(blocking=False)
+    try:
+        result = stack.medindex("reindex", "--alias", ALIAS, "--dataset", str(small_dataset))
+        assert_one_line_error(result, "another reindex of 'lesions' is running")
+    finally:
+        running.release()
+
+
+def test_the_documented_ingest_then_weekly_reindex(stack: Stack, small_dataset: Path) -> None:
+    """Deployments ingest into $MEDINDEX_COLLECTION, then reindex with it as --alias."""
+    ingested = stack.medindex(
+        "ingest", "--dataset", str(small_dataset), "--collection", "deployed", "--json"
+    )
+    assert ingested.returncode == 0, ingested.stderr
+    for week in (1, 2):
+        result = stack.medindex(
+            "reindex", "--alias", "deployed", "--dataset", str(small_dataset), "--json"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.json()["collection"] == f"deployed__v{week}"
+        assert SearchClient().store.aliases()["deployed"] == f"deployed__v{week}"
+        assert SearchClient().count("deployed") == N

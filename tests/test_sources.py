@@ -19,7 +19,7 @@ def test_rows_come_back_with_their_payload_and_a_reference(dataset: Path) -> Non
     missing = [i for i, age in enumerate(table["age"]) if age is None or math.isnan(age)]
     assert missing, "the sample data must have missing ages"
     rows = [0, 5, missing[0]]
-    for record in source.read(rows):
+    for record in source.read(rows, 32 * 1024 * 1024):
         expected = table[record.row]
         assert record.key == expected["image_id"]
         assert record.image[:2] == b"\xff\xd8"  # the JPEG bytes, undecoded

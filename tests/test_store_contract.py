@@ -30,7 +30,7 @@ DXS = ("melanoma", "nevus", "keratosis", "carcinoma")
 
 def _points() -> tuple[list[str], np.ndarray, list[dict]]:
     rng = np.random.default_rng(11)
-    ids = [point_id("contract", f"img-{i}") for i in range(N)]
+    ids = [point_id("contract", "train", f"img-{i}") for i in range(N)]
     vectors = rng.normal(size=(N, DIM)).astype(np.float32)
     payloads = []
     for i in range(N):

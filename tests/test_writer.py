@@ -21,7 +21,7 @@ from pipeline.writer import Span, Writer
 def batch(job: str, rows: range, vectors: np.ndarray, collection: str = "w") -> PointBatch:
     ref = SourceRef(dataset="d", name="d")
     embed_job = EmbedJob(job_id=job, collection=collection, source=ref, model="m", rows=list(rows))
-    ids = [point_id("d", f"img-{r}") for r in rows]
+    ids = [point_id("d", "train", f"img-{r}") for r in rows]
     payloads = [{"image_id": f"img-{r}"} for r in rows]
     return PointBatch.build(embed_job, ids, list(rows), payloads, vectors)
 

@@ -1,0 +1,292 @@
+"""Issue 12's defects, each on the session's real stack: rows that must end indexed or failed
+with their reason, never lost and never left pending."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import qdrant_edge
+from conftest import ARTIFACTS, Stack, free_port
+from PIL import Image
+from test_bad_input import assert_one_line_error
+
+from pipeline.progress import JobTracker, connect_redis
+from pipeline.remote_store import open_store
+from pipeline.settings import Settings, get_settings
+from pipeline.sources import resolve
+from producers.ingest import enqueue, wait
+
+N = 20
+
+
+@pytest.fixture(scope="module")
+def tracker() -> JobTracker:
+    return JobTracker(connect_redis(get_settings().broker_url))
+
+
+def png(shade: int) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (shade, 90, 200 - shade)).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def write_table(folder: Path, columns: dict, features: dict) -> Path:
+    """A local dataset in the layout `load_dataset(folder, split="train")` reads."""
+    (folder / "data").mkdir(parents=True)
+    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    table.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+    return folder
+
+
+def ingest(stack: Stack, data: Path, collection: str, *extra: str) -> dict:
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--collection", collection, "--job-id", collection,
+        "--timeout", "120", "--json", *extra, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.json()
+
+
+# --- 1. an unexpected error never loses a job ---------------------------------------------------
+
+
+def test_dates_decimals_and_a_second_image_column_are_indexed(stack: Stack, tmp_path: Path) -> None:
+    columns = {
+        "image": [png(i * 10) for i in range(N)],
+        "mask": [png(255 - i) for i in range(N)],
+        "image_id": [f"typed-{i}" for i in range(N)],
+        "taken": [datetime.datetime(2024, 1, 1, 12, i) for i in range(N)],
+        "born": [datetime.date(1960, 1, 1 + i) for i in range(N)],
+        "dose": [decimal.Decimal(f"{i}.25") for i in range(N)],
+    }
+    features = {
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "image_id": datasets.Value("string"),
+        "taken": datasets.Value("timestamp[s]"),
+        "born": datasets.Value("date32"),
+        "dose": datasets.Value("decimal128(10, 2)"),
+    }
+    data = write_table(tmp_path, columns, features)
+    assert ingest(stack, data, "typed") | {"seconds": 0} == {
+        "job_id": "typed", "indexed": N, "failed": 0, "seconds": 0,
+    }  # fmt: skip
+    point = open_store(get_settings()).scroll("typed", limit=1)["points"][0]["payload"]
+    assert point["taken"].startswith("2024-01-01T12:") and point["born"].startswith("1960-01-")
+    assert isinstance(point["dose"], float) and "mask" not in point
+
+
+def test_a_job_whose_rows_are_gone_fails_them_with_the_reason(
+    stack: Stack, tmp_path: Path, tracker: JobTracker
+) -> None:
+    """A shrunken dataset (rows past its end): those rows fail with the reason, the job ends."""
+    data = write_table(
+        tmp_path,
+        {"image": [png(i) for i in range(N)], "image_id": [f"gone-{i}" for i in range(N)]},
+        {"image": datasets.Image(), "image_id": datasets.Value("string")},
+    )
+    ref = resolve(str(data))
+    model = get_settings().model
+    open_store(get_settings()).ensure_collection("gone", {"dim": 384})
+    meta = {"collection": "gone", "dataset": ref.dataset, "split": ref.split,
+            "source_name": ref.identity, "model": model, "pooling": "mean"}  # fmt: skip
+    tracker.create("gone", N + 16, meta)
+    enqueue("gone", "gone", ref, model, "mean", [list(range(16)), list(range(16, N + 16))])
+    final = wait(tracker, "gone", lambda _: None, timeout_s=90)
+    assert (final.indexed, final.failed) == (16, 20)
+    assert all("IndexError" in f["reason"] for f in tracker.failures("gone"))
+
+
+# --- 2. every image its own point --------------------------------------------------------------
+
+
+def test_missing_and_duplicate_keys_and_two_splits_each_keep_every_image(
+    stack: Stack, tmp_path: Path
+) -> None:
+    keys = [None] * 3 + ["dup-a"] * 4 + ["dup-b"] * 2 + [f"k{i}" for i in range(11)]
+    features = {"image": datasets.Image(), "image_id": datasets.Value("string")}
+    data = write_table(tmp_path, {"image": [png(i) for i in range(N)], "image_id": keys}, features)
+    test_split = datasets.Dataset.from_dict(
+        {"image": [png(i) for i in range(5)], "image_id": [f"k{i}" for i in range(5)]},
+        features=datasets.Features(features),
+    )  # the same keys as train: `--split test` must add to the collection, not overwrite
+    test_split.to_parquet(data / "data" / "test-00000-of-00001.parquet")
+
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--collection", "keys", "--json", timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.json()["indexed"] == N
+    assert "3 rows have no image_id" in result.stderr
+    assert "6 rows share 2 image_id values (dup-a, dup-b)" in result.stderr
+    store = open_store(get_settings())
+    assert store.count("keys") == N
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--split", "test", "--collection", "keys", "--json",
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert store.count("keys") == N + 5
+
+
+# --- 4. a huge or endless file, a worker lost again and again ----------------------------------
+
+
+def test_oversized_and_endless_files_are_refused_before_they_are_read(
+    stack: Stack, tmp_path: Path, tracker: JobTracker
+) -> None:
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 60, 90, 20)).save(tmp_path / f"good{i}.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with (tmp_path / "huge.png").open("wb") as huge:
+        huge.truncate(get_settings().max_image_bytes + 1)  # sparse: costs no disk
+    names = ["good0", "good1", "good2", "zero", "huge"]
+    (tmp_path / "metadata.csv").write_text(
+        "file_name,image_id\n" + "".join(f"{n}.png,{n}\n" for n in names)
+    )
+    summary = ingest(stack, tmp_path, "files")
+    assert (summary["indexed"], summary["failed"]) == (3, 2)
+    reasons = {f["key"]: f["reason"] for f in tracker.failures("files")}
+    assert "not a regular file" in reasons["zero"]
+    assert f"limit {get_settings().max_image_bytes}" in reasons["huge"]
+
+
+def test_a_job_whose_worker_keeps_dying_fails_its_rows_with_the_reason(
+    stack: Stack, dataset: Path, tracker: JobTracker
+) -> None:
+    """As if the worker had been OOM-killed on this job three times already."""
+    ref = resolve(str(dataset))
+    model = get_settings().model
+    open_store(get_settings()).ensure_collection("lost", {"dim": 384})
+    meta = {"collection": "lost", "dataset": ref.dataset, "split": ref.split,
+            "source_name": ref.identity, "model": model, "pooling": "mean"}  # fmt: skip
+    tracker.create("lost", 32, meta)
+    lost = get_settings().embed_max_lost
+    tracker.redis.hset("medindex:job:lost:deliveries", "0", lost)
+    enqueue("lost", "lost", ref, model, "mean", [list(range(16)), list(range(16, 32))])
+    final = wait(tracker, "lost", lambda _: None, timeout_s=90)
+    assert (final.indexed, final.failed) == (16, 16)
+    reasons = {f["reason"] for f in tracker.failures("lost")}
+    assert reasons == {f"the embed worker was lost {lost} times on these rows (out of memory?)"}
+
+
+# --- 3. one state per row ----------------------------------------------------------------------
+
+
+def test_a_row_is_never_both_indexed_and_failed(stack: Stack, tracker: JobTracker) -> None:
+    """Failures and writes of the same rows from two clients at once (a redelivered job's
+    failure racing the write of its first delivery)."""
+    rows = list(range(3000))
+    tracker.create("race", len(rows), {})
+    failing = JobTracker(connect_redis(get_settings().broker_url))
+
+    def fail_each() -> None:
+        for row in rows:
+            failing.mark_failed("race", [{"row": row, "key": None, "reason": "late failure"}])
+
+    thread = threading.Thread(target=fail_each)
+    thread.start()
+    for row in rows:
+        tracker.mark_indexed("race", [row])
+    thread.join()
+    progress = tracker.progress("race")
+    assert progress.indexed == len(rows) and progress.failed == 0
+
+
+def test_resuming_a_job_over_a_changed_dataset_is_refused(stack: Stack, tmp_path: Path) -> None:
+    features = {"image": datasets.Image(), "image_id": datasets.Value("string")}
+    data = write_table(
+        tmp_path, {"image": [png(i) for i in range(N)], "image_id": [f"c{i}" for i in range(N)]},
+        features,
+    )  # fmt: skip
+    ingest(stack, data, "changing")
+    shrunk = datasets.Dataset.from_dict(
+        {"image": [png(i) for i in range(N - 4)], "image_id": [f"c{i}" for i in range(4, N)]},
+        features=datasets.Features(features),
+    )
+    shrunk.to_parquet(data / "data" / "train-00000-of-00001.parquet")
+    result = stack.medindex(
+        "ingest", "--dataset", str(data), "--collection", "changing", "--job-id", "changing"
+    )
+    assert_one_line_error(result, "changed since job changing started", f"{N} rows then")
+
+
+# --- 5. a store outage longer than the visibility timeout --------------------------------------
+
+
+def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
+    base_env: dict, tmp_path: Path
+) -> None:
+    """A stack of its own, with the shortest visibility timeout (30 s) and writes of 64 points:
+    the store worker buffers several calls' worth of messages while the first call retries.
+    Each message must be parked (its budget counted from its arrival) before Redis would hand
+    it out again: every point parked once, none twice."""
+    env = base_env | {
+        "MEDINDEX_HOME": str(tmp_path / "home"),
+        "MEDINDEX_LOCAL_REDIS_PORT": str(free_port()),
+        "MEDINDEX_FLOWER_PORT": "0",
+        "MEDINDEX_VISIBILITY_TIMEOUT_S": "30",
+        "MEDINDEX_STORE_RETRY_BUDGET_S": "15",
+        "MEDINDEX_UPSERT_BATCH_SIZE": "64",
+    }
+    settings = Settings(
+        home=tmp_path / "home", local_redis_port=int(env["MEDINDEX_LOCAL_REDIS_PORT"])
+    )
+    data = write_table(
+        tmp_path / "data",
+        {"image": [png(i) for i in range(160)], "image_id": [f"o{i}" for i in range(160)]},
+        {"image": datasets.Image(), "image_id": datasets.Value("string")},
+    )
+    log = ARTIFACTS / "short-stack.log"
+    with log.open("w") as out:
+        up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, stdout=out,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "medindex up: ready" not in log.read_text():
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        make = "open_store(get_settings()).ensure_collection('outage', {'dim': 384})"
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from pipeline.remote_store import open_store; from "
+                f"pipeline.settings import get_settings; {make}",
+            ],
+            env=env,
+            check=True,
+            timeout=120,
+        )  # fmt: skip  (this process' Celery app talks to the session's broker)
+        shard_path = settings.embedded_store_path / "collections" / "outage" / "shard"
+        shard = qdrant_edge.EdgeShard.load(str(shard_path))  # the store is out from here
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "pipeline.cli", "ingest", "--dataset", str(data),
+                 "--collection", "outage", "--job-id", "outage", "--json"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-2000:]
+            time.sleep(max(0.0, 45 - (time.monotonic() - started)))  # past the timeout
+        finally:
+            shard.close()
+        tracker = JobTracker(connect_redis(settings.broker_url))
+        parked = tracker.parked("outage")
+        rows = [row for batch in parked for row in json.loads(batch)["rows"]]
+        assert len(rows) == len(set(rows)) == 160, (len(rows), len(set(rows)))
+        assert tracker.redis.hlen("unacked") == 0
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=90)
