@@ -68,7 +68,7 @@ def test_a_created_collection_records_its_layout_and_searches_rescored(
     plain = ServerStore.local(tmp_path / "plain")
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(50, 384)).astype(np.float32)
-    ids = [point_id("layout", str(i)) for i in range(50)]
+    ids = [point_id("layout", "train", str(i)) for i in range(50)]
     for each in (store, plain):
         each.ensure_collection("c", SPEC)
         each.upsert("c", ids, vectors, [{"i": i} for i in range(50)])
