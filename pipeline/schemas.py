@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,14 +18,34 @@ def point_id(source_name: str, split: str, key: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{source_name}/{split}/{key}"))
 
 
+class ReadOptions(BaseModel):
+    """How a reader makes a row's picture and payload: fixed when a job starts and sent with
+    each of its jobs, so every worker (and `medindex image`, later) makes the same picture."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key_column: str | None = None  # the column that names an image (default: detected)
+    image_column: str | None = None  # hf: the image column; table: the column of image paths
+    image_root: str | None = None  # table: the folder image paths are relative to
+    nifti_variant: Literal["slice", "crop"] = "slice"  # the whole slice, or a box round the tumour
+    nifti_crop_margin: int = Field(8, ge=0, le=256)  # voxels round the tumour's box
+    nifti_unmasked_slices: int = Field(1, ge=1, le=64)  # without a mask: middle, or N spaced
+    labels_csv: str | None = None  # nifti: a CSV of case -> tumour class
+    dicom_unit: Literal["instance", "series"] = "instance"  # series: its middle instance
+    dicom_window: Literal["file", "lung", "soft_tissue", "bone", "brain"] = "file"  # CT preset
+    deidentify: bool = True  # DICOM: identifying tags never stored; identities as keyed hashes
+
+
 class SourceRef(BaseModel):
     """Enough to open the same rows again on any worker."""
 
     model_config = ConfigDict(frozen=True)
 
-    dataset: str  # a hub id or an absolute local folder
+    dataset: str  # a hub id, an absolute local folder, or an absolute table file
     split: str = "train"
     name: str | None = None  # the identity point ids derive from, when not `dataset` itself
+    format: Literal["hf", "table", "nifti", "dicom"] = "hf"
+    options: ReadOptions = ReadOptions()
 
     @property
     def identity(self) -> str:

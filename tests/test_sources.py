@@ -32,6 +32,7 @@ def test_rows_come_back_with_their_payload_and_a_reference(dataset: Path) -> Non
             "dataset": str(dataset.resolve()),
             "split": "train",
             "row": record.row,
+            "key": record.key,
         }
 
 

@@ -1,0 +1,88 @@
+"""Readers, one per format, behind one interface (`Source`): a row in, a key, a payload and
+the 2-D picture to embed out. Everything downstream is the same for every format."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.schemas import ReadOptions, SourceRef
+from pipeline.sources.base import (
+    Field,
+    KeyCensus,
+    Schema,
+    Source,
+    SourceError,
+    SourceRow,
+)
+from pipeline.sources.hf import DatasetSource
+
+__all__ = [
+    "DatasetSource",
+    "Field",
+    "KeyCensus",
+    "Schema",
+    "Source",
+    "SourceError",
+    "SourceRow",
+    "open_source",
+    "resolve",
+    "source_class",
+]
+
+VERSION_TTL_S = 5.0  # how often a worker looks whether a local dataset's files changed
+
+
+def source_class(fmt: str) -> type[Source]:
+    """The reader of a format; imported on demand (nibabel and pydicom are only needed by
+    those who read NIfTI or DICOM)."""
+    if fmt == "hf":
+        return DatasetSource
+    raise SourceError(f"unknown format {fmt!r}")
+
+
+def resolve(
+    dataset: str,
+    split: str = "train",
+    name: str | None = None,
+    fmt: str | None = None,
+    options: ReadOptions | None = None,
+) -> SourceRef:
+    """Turn a user's `--dataset` argument into a reference every worker can open."""
+    path = Path(dataset).expanduser()
+    if path.exists():
+        dataset = str(path.resolve())
+    elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        raise SourceError(f"dataset folder {dataset!r} does not exist")
+    # Messages carry the name only where it differs: they stay small.
+    return SourceRef(
+        dataset=dataset,
+        split=split,
+        name=name if name != dataset else None,
+        format=fmt or "hf",
+        options=options or ReadOptions(),
+    )
+
+
+def open_source(ref: SourceRef) -> Source:
+    """One open dataset per worker process and source, reused by every job, and opened anew
+    when its local files change (fixed images sent again by `medindex retry`)."""
+    return _open_source(ref, _local_version(ref.dataset, int(time.monotonic() // VERSION_TTL_S)))
+
+
+@lru_cache(maxsize=8)
+def _open_source(ref: SourceRef, version: tuple) -> Source:
+    return source_class(ref.format)(ref)
+
+
+@lru_cache(maxsize=64)
+def _local_version(dataset: str, _period: int) -> tuple:
+    """Sizes and times of a local dataset's files, looked at once per period; () for hub ids
+    (a hub dataset changes by revision)."""
+    folder = Path(dataset)
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    )
