@@ -78,6 +78,18 @@ class Settings(BaseSettings):
     # points: kept in Redis, shown as failed with the reason, written by `medindex retry`.
     store_retry_budget_s: float = Field(240.0, ge=0)
 
+    # Reading NIfTI and DICOM (defaults of `medindex ingest`'s flags; a job records its own).
+    nifti_variant: Literal["slice", "crop"] = "slice"
+    nifti_crop_margin: int = Field(8, ge=0, le=256)
+    nifti_unmasked_slices: int = Field(1, ge=1, le=64)
+    dicom_unit: Literal["instance", "series"] = "instance"
+    dicom_window: Literal["file", "lung", "soft_tissue", "bone", "brain"] = "file"
+    # DICOM de-identification: on unless turned off. Patient, study and series identities are
+    # kept as HMAC-SHA256 hashes keyed with `deid_key`, the same on every worker (required to
+    # ingest DICOM while de-identifying).
+    deidentify: bool = True
+    deid_key: SecretStr | None = None
+
     # Guards on what an image may cost to decode.
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_image_bytes: int = Field(32 * 1024 * 1024, ge=1)

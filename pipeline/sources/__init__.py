@@ -3,6 +3,7 @@ the 2-D picture to embed out. Everything downstream is the same for every format
 
 from __future__ import annotations
 
+import importlib
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.sources.base import (
 from pipeline.sources.hf import DatasetSource
 
 __all__ = [
+    "READERS",
     "DatasetSource",
     "Field",
     "KeyCensus",
@@ -26,6 +28,7 @@ __all__ = [
     "Source",
     "SourceError",
     "SourceRow",
+    "detect_format",
     "open_source",
     "resolve",
     "source_class",
@@ -34,12 +37,35 @@ __all__ = [
 VERSION_TTL_S = 5.0  # how often a worker looks whether a local dataset's files changed
 
 
+# format -> "module:class"; imported on demand (nibabel and pydicom load only where needed).
+READERS = {
+    "hf": "pipeline.sources.hf:DatasetSource",
+    "table": "pipeline.sources.table:TableSource",
+    "nifti": "pipeline.sources.nifti:NiftiSource",
+    "dicom": "pipeline.sources.dicom:DicomSource",
+}
+# Asked in this order when `--format` is absent; `hf` (anything `datasets` loads) comes last.
+DETECTION_ORDER = ("dicom", "nifti", "table", "hf")
+
+
 def source_class(fmt: str) -> type[Source]:
-    """The reader of a format; imported on demand (nibabel and pydicom are only needed by
-    those who read NIfTI or DICOM)."""
-    if fmt == "hf":
-        return DatasetSource
-    raise SourceError(f"unknown format {fmt!r}")
+    """The reader of a format."""
+    if fmt not in READERS:
+        raise SourceError(f"unknown format {fmt!r} (one of: {', '.join(READERS)})")
+    module, name = READERS[fmt].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def detect_format(dataset: str) -> str:
+    """The format of a `--dataset` argument: a hub id is `hf`; a local path, the first reader
+    whose `detect` recognises it."""
+    path = Path(dataset)
+    if not path.exists():
+        return "hf"
+    for fmt in DETECTION_ORDER:
+        if source_class(fmt).detect(path):
+            return fmt
+    raise SourceError(f"{dataset}: no reader recognises it (formats: {', '.join(READERS)})")
 
 
 def resolve(
