@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pipeline.images import ImageError, decode_rgb
+from pipeline.images import ImageError
 from pipeline.model import Embedder, TrivialEmbedder
+from pipeline.picture import to_picture
 from pipeline.schemas import EmbedJob, PointBatch, point_id
 from pipeline.settings import Settings
 from pipeline.sources import open_source
@@ -31,14 +32,7 @@ def embed_job(
             if record.refusal:
                 raise ImageError(record.refusal)
             image = (
-                decode_rgb(
-                    record.image,
-                    settings.max_image_pixels,
-                    settings.max_image_bytes,
-                    embedder.draft_size,
-                )
-                if embedder.needs_pixels
-                else None
+                to_picture(record, settings, embedder.draft_size) if embedder.needs_pixels else None
             )
         except ImageError as exc:
             failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
