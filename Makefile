@@ -34,11 +34,12 @@ demo: install
 up: install
 	$(BIN)/medindex up
 
-# Debian's chromium, for the test that opens Flower's dashboard headless.
+# Debian's chromium and its driver: Flower's dashboard headless, the search page's browser test
+# (selenium drives /usr/bin/chromedriver; it never downloads a driver).
 browser:
-	@command -v chromium >/dev/null || { \
-	  [ "$$(id -u)" = 0 ] || { echo "install Debian's chromium (apt-get install chromium)"; exit 1; }; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: install browser
 	$(BIN)/pytest

@@ -18,7 +18,7 @@ UPSERT_QUEUE = "upsert"
 STORE_QUEUE = "store"
 UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
 
-TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store"]
+TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map"]
 
 
 class ShortReprAMQP(AMQP):
@@ -57,6 +57,8 @@ def create_app() -> Celery:
             "medindex.upsert": {"queue": UPSERT_QUEUE},
             "medindex.store_query": {"queue": STORE_QUEUE},
             "medindex.store_manage": {"queue": STORE_QUEUE},
+            # The search page's embedding maps: minutes of CPU, on the embed workers.
+            "medindex.project_map": {"queue": EMBED_QUEUE},
         },
         # At-least-once: a job is acknowledged after it ran, and comes back if its worker dies.
         task_acks_late=True,

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
 
+    # The search page and the JSON API (`medindex serve`): when set, every request but
+    # /healthz needs it, as the `X-API-Key` header or the page's login cookie.
+    api_key: SecretStr | None = None
+
     @model_validator(mode="after")
     def _writes_end_before_redelivery(self) -> Settings:
         # Buffering (up to a quarter of the timeout) plus retries must end before Redis hands

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -352,39 +353,19 @@ def register_collections(commands: argparse._SubParsersAction) -> None:
 
 
 def _collections(args: argparse.Namespace) -> int:
+    from pipeline.catalog import collection_rows
     from pipeline.remote_store import open_store
 
-    store = open_store(get_settings())
-    serving = {collection: alias for alias, collection in store.aliases().items()}
-    rows = []
-    for name in store.collections():
-        info = store.collection_info(name)
-        meta = info["metadata"]
-        rows.append(
-            {
-                "collection": name,
-                "alias": serving.get(name),
-                "points": info["points"],
-                "dim": info["dim"],
-                "model": meta.get("model"),
-                "pooling": meta.get("pooling"),
-                "dataset": meta.get("dataset"),
-                "quality": meta.get("quality"),
-                "status": meta.get("status"),
-                "created_at": meta.get("created_at"),
-            }
-        )
+    rows = collection_rows(open_store(get_settings()))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([dataclasses.asdict(row) for row in rows]))
         return 0
     table = Table("collection", "serving as", "points", "model", "dataset", "quality", "created")
     for row in rows:
-        created = row["created_at"] and time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(row["created_at"])
-        )
+        created = row.created_at and time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created_at))
         table.add_row(
-            row["collection"], row["alias"] or "", str(row["points"]), str(row["model"]),
-            str(row["dataset"]), str(row["quality"]), created or "",
+            row.collection, row.alias or "", str(row.points), str(row.model),
+            str(row.dataset), str(row.quality), created or "",
         )  # fmt: skip
     Console(width=200).print(table)
     return 0

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb
 from pipeline.remote_store import open_reader
@@ -125,6 +127,12 @@ class SearchClient:
         return found[0]["vector"]
 
     def embed_image(self, collection: str, image: Path | bytes) -> list[float]:
+        return self.embed_query_picture(collection, image)[1]
+
+    def embed_query_picture(
+        self, collection: str, image: Path | bytes
+    ) -> tuple[Image.Image, list[float]]:
+        """A query image's picture, as decoded for the model, and its vector."""
         data = image if isinstance(image, bytes) else _read(image, self.settings.max_image_bytes)
         embedder = self.embedder_for(collection)
         try:
@@ -136,7 +144,7 @@ class SearchClient:
                     embedder.draft_size,
                     formats=QUERY_FORMATS,
                 )
-                return embedder.embed([picture])[0].tolist()
+                return picture, embedder.embed([picture])[0].tolist()
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
 

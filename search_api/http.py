@@ -1,4 +1,5 @@
-"""The HTTP face of search_api: the same queries as `SearchClient`, as JSON over HTTP.
+"""The HTTP face of search_api: the same queries as `SearchClient`, as JSON over HTTP, and
+the search page at `/` (search_api.web), both behind MEDINDEX_API_KEY when it is set.
 
 Run with `medindex serve`. Bounds: `limit` (search_api.client.MAX_LIMIT), upload size and
 query image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_QUERY_MAX_IMAGE_PIXELS).
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cache
 from typing import Annotated, Any
 
 import redis
@@ -17,13 +17,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from pipeline.errors import MedindexError, mask_url
-from pipeline.settings import get_settings
-from search_api.client import MAX_LIMIT, Query, SearchClient
+from search_api import web
+from search_api.client import MAX_LIMIT, Query
+from search_api.deps import MAX_BODY_BYTES, client, read_upload
 
-# Counted on the bytes received (a chunked body declares no length), with room for the
-# form's other fields: an oversized upload is refused before it is spooled.
-MAX_BODY_BYTES = get_settings().max_image_bytes + 64 * 1024
 app = FastAPI(title="medindex search", version="1", max_body_size=MAX_BODY_BYTES)
+web.install(app)
 log = logging.getLogger(__name__)
 UNAVAILABLE = "search is unavailable for now (its broker or store is down); try again later"
 
@@ -57,11 +56,6 @@ class RecommendBody(BaseModel):
     negative: list[str] = []
     filter: dict | None = None
     limit: int = Field(10, ge=1, le=MAX_LIMIT)
-
-
-@cache
-def client() -> SearchClient:
-    return SearchClient(get_settings())
 
 
 @app.exception_handler(MedindexError)
@@ -107,11 +101,9 @@ def search_image(
     limit: Annotated[int, Form(ge=1, le=MAX_LIMIT)] = 10,
     score_threshold: Annotated[float | None, Form()] = None,
 ) -> list[dict]:
-    max_bytes = get_settings().max_image_bytes
-    data = image.file.read(max_bytes + 1)  # spooled already, at most MAX_BODY_BYTES
-    if len(data) > max_bytes:
-        raise HTTPException(413, f"upload larger than {max_bytes} bytes")
-    query = Query(image=data, filter=_json(filter), limit=limit, score_threshold=score_threshold)
+    query = Query(
+        image=read_upload(image), filter=_json(filter), limit=limit, score_threshold=score_threshold
+    )
     return client().search(collection, query)
 
 

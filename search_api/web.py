@@ -1,0 +1,237 @@
+"""The search page at `/`: collections, query by file or by case, filters from the schema,
+results with their pictures, the closest case per label, the embedding map.
+
+Server-rendered (Jinja2) with one static script; every asset ships in the package. When
+MEDINDEX_API_KEY is set, every route but /healthz, /login and /static needs it: the header
+`X-API-Key`, or the login form's cookie (HttpOnly, SameSite=Strict). Pictures are made only
+from a point's own recorded source (never a path from a request), with validators: a point's
+picture does not change within a collection version.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import time
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import redis
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from PIL import Image
+
+from pipeline.catalog import collection_rows
+from pipeline.images import ImageError
+from pipeline.picture import picture_of
+from pipeline.progress import connect_redis
+from pipeline.projection import MAP_TASK, cached_map, claim_map, map_state
+from pipeline.settings import get_settings
+from pipeline.sources import SourceError
+from search_api.deps import client, read_upload
+from search_api.facets import collection_view, version_of
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["when"] = lambda t: t and time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+router = APIRouter()
+
+COOKIE = "medindex_session"
+KEY_HEADER = "X-API-Key"
+OPEN_PATHS = ("/healthz", "/login", "/static/")
+THUMB_PX = 256
+# Scripts and styles from this origin only (no inline script), pictures also as data: URLs
+# (the query picture) and blob: (a dropped file's preview); never framed, no plugins.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+Size = Literal["thumb", "full"]
+
+
+def install(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(router)
+    app.middleware("http")(_guard)
+
+
+# --- the key -----------------------------------------------------------------------------
+
+
+def session_token(key: str) -> str:
+    """The cookie's value: derived from the key (a new key ends every session), not the key."""
+    return hmac.new(key.encode(), b"medindex search page", hashlib.sha256).hexdigest()
+
+
+def _authorised(request: Request, key: str) -> bool:
+    given = request.headers.get(KEY_HEADER)
+    if given is not None:
+        return hmac.compare_digest(given.encode(), key.encode())
+    cookie = request.cookies.get(COOKIE, "")
+    return hmac.compare_digest(cookie.encode(), session_token(key).encode())
+
+
+async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    key = get_settings().api_key
+    path = request.url.path
+    if key and not path.startswith(OPEN_PATHS) and not _authorised(request, key.get_secret_value()):
+        if request.method == "GET" and path == "/":
+            return RedirectResponse("/login", status_code=303)
+        response: Response = JSONResponse(
+            {"detail": f"missing or wrong API key (header {KEY_HEADER})"}, status_code=401
+        )
+    else:
+        response = await call_next(request)
+    if not path.startswith(("/docs", "/redoc")):  # FastAPI's own docs load their scripts
+        response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, api_key: Annotated[str, Form()]) -> Response:
+    key = get_settings().api_key
+    if key and not hmac.compare_digest(api_key.encode(), key.get_secret_value().encode()):
+        return templates.TemplateResponse(
+            request, "login.html", {"error": "wrong API key"}, status_code=401
+        )
+    response = RedirectResponse("/", status_code=303)
+    if key:
+        response.set_cookie(
+            COOKIE,
+            session_token(key.get_secret_value()),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def page(request: Request, collection: str | None = None) -> Response:
+    rows = collection_rows(client().store)
+    aliases = sorted({row.alias for row in rows if row.alias})
+    names = [*aliases, *(row.collection for row in rows)]
+    chosen = collection or _default(names)
+    view = collection_view(chosen) if chosen else None
+    return templates.TemplateResponse(
+        request,
+        "index.html",
+        {
+            "rows": rows,
+            "names": names,
+            "chosen": chosen,
+            "view": view,
+            "limit": 12,
+            "api_key_set": get_settings().api_key is not None,
+        },
+    )
+
+
+def _default(names: list[str]) -> str | None:
+    configured = get_settings().collection
+    return configured if configured in names else next(iter(names), None)
+
+
+@router.get("/collections/{collection}/points/{point}")
+def point(collection: str, point: str) -> dict:
+    return _point(version_of(collection), point)
+
+
+@router.post("/collections/{collection}/embed")
+def embed(collection: str, image: Annotated[UploadFile, File()]) -> dict:
+    """An uploaded query file -> its vector, and the picture the model saw (for the page to
+    show beside the results, and to query again with, filters changed, without a re-upload)."""
+    picture, vector = client().embed_query_picture(collection, read_upload(image))
+    thumb = base64.b64encode(_encode(picture, "thumb")).decode()
+    return {"vector": vector, "picture": f"data:image/jpeg;base64,{thumb}"}
+
+
+@router.get("/collections/{collection}/points/{point}/picture")
+def picture(collection: str, point: str, request: Request, size: Size = "thumb") -> Response:
+    version = version_of(collection)
+    etag = '"' + hashlib.sha256(f"{version}\0{point}\0{size}".encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    media = "image/jpeg" if size == "thumb" else "image/png"
+    return Response(_picture_bytes(version, point, size), media_type=media, headers=headers)
+
+
+@lru_cache(maxsize=512)  # a results page's thumbnails, for every browser that asks
+def _picture_bytes(version: str, point: str, size: Size) -> bytes:
+    hit = _point(version, point)
+    source = hit["payload"].get("source")
+    recorded = client().store.metadata(version).get("dataset")
+    # Only the collection's own dataset: a payload is data, not a licence to read any path.
+    if not isinstance(source, dict) or source.get("dataset") != recorded:
+        raise HTTPException(404, f"point {point} has no picture recorded in {version}")
+    try:
+        return _encode(picture_of(source, get_settings()), size)
+    except (ImageError, SourceError) as exc:
+        raise HTTPException(404, f"picture of point {point}: {exc}") from exc
+
+
+def _encode(picture: Image.Image, size: Size) -> bytes:
+    out = io.BytesIO()
+    if size == "thumb":
+        picture = picture.copy()
+        picture.thumbnail((THUMB_PX, THUMB_PX))
+        picture.save(out, format="JPEG", quality=85)
+    else:
+        picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _point(version: str, point: str) -> dict:
+    found = client().store.retrieve(version, [point])
+    if not found:
+        raise HTTPException(404, f"no point {point} in {version}")
+    return found[0]
+
+
+# --- the embedding map -------------------------------------------------------------------
+
+
+@router.get("/collections/{collection}/map")
+def embedding_map(collection: str) -> JSONResponse:
+    """The map when made (200); otherwise it is asked for once and the page polls (202)."""
+    version = version_of(collection)
+    points = client().store.collection_info(version)["points"]
+    redis = _redis()
+    found = cached_map(redis, version, points)
+    if found is not None:
+        return JSONResponse(found | {"state": "ready"})
+    if claim_map(redis, version, points):
+        from pipeline.celery_app import EMBED_QUEUE, app  # celery: slow to import
+
+        app.send_task(MAP_TASK, kwargs={"collection": version, "points": points}, queue=EMBED_QUEUE)
+    return JSONResponse({"state": map_state(redis, version, points) or "computing"}, 202)
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return connect_redis(get_settings().broker_url)

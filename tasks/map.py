@@ -1,0 +1,24 @@
+"""The embedding map of a collection version, made on a worker and kept in Redis."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.celery_app import app
+from pipeline.errors import first_line
+from pipeline.projection import MAP_TASK, keep_map, make_map, map_failed
+from pipeline.remote_store import open_reader
+from pipeline.settings import get_settings
+from tasks.worker_state import tracker
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=MAP_TASK)
+def project_map(collection: str, points: int) -> None:
+    redis = tracker().redis
+    try:
+        keep_map(redis, make_map(open_reader(get_settings()), collection))
+    except Exception as exc:  # the page shows why instead of waiting for ever
+        log.exception("embedding map of %s failed", collection)
+        map_failed(redis, collection, points, first_line(exc))
