@@ -42,7 +42,8 @@ class CollectionView:
     sampled: int  # payloads the counts come from
     schema: Schema
     fields: tuple[FieldView, ...]
-    group_field: str | None  # the per-label view's default grouping: the label field
+    groupings: tuple[str, ...]  # keyword fields the per-label view may group by
+    group_field: str | None  # its default: the label field
     patient_field: str | None
 
     @property
@@ -78,7 +79,9 @@ def _view(version: str, points: int) -> CollectionView:
     label = schema.label_field
     group = label if label in groupings else next(iter(groupings), None)
     patient = next((f.name for f in schema.fields if PATIENT.search(f.name)), None)
-    return CollectionView(version, points, len(payloads), schema, fields, group, patient)
+    return CollectionView(
+        version, points, len(payloads), schema, fields, tuple(groupings), group, patient
+    )
 
 
 def _multi_selects(fields: tuple[FieldView, ...], schema: Schema, sampled: int) -> list[FieldView]:
