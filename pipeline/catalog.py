@@ -45,6 +45,20 @@ def collection_rows(store: AnyReader) -> list[CollectionRow]:
     return rows
 
 
+def first_points(store: AnyReader, collection: str, most: int, page: int = 1000) -> list[dict]:
+    """Up to `most` points with their payloads, in id order: a fair sample, since point ids
+    are hashes of the images' keys."""
+    points: list[dict] = []
+    offset = None
+    while len(points) < most:
+        answer = store.scroll(collection, limit=min(page, most - len(points)), offset=offset)
+        points += answer["points"]
+        offset = answer["next_offset"]
+        if offset is None:
+            break
+    return points
+
+
 def collection_schema(metadata: dict, payloads: list[dict]) -> Schema:
     """The collection's recorded schema; a collection made before schemas were recorded gets
     one guessed from a sample of its payloads (no label field: nothing says which it is)."""

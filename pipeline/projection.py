@@ -1,8 +1,8 @@
 """The embedding map: a 2-D t-SNE projection (openTSNE) of a sample of a collection.
 
 Computed once per collection version (and point count) by a worker (`medindex.project_map`),
-kept in Redis; the search page draws it. The sample is the first `MAP_MAX_POINTS` points in
-id order: ids are hashes of the images' keys, so that order is a fair sample.
+kept in Redis; the search page draws it. The sample: the first `MAP_MAX_POINTS` points in id
+order (`pipeline.catalog.first_points`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import redis
 
-from pipeline.catalog import collection_schema
+from pipeline.catalog import collection_schema, first_points
 from pipeline.remote_store import AnyReader
 
 MAP_MAX_POINTS = 20_000
@@ -21,7 +21,7 @@ MAP_TASK = "medindex.project_map"
 _MAP_KEY = "medindex:map:"
 _MAP_TTL_S = 30 * 24 * 3600
 _STATE_TTL_S = 3600  # a computation not done in an hour may be asked for again
-_PAGE = 1000  # points per scroll and retrieve call
+_PAGE = 1000  # points per retrieve call
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class EmbeddingMap:
 
 def make_map(reader: AnyReader, collection: str, max_points: int = MAP_MAX_POINTS) -> EmbeddingMap:
     points = reader.collection_info(collection)["points"]
-    sample = _sample(reader, collection, max_points)
+    sample = first_points(reader, collection, max_points)
     ids = [hit["id"] for hit in sample]
     xy = project(_vectors(reader, collection, ids))
     schema = collection_schema(reader.metadata(collection), [h["payload"] for h in sample])
@@ -66,18 +66,6 @@ def project(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
         n_jobs=-1,
     )
     return np.asarray(tsne.fit(vectors.astype(np.float32)))
-
-
-def _sample(reader: AnyReader, collection: str, max_points: int) -> list[dict]:
-    sample: list[dict] = []
-    offset = None
-    while len(sample) < max_points:
-        page = reader.scroll(collection, limit=min(_PAGE, max_points - len(sample)), offset=offset)
-        sample += page["points"]
-        offset = page["next_offset"]
-        if offset is None:
-            break
-    return sample
 
 
 def _vectors(reader: AnyReader, collection: str, ids: list[str]) -> np.ndarray:

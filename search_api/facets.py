@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline.catalog import collection_schema
+from pipeline.catalog import collection_schema, first_points
 from pipeline.sources.base import Schema
 from search_api.deps import client
 
@@ -22,7 +22,6 @@ FACET_SAMPLE = 10_000
 TOP_VALUES = 50  # a keyword field's values offered in its multi-select, the most common first
 GROUP_MAX_VALUES = 100  # a field with more values is no grouping for the per-label view
 PATIENT = re.compile(r"patient", re.IGNORECASE)
-_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def collection_view(collection: str) -> CollectionView:
 @lru_cache(maxsize=32)
 def _view(version: str, points: int) -> CollectionView:
     """Per version and point count: a version being filled is counted again as it grows."""
-    payloads = _sample(version)
+    payloads = [hit["payload"] for hit in first_points(client().store, version, FACET_SAMPLE)]
     schema = collection_schema(client().store.metadata(version), payloads)
     fields = tuple(_field_view(f.name, f.type, payloads) for f in schema.fields)
     groupings = [
@@ -91,18 +90,6 @@ def _multi_selects(fields: tuple[FieldView, ...], schema: Schema, sampled: int) 
         for f in fields
         if f.type == "keyword" and f.name != schema.key_field and 1 < f.distinct < sampled
     ]
-
-
-def _sample(version: str) -> list[dict]:
-    payloads: list[dict] = []
-    offset = None
-    while len(payloads) < FACET_SAMPLE:
-        page = client().scroll(version, limit=_PAGE, offset=offset)
-        payloads += [hit["payload"] for hit in page["points"]]
-        offset = page["next_offset"]
-        if offset is None:
-            break
-    return payloads
 
 
 def _field_view(name: str, kind: str, payloads: list[dict]) -> FieldView:

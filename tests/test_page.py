@@ -136,7 +136,7 @@ def test_sign_in_through_the_form(browser: WebDriver, server: str) -> None:
     browser.find_element(By.ID, "tab-collections").click()
     rows = browser.find_elements(By.CSS_SELECTOR, "#collections tbody tr")
     assert any(row.text.startswith("skin ") for row in rows)
-    browser.save_screenshot(SHOTS / "collections.png")
+    _shot(browser, "collections")
 
 
 def test_upload_a_file_through_the_page(browser: WebDriver, query_file: tuple[Path, str]) -> None:
@@ -150,7 +150,7 @@ def test_upload_a_file_through_the_page(browser: WebDriver, query_file: tuple[Pa
     assert browser.execute_script("return arguments[0].naturalWidth", picture) > 0
     assert "lesion.jpg" in browser.find_element(By.ID, "query-caption").text
     _all_pictures_loaded(browser)
-    browser.save_screenshot(SHOTS / "results.png")
+    _shot(browser, "results")
 
 
 def test_keyword_filter_and_age_range(browser: WebDriver, server: str) -> None:
@@ -174,7 +174,7 @@ def test_keyword_filter_and_age_range(browser: WebDriver, server: str) -> None:
         fields = _fields(card)
         assert fields["sex"] == "female" and 40 <= float(fields["age"]) <= 70, fields
     _all_pictures_loaded(browser)
-    browser.save_screenshot(SHOTS / "filtered.png")
+    _shot(browser, "filtered")
 
 
 def test_click_a_result_to_search_from_it(browser: WebDriver) -> None:
@@ -210,7 +210,7 @@ def test_detail_view_and_similar_to_this(browser: WebDriver) -> None:
     _wait(browser, lambda d: d.execute_script("return arguments[0].naturalWidth", full) > 0)
     payload = json.loads(browser.find_element(By.ID, "detail-payload").text)
     assert payload["source"]["key"] == payload["image_id"]  # the whole payload, source too
-    browser.save_screenshot(SHOTS / "detail.png")
+    _shot(browser, "detail")
     browser.find_element(By.ID, "detail-similar").click()
     _wait(browser, lambda d: _cards(d) and _cards(d)[0].get_attribute("data-id") == point)
     assert point in browser.find_element(By.ID, "query-caption").text
@@ -234,7 +234,7 @@ def test_closest_case_per_label(browser: WebDriver, server: str) -> None:
     assert shown == [(g["group"], g["hits"][0]["id"]) for g in expected]
     assert len({value for value, _ in shown}) == len(shown) > 1
     _all_pictures_loaded(browser)
-    browser.save_screenshot(SHOTS / "closest-per-label.png")
+    _shot(browser, "closest-per-label")
 
 
 def test_embedding_map(browser: WebDriver, server: str) -> None:
@@ -249,14 +249,14 @@ def test_embedding_map(browser: WebDriver, server: str) -> None:
     assert "melanoma" in legend
     # The query is on the map (it is a case of the sample: drawn where that case is).
     x, y = (float(v) for v in canvas.get_attribute("data-query").split(","))
-    browser.save_screenshot(SHOTS / "map.png")
+    _shot(browser, "map")
     _hover(browser, canvas, x, y)
     tip = browser.find_element(By.ID, "map-tip")
     _wait(browser, lambda d: tip.is_displayed())
     tip_picture = browser.find_element(By.ID, "map-tip-picture")
     _wait(browser, lambda d: d.execute_script("return arguments[0].naturalWidth", tip_picture))
     assert browser.find_element(By.ID, "map-tip-text").text.startswith("dx: ")
-    browser.save_screenshot(SHOTS / "map-hover.png")
+    _shot(browser, "map-hover")
     ActionChains(browser).click().perform()  # opens the case under the pointer
     dialog = browser.find_element(By.ID, "detail")
     _wait(browser, lambda d: dialog.is_displayed())
@@ -272,7 +272,48 @@ def keyed_map(server: str) -> str:
     return answer.text
 
 
+def test_exclude_this_patients_images(
+    browser: WebDriver, server: str, patients: str, query_file: tuple[Path, str]
+) -> None:
+    """A collection whose payloads name the patient: one click leaves that patient out."""
+    browser.get(f"{server}/?collection={patients}")
+    browser.find_element(By.ID, "file-input").send_keys(str(query_file[0]))
+    _wait(browser, lambda d: _cards(d))
+    own = _cards(browser)[0]
+    patient, point = _fields(own)["patient_id"], own.get_attribute("data-id")
+    own.find_element(By.CSS_SELECTOR, "img.thumb").click()  # query by the patient's own case
+    exclude = browser.find_element(By.ID, "exclude-patient")
+    _wait(browser, lambda d: exclude.is_displayed())
+    assert patient in exclude.text
+    exclude.click()
+    _wait(browser, lambda d: _cards(d) and point not in _ids(d))
+    shown = json.loads(browser.find_element(By.ID, "filter-json").text)
+    assert shown == {"must_not": [{"key": "patient_id", "match": {"value": patient}}]}
+    assert all(_fields(card)["patient_id"] != patient for card in _cards(browser))
+    _shot(browser, "patient-excluded")
+
+
+@pytest.fixture(scope="module")
+def patients(stack: Stack, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """120 of the sample's images, their lesion named as the patient, indexed as `patients`."""
+    import datasets
+
+    table = datasets.load_dataset(str(dataset), split="train").select(range(120))
+    out = tmp_path_factory.mktemp("patients")
+    path = out / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    table.rename_column("lesion_id", "patient_id").to_parquet(str(path))
+    done = stack.medindex("ingest", "--dataset", str(out), "--collection", "patients", "--json")
+    assert done.returncode == 0, done.stderr
+    return "patients"
+
+
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _shot(browser: WebDriver, name: str) -> None:
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(SHOTS / f"{name}.png")
 
 
 def _sign_in(browser: WebDriver, key: str) -> None:
@@ -290,6 +331,10 @@ def _wait(browser: WebDriver, condition: object, timeout: float = 60) -> None:
 
 def _cards(browser: WebDriver) -> list[WebElement]:
     return browser.find_elements(By.CSS_SELECTOR, "#results .card")
+
+
+def _ids(browser: WebDriver) -> list[str]:
+    return [card.get_attribute("data-id") for card in _cards(browser)]
 
 
 def _fields(card: WebElement) -> dict[str, str]:

@@ -12,6 +12,7 @@ const page = {
   query: null, // {point_id, payload} or {vector, name}; `picture`: what to show
   excludedPatient: null,
   hits: [],
+  searches: 0, // only the latest search's answer is drawn (a slower earlier one is dropped)
   map: null, // {ids, x, y, fields, index: Map(id -> i)}
   view: "results",
 };
@@ -112,8 +113,10 @@ async function search() {
     score_threshold: threshold === "" ? null : Number(threshold),
   });
   say("Searching…");
+  const mine = ++page.searches;
   try {
     const { body: hits } = await postJSON(`${base()}/search`, body);
+    if (mine !== page.searches) return;
     page.hits = hits;
     renderResults(hits);
     say(`${hits.length} results`);
@@ -438,6 +441,7 @@ function showView(view) {
   page.view = view;
   for (const tab of $$(".tabs button")) tab.classList.toggle("active", tab.dataset.view === view);
   for (const section of $$(".view")) section.hidden = section.id !== `view-${view}`;
+  say("");
   if (view === "groups") groups();
   if (view === "map") loadMap();
 }
