@@ -174,7 +174,10 @@ def embed(collection: str, image: Annotated[UploadFile, File()]) -> dict:
 def picture(collection: str, point: str, request: Request, size: Size = "thumb") -> Response:
     version = version_of(collection)
     etag = '"' + hashlib.sha256(f"{version}\0{point}\0{size}".encode()).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+    # Named by its version (as the page names it), a picture never changes; named by an
+    # alias, it may once the alias moves: asked again each time, answered 304 while the same.
+    cache = "private, max-age=86400" if version == collection else "private, no-cache"
+    headers = {"ETag": etag, "Cache-Control": cache}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     media = "image/jpeg" if size == "thumb" else "image/png"
