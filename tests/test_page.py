@@ -174,7 +174,7 @@ def test_keyword_filter_and_age_range(browser: WebDriver, server: str) -> None:
         fields = _fields(card)
         assert fields["sex"] == "female" and 40 <= float(fields["age"]) <= 70, fields
     _all_pictures_loaded(browser)
-    _shot(browser, "filtered")
+    _shot(browser, "filtered", height=1500)  # the filters and the results in one picture
 
 
 def test_click_a_result_to_search_from_it(browser: WebDriver) -> None:
@@ -286,6 +286,7 @@ def test_exclude_this_patients_images(
     _wait(browser, lambda d: exclude.is_displayed())
     assert patient in exclude.text
     exclude.click()
+    _wait(browser, lambda d: "left out" in exclude.text)
     _wait(browser, lambda d: _cards(d) and point not in _ids(d))
     shown = json.loads(browser.find_element(By.ID, "filter-json").text)
     assert shown == {"must_not": [{"key": "patient_id", "match": {"value": patient}}]}
@@ -311,9 +312,11 @@ def patients(stack: Stack, dataset: Path, tmp_path_factory: pytest.TempPathFacto
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _shot(browser: WebDriver, name: str) -> None:
+def _shot(browser: WebDriver, name: str, height: int = 1000) -> None:
+    browser.set_window_size(1400, height)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(SHOTS / f"{name}.png")
+    browser.set_window_size(1400, 1000)
 
 
 def _sign_in(browser: WebDriver, key: str) -> None:

@@ -478,6 +478,10 @@ function wire() {
       const excluding = page.excludedPatient === null;
       page.excludedPatient = excluding ? JSON.parse(exclude.dataset.patient) : null;
       exclude.classList.toggle("active", excluding);
+      const patient = JSON.parse(exclude.dataset.patient);
+      exclude.textContent = excluding
+        ? `Patient ${patient}'s images left out (click to bring them back)`
+        : `Exclude patient ${patient}'s images`;
       search();
     });
   }
