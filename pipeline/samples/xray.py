@@ -204,11 +204,11 @@ def _noise(rng: np.random.Generator, cells: int) -> np.ndarray:
 
 def _anatomy(rng: np.random.Generator) -> Anatomy:
     return Anatomy(
-        width=rng.uniform(0.78, 0.9),
+        width=rng.uniform(0.8, 0.88),
         lung_height=rng.uniform(0.5, 0.6),
         heart=rng.uniform(0.24, 0.29),
         rib_spacing=rng.uniform(0.13, 0.16),
-        tissue=rng.uniform(0.5, 0.6),
+        tissue=rng.uniform(0.53, 0.57),
     )
 
 
@@ -257,7 +257,7 @@ def _draw(findings: frozenset[str], view: str, a: Anatomy, rng: np.random.Genera
     # Mediastinum and spine down the middle, the heart low and to the patient's left.
     chest.paint(_step((0.13 - np.abs(x)) * 25) * (y > -0.75), a.tissue + 0.12)
     chest.paint(_step((0.05 - np.abs(x)) * 40) * 0.6, a.tissue + 0.25)
-    heart = a.heart * (1.45 if "Cardiomegaly" in findings else 1.0) * (1.1 if view == "AP" else 1.0)
+    heart = a.heart * (1.6 if "Cardiomegaly" in findings else 1.0) * (1.1 if view == "AP" else 1.0)
     cx = 0.06 + heart * 0.35
     shape = ((x - cx) / heart) ** 2 + ((y - 0.24) / 0.23) ** 2
     chest.heart = _step((1 - shape) * 6)
@@ -380,8 +380,8 @@ _FINDINGS: dict[str, Callable[[Chest], None]] = {
 def render(study: Study, anatomy: Anatomy, rng: np.random.Generator) -> Image.Image:
     """The 1024x1024 8-bit picture of one study."""
     chest = _draw(frozenset(study.findings), study.view, anatomy, rng)
-    exposure = chest.value * rng.uniform(0.92, 1.08) + rng.normal(0, 0.015, chest.value.shape)
-    pixels = (np.clip(exposure, 0, 1) ** rng.uniform(0.9, 1.1) * 255).astype(np.uint8)
+    exposure = chest.value * rng.uniform(0.96, 1.04) + rng.normal(0, 0.015, chest.value.shape)
+    pixels = (np.clip(exposure, 0, 1) ** rng.uniform(0.95, 1.05) * 255).astype(np.uint8)
     soft = Image.fromarray(pixels, mode="L").filter(ImageFilter.GaussianBlur(0.8))
     return soft.resize((_SIZE, _SIZE), Image.Resampling.BICUBIC)
 

@@ -111,7 +111,7 @@ class TableSource(Source):
         self.root = _root(self.path, options.image_root)
 
         written = self.table.column(self.image_column).to_pylist()
-        self._paths = [None if _blank(p) else _spelling(p) for p in written]
+        self._paths = [None if is_missing(p) or _blank(p) else _spelling(p) for p in written]
         key_values = self.table.column(key_column).to_pylist() if key_column else self._paths
         self._keys = key_census(key_values)
         self._key_values = key_values
@@ -172,7 +172,9 @@ class TableSource(Source):
                 f"{len(found)} files named {written!r} below {self.root}: "
                 "give its folder in the path column"
             )
-        return inside(self.root, found[0]) if found else path
+        if not found:
+            raise ImageError(f"image file {written!r} is neither in {self.root} nor below it")
+        return inside(self.root, found[0])
 
     @cached_property
     def _by_name(self) -> dict[str, list[str]]:
