@@ -168,10 +168,11 @@ class Chest:
     x: np.ndarray
     y: np.ndarray
     value: np.ndarray
-    lungs: np.ndarray  # 0..1: how much of each pixel is lung (per side below)
+    body: np.ndarray  # 0..1, as `lungs` and `heart`
+    lungs: np.ndarray  # how much of each pixel is lung (per side below)
     sides: dict[int, np.ndarray]  # -1: image left (patient's right), +1: image right
     rng: np.random.Generator
-    heart: np.ndarray | None = None
+    heart: np.ndarray | None = None  # drawn after the lungs
 
     def paint(self, amount: np.ndarray, level: float) -> None:
         """Blend `level` in where `amount` (0..1) says."""
@@ -224,7 +225,19 @@ def _lung(x: np.ndarray, y: np.ndarray, side: int, a: Anatomy, base: float) -> n
 
 
 def _draw(findings: frozenset[str], view: str, a: Anatomy, rng: np.random.Generator) -> Chest:
-    """The normal chest of this patient, with each finding drawn over it."""
+    """The chest of this patient, with each finding drawn over it (cardiomegaly, emphysema
+    and atelectasis's volume loss change the anatomy itself)."""
+    chest = _thorax(findings, a, rng)
+    _ribs(chest, a)
+    _mediastinum(chest, a, findings, view)
+    for finding in sorted(findings & _FINDINGS.keys()):
+        _FINDINGS[finding](chest)
+    return chest
+
+
+def _thorax(findings: frozenset[str], a: Anatomy, rng: np.random.Generator) -> Chest:
+    """Body and neck on a dark background, and the lungs, mostly air, with vessels fanning out
+    from the hila and fading towards the edges."""
     y, x = np.mgrid[-1 : 1 : _N * 1j, -1 : 1 : _N * 1j].astype(np.float32)
     shift = rng.normal(0, 0.03, 2)
     x, y = x + shift[0], y + shift[1]
@@ -232,41 +245,38 @@ def _draw(findings: frozenset[str], view: str, a: Anatomy, rng: np.random.Genera
     neck = _step((0.2 - np.abs(x)) * 20) * (y < -0.7)
     value = 0.05 + (a.tissue - 0.05) * np.maximum(body, neck)
 
-    emphysema = "Emphysema" in findings
-    height = a.lung_height * (1.12 if emphysema else 1.0)
+    emphysema = "Emphysema" in findings  # hyperinflated: taller, darker, fewer markings
+    build = replace(a, lung_height=a.lung_height * (1.12 if emphysema else 1.0))
     sides = {}
     for side in (-1, 1):
         raised = 0.12 if "Atelectasis" in findings and side == -1 else 0.0
-        sides[side] = _lung(x, y, side, replace(a, lung_height=height), 0.45 - raised)
+        sides[side] = _lung(x, y, side, build, 0.45 - raised)
     lungs = np.maximum(sides[-1], sides[1])
-    chest = Chest(x, y, value, lungs, sides, rng)
-
-    # Lungs are mostly air; vessels fan out from the hila and fade towards the edges.
-    hilum = np.exp(-((np.abs(x) - 0.22) ** 2 + (y - 0.0) ** 2) / 0.12)
+    hilum = np.exp(-((np.abs(x) - 0.22) ** 2 + y**2) / 0.12)
     vessels = np.clip(1 - np.abs(_noise(rng, 18)) / 0.3, 0, 1) * (0.4 + hilum)
-    markings = 0.35 if emphysema else 1.0
-    chest.value -= lungs * ((0.34 if emphysema else 0.28) - 0.07 * markings * vessels)
+    value -= lungs * ((0.34 if emphysema else 0.28) - 0.07 * (0.35 if emphysema else 1) * vessels)
+    return Chest(x, y, value, body, lungs, sides, rng)
 
-    # Ribs: bright bands across each lung, curving down from the spine.
-    bend = y - 0.55 * np.abs(x) + 0.6 * (np.abs(x) - 0.45) ** 2
+
+def _ribs(chest: Chest, a: Anatomy) -> None:
+    """Bright bands across each lung, curving down from the spine, and the clavicles."""
+    x, y = np.abs(chest.x), chest.y
+    bend = y - 0.55 * x + 0.6 * (x - 0.45) ** 2
     ribs = (0.5 + 0.5 * np.cos(2 * np.pi * bend / a.rib_spacing)) ** 6
-    chest.value += 0.09 * ribs * (0.25 + 0.75 * lungs) * body * (y < 0.45)
-    clavicle = np.exp(-(((y + 0.62 - 0.18 * np.abs(x)) / 0.035) ** 2)) * (np.abs(x) < 0.6)
-    chest.value += 0.12 * clavicle
+    chest.value += 0.09 * ribs * (0.25 + 0.75 * chest.lungs) * chest.body * (y < 0.45)
+    chest.value += 0.12 * np.exp(-(((y + 0.62 - 0.18 * x) / 0.035) ** 2)) * (x < 0.6)
 
-    # Mediastinum and spine down the middle, the heart low and to the patient's left.
+
+def _mediastinum(chest: Chest, a: Anatomy, findings: frozenset[str], view: str) -> None:
+    """Mediastinum and spine down the middle, the heart low and to the patient's left (an AP
+    view magnifies it)."""
+    x, y = chest.x, chest.y
     chest.paint(_step((0.13 - np.abs(x)) * 25) * (y > -0.75), a.tissue + 0.12)
     chest.paint(_step((0.05 - np.abs(x)) * 40) * 0.6, a.tissue + 0.25)
     heart = a.heart * (1.6 if "Cardiomegaly" in findings else 1.0) * (1.1 if view == "AP" else 1.0)
-    cx = 0.06 + heart * 0.35
-    shape = ((x - cx) / heart) ** 2 + ((y - 0.24) / 0.23) ** 2
+    shape = ((x - 0.06 - heart * 0.35) / heart) ** 2 + ((y - 0.24) / 0.23) ** 2
     chest.heart = _step((1 - shape) * 6)
     chest.paint(chest.heart, a.tissue + 0.1)
-
-    for finding in sorted(findings):
-        if finding in _FINDINGS:
-            _FINDINGS[finding](chest)
-    return chest
 
 
 def _effusion(chest: Chest) -> None:
@@ -359,13 +369,12 @@ def _some_sides(rng: np.random.Generator) -> list[int]:
     return [-1, 1] if rng.random() < 0.4 else [int(rng.choice([-1, 1]))]
 
 
+# Drawn over the anatomy; cardiomegaly and emphysema change the anatomy itself.
 _FINDINGS: dict[str, Callable[[Chest], None]] = {
     "Atelectasis": _atelectasis,
-    "Cardiomegaly": lambda chest: None,  # the heart is drawn larger
     "Consolidation": _consolidation,
     "Edema": _edema,
     "Effusion": _effusion,
-    "Emphysema": lambda chest: None,  # the lungs are drawn larger and darker
     "Fibrosis": _fibrosis,
     "Hernia": _hernia,
     "Infiltration": _infiltration,

@@ -8,14 +8,16 @@ Column names become payload field names by one rule: lower case, every run of ch
 are not letters or digits becomes `_`, leading and trailing `_` are dropped (`Follow-up #` ->
 `follow_up`, `OriginalImage[Width` -> `originalimage_width`, `Height]` -> `height`). Columns
 with no name (ChestX-ray14's trailing comma) or no values are dropped, and so are columns of a
-type no payload index holds (binary, structs, nested lists). Two columns that normalise to the
-same name, or a column named `source` (the payload's reference to the image), are refused.
+type no payload index holds (binary, times of day, structs, nested lists). Two columns that
+normalise to the same name, or a column named `source` (the payload's reference to the
+image), are refused.
 
 Values, per column:
 - strings: keywords; a column where some value holds `|` is a list of keywords, split there
   and stripped (`Cardiomegaly|Effusion` -> `["Cardiomegaly", "Effusion"]`), so that filters
   match each label; a column whose values are all ages written the DICOM way (`058Y`, `006M`,
-  `003W`, `010D`) becomes a number of years (integer when all are in years, else float);
+  `003W`, `010D`) becomes a number of years (integer when all are in years, else float). The
+  path and key columns are kept as written;
 - integers, floats (and decimals), booleans keep their type; dates and timestamps are stored
   as ISO strings and indexed as datetimes; lists of these are kept as lists;
 - a missing value (empty cell, null, NaN, empty string) is left out of the payload, never 0.
@@ -27,9 +29,10 @@ string column whose values all end in an image extension (.png .jpg .jpeg .tif .
 and a missing or unreadable file fails its row alone, with its reason.
 
 Keys: the `key_column` when given, else the image path as written in the table (with forward
-slashes): re-sorting the table rewrites the same points. The schema's key field is that
-column's payload name; its label field is the first of `label`, `labels`, `finding_labels`,
-`findings`, `diagnosis`, `class` present among the payload fields (None otherwise).
+slashes, without a leading `./`): re-sorting the table rewrites the same points. The schema's
+key field is that column's payload name; its label field is the first of `label`, `labels`,
+`finding_labels`, `findings`, `diagnosis`, `class` present among the payload fields (none
+otherwise). A label field may hold lists (ChestX-ray14's findings).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,7 +92,7 @@ class Column:
     name: str
     field: str
     type: FieldType
-    kind: str = "plain"  # plain | list (split at `|`) | age (DICOM age string -> years)
+    kind: Literal["plain", "list", "age"] = "plain"  # list: split at `|`; age: `058Y` -> 58
 
 
 class TableSource(Source):
@@ -110,9 +114,9 @@ class TableSource(Source):
         self.table = table.select([c.name for c in self.columns])
         self.root = _root(self.path, options.image_root)
 
-        written = self.table.column(self.image_column).to_pylist()
+        written = table.column(self.image_column).to_pylist()
         self._paths = [None if is_missing(p) or _blank(p) else _spelling(p) for p in written]
-        key_values = self.table.column(key_column).to_pylist() if key_column else self._paths
+        key_values = table.column(key_column).to_pylist() if key_column else self._paths
         self._keys = key_census(key_values)
         self._key_values = key_values
         self.key_column = field_name(key_column or self.image_column)
