@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.picture import picture_of, to_picture
 from pipeline.samples.xray import HEADER, LABEL_COUNTS, NO_FINDING, write_xray
 from pipeline.schemas import ReadOptions
+from pipeline.settings import Settings
 from pipeline.sources import SourceError, resolve
 from pipeline.sources.table import TableSource, field_name
 
@@ -115,6 +117,15 @@ def test_chestxray14_rows_come_back_as_the_csv_says(xray: Path, entries: list[di
             expected["patient_age"] = int(entry["Patient Age"].removesuffix("Y"))
         assert record.payload == expected
         assert record.refusal is None
+
+
+def test_a_points_reference_makes_its_picture_again(xray: Path) -> None:
+    settings = Settings()
+    record = open_table(xray).read([4], LIMIT)[0]
+    made = to_picture(record, settings)
+    assert (made.mode, made.size) == ("RGB", (1024, 1024))
+    again = picture_of(record.payload["source"], settings)
+    assert again.tobytes() == made.tobytes()
 
 
 def test_schema_types_key_and_label(xray: Path) -> None:
