@@ -37,6 +37,12 @@ def ramp() -> np.ndarray:
     return (10 + i + j + k // 4).astype(np.int16)
 
 
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six sample cases: the fifth with an all-zero mask, the sixth without one."""
+    return write_brain_mri(tmp_path_factory.mktemp("brain"), n=6, seed=7)
+
+
 def open_source(folder: Path, **options: object) -> NiftiSource:
     return NiftiSource(resolve(str(folder), fmt="nifti", options=ReadOptions(**options)))
 
@@ -225,8 +231,16 @@ def test_bad_files_fail_alone_with_their_reason(tmp_path: Path) -> None:
     save(tmp_path / "K" / "K_t1.nii.gz", ramp())
     save(tmp_path / "K" / "K_t2.nii.gz", ramp())
     (tmp_path / "K" / "K_seg.nii.gz").write_bytes(whole[:400])  # a truncated mask
+    save(tmp_path / "L" / "L_t1.nii.gz", ramp())
+    save(tmp_path / "L" / "L_seg.nii.gz", np.zeros((32, 40, 20), dtype=np.uint8))
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    save(tmp_path / "M" / "M_t1.nii.gz", rgb)
     rows = read_all(open_source(tmp_path))
     assert rows["A/A_t1.nii.gz"].refusal is None
+    assert "mask's grid [32, 40, 20] does not match the image's [32, 40, 24]" in (
+        rows["L/L_t1.nii.gz"].refusal
+    )
+    assert "are not intensities" in rows["M/M_t1.nii.gz"].refusal
     assert "2-D image" in rows["G/G_t1.nii.gz"].refusal
     assert "H/H_t1.nii.gz: corrupt or truncated NIfTI" in rows["H/H_t1.nii.gz"].refusal
     assert "not a NIfTI file" in rows["I/I_t1.nii.gz"].refusal
@@ -244,8 +258,8 @@ def test_a_file_over_the_byte_limit_is_refused_before_it_is_read(tmp_path: Path)
     assert row.refusal == "A/A_t1.nii.gz: image file is 1517 bytes (limit 1000)"
 
 
-def test_sample_data_reads_whole_with_its_tumour_classes(tmp_path: Path) -> None:
-    folder = write_brain_mri(tmp_path / "brain", n=6, seed=3)
+def test_sample_data_reads_whole_with_its_tumour_classes(brain: Path) -> None:
+    folder = brain
     source = open_source(folder, labels_csv="labels.csv")
     assert len(source) == 6 * 4
     assert source.schema.label_field == "tumour_class"
@@ -363,10 +377,12 @@ def test_an_uploaded_file_gives_the_picture_ingest_makes_without_a_mask(tmp_path
         query_picture(nib.Nifti1Image(volume[:, :, 0], RAS).to_bytes(), ReadOptions())
 
 
-def test_sample_data_is_brats_shaped_deterministic_and_its_classes_differ(tmp_path: Path) -> None:
-    first = write_brain_mri(tmp_path / "one", n=6, seed=7)
-    again = write_brain_mri(tmp_path / "two", n=6, seed=7)
-    other = write_brain_mri(tmp_path / "three", n=6, seed=8)
+def test_sample_data_is_brats_shaped_deterministic_and_its_classes_differ(
+    brain: Path, tmp_path: Path
+) -> None:
+    first = brain
+    again = write_brain_mri(tmp_path / "again", n=6, seed=7)
+    other = write_brain_mri(tmp_path / "other", n=1, seed=8)
     names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
     assert names == sorted(
         ["labels.csv"]
@@ -375,7 +391,8 @@ def test_sample_data_is_brats_shaped_deterministic_and_its_classes_differ(tmp_pa
     )
     for name in names:
         assert (first / name).read_bytes() == (again / name).read_bytes()
-    assert (first / names[1]).read_bytes() != (other / names[1]).read_bytes()
+    t1 = "BraTS_001/BraTS_001_t1.nii.gz"
+    assert (first / t1).read_bytes() != (other / t1).read_bytes()
 
     with (first / "labels.csv").open() as file:
         classes = {row["case_id"]: row["tumour_class"] for row in csv.DictReader(file)}

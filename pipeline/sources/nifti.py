@@ -321,7 +321,7 @@ def _list_entries(root: Path, unmasked_slices: int) -> list[_Entry]:
     files = sorted(
         path.relative_to(root).as_posix()
         for path in root.rglob("*")
-        if _is_nifti(path.name) and not path.name.startswith(".") and path.is_file()
+        if _is_nifti(path.name) and path.is_file()
     )
     named = [(path, *_case_and_modality(path)) for path in files]
     masks: dict[tuple[str, str], str] = {}
@@ -355,7 +355,8 @@ def _folder(path: str) -> str:
 
 
 def _is_nifti(name: str) -> bool:
-    return name.lower().endswith(SUFFIXES)
+    """A NIfTI file's name; hidden ones (macOS's `._` copies in zips) are not volumes."""
+    return name.lower().endswith(SUFFIXES) and not name.startswith(".")
 
 
 def _strip_suffix(name: str) -> str:
@@ -462,6 +463,9 @@ def _geometry(image: nib.Nifti1Image) -> _Geometry:
     plane_axes = tuple(i for i in range(3) if i != axis)
     if min(shape) < 1:
         raise ImageError(f"an empty volume {list(shape)}")
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf":  # RGB or complex voxels are not one intensity each
+        raise ImageError(f"voxels of type {dtype} are not intensities")
     if shape[plane_axes[0]] * shape[plane_axes[1]] > MAX_PLANE_VOXELS:
         raise ImageError(f"axial slices of {list(shape)} exceed {MAX_PLANE_VOXELS} voxels")
     zooms = image.header.get_zooms()[:3]
