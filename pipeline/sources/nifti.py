@@ -9,6 +9,8 @@ the mask (mask = seg > 0; ties: the lowest slice), whole (`nifti_variant=slice`)
 box in that slice plus `nifti_crop_margin` voxels (`crop`). Without a mask, the middle slice or
 `nifti_unmasked_slices` evenly spaced ones; with an all-zero mask, the middle slice. The payload
 says which (`slice_choice`, `mask`). 4-D volumes: the first volume (`volume_index`, `volumes`).
+With `labels_csv` (absolute, or relative to the dataset folder), `tumour_class` comes from it
+and is the schema's label field (see `_read_labels` for how its columns are found).
 
 Orientation, whatever the file's affine: anterior up and the patient's right on the picture's
 left (the radiological convention), from the voxel axes' closest world axes (RAS+); a file
