@@ -44,7 +44,7 @@ from pipeline.sources.base import (
     key_census,
     read_file,
 )
-from pipeline.sources.deid import IDENTIFYING_TAGS, Deidentifier, as_list, scrub
+from pipeline.sources.deid import IDENTIFYING_TAGS, REMOVED, Deidentifier, as_list, scrub
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class DicomSource(Source):
         try:
             data = read_file(path, max_bytes)
         except ImageError as exc:  # its message names the path, which may hold a name or UID
-            raise ImageError(self.deid.scrub(str(exc).replace(str(path), "the file"))) from exc
+            raise ImageError(self.deid.scrub(str(exc).replace(str(path), REMOVED))) from exc
         return make_picture(data, self.ref.options, self.max_pixels)
 
     def _key_of(self, instance: Instance) -> str:
