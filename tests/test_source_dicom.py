@@ -135,6 +135,16 @@ def test_without_window_tags_one_hot_pixel_does_not_darken_the_picture(tmp_path:
     assert (np.diff(ramp.astype(int)) >= 0).all()
 
 
+def test_a_voi_lut_table_in_the_file_is_applied(tmp_path: Path) -> None:
+    stored = np.arange(0, 256, dtype=np.uint16).reshape(16, 16)
+    table = Dataset()
+    table.LUTDescriptor = [256, 0, 16]  # 256 entries from value 0, 16-bit output
+    reversed_ramp = 257 * (255 - np.arange(256, dtype="<u2"))  # over 0..65535
+    table.add_new("LUTData", "OW", reversed_ramp.tobytes())
+    write_file(tmp_path / "dx" / "a.dcm", stored, Modality="DX", VOILUTSequence=[table])
+    assert (picture_of(tmp_path / "dx") == 255 - stored).all()
+
+
 def test_a_multi_frame_file_gives_its_middle_frame(tmp_path: Path) -> None:
     frames = np.stack([np.full((16, 16), 100 * (f + 1), dtype=np.uint16) for f in range(5)])
     frames[2, :8] = 0  # the middle frame alone has a dark half
