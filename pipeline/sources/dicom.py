@@ -159,11 +159,10 @@ class DicomSource(Source):
         return SourceRow(row, key, payload, image)
 
     def _picture(self, relative: str, max_bytes: int) -> Image.Image:
-        path = inside(self.root, relative)
         try:
-            data = read_file(path, max_bytes)
-        except ImageError as exc:  # its message names the path, which may hold a name or UID
-            raise ImageError(self.deid.scrub(str(exc).replace(str(path), REMOVED))) from exc
+            data = read_file(inside(self.root, relative), max_bytes)
+        except ImageError as exc:  # its message names the file: paths may hold names, UIDs
+            raise ImageError(self.deid.scrub(_unnamed(str(exc), self.root, relative))) from exc
         return make_picture(data, self.ref.options, self.max_pixels)
 
     def _key_of(self, instance: Instance) -> str:
@@ -343,6 +342,13 @@ def _iso_date(value: object) -> str | None:
         return DA(str(value)).isoformat() if value else None
     except ValueError:
         return None
+
+
+def _unnamed(text: str, root: Path, relative: str) -> str:
+    """`text` without the file's path, however it was spelled."""
+    for spelling in (str((root / relative).resolve()), str(root / relative), relative):
+        text = text.replace(spelling, REMOVED)
+    return text
 
 
 def _has_preamble(path: Path) -> bool:
