@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from pipeline.sources.deid import IDENTIFYING_TAGS
 from pipeline.sources.dicom import DicomSource, age_in_years, query_picture, sniff
 
 MAX_BYTES = 32 * 1024 * 1024
+UID = re.compile(r"\d+(?:\.\d+){3,}")
 SEED = 7
 PRESETS = {"lung": (-600, 1500), "soft_tissue": (40, 400), "bone": (400, 1800), "brain": (40, 80)}
 
@@ -282,14 +284,22 @@ def recognisable_values(folder: Path) -> set[str]:
 
 
 def test_no_identifying_value_appears_in_payloads_keys_reasons_or_logs(
-    sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
 ) -> None:
     folder = tmp_path / "copy"
     for path in sample.rglob("*.dcm"):
         target = folder / path.relative_to(sample)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(path.read_bytes())
+    values = recognisable_values(folder)
+    assert len(values) > 20
     (folder / "notes.txt").write_text("not DICOM")
+    # Cut inside a UID: pydicom warns and logs, quoting what is left of it.
+    whole = next(folder.rglob("IM_0002.dcm"))
+    data = whole.read_bytes()
+    uid = dcmread(whole).SeriesInstanceUID
+    cut = data.index(uid.encode()) + uid.index(".", 20) + 1  # ends in a dot: invalid
+    (whole.parent / "IM_0099.dcm").write_bytes(data[:cut])
     caplog.set_level(logging.DEBUG)
     written = []
     for unit in ("instance", "series"):
@@ -302,12 +312,13 @@ def test_no_identifying_value_appears_in_payloads_keys_reasons_or_logs(
         assert records[0].refusal == "cannot read image file [removed]: No such file or directory"
         written += [json.dumps(r.payload) + r.key + (r.refusal or "") for r in records]
         written.append(json.dumps(source.keys.duplicated) + source.keys.fingerprint)
+    # Log lines, and warnings (a worker prints them to its log).
     written += [record.getMessage() for record in caplog.records]
+    written += [str(warning.message) for warning in recwarn]
     text = "\n".join(written).lower()
-    values = recognisable_values(folder)
-    assert len(values) > 20
     leaked = sorted(v for v in values if v.lower() in text)
     assert not leaked
+    assert not UID.findall(text)  # not even a UID cut short
     assert "chest pa [removed]" in text  # the patient's name typed in a description
 
 

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydicom import Dataset
 from pydicom.multival import MultiValue
@@ -92,3 +96,19 @@ def as_list(value: object) -> list:
     if value is None or value == "":
         return []
     return list(value) if isinstance(value, MultiValue) else [value]
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom warns and logs about odd values quoting them (a name, a UID cut short) and about
+    truncated files naming their path: while medindex reads DICOM, neither reaches a log. A
+    file that cannot be read fails with medindex's own, scrubbed, reason instead."""
+    pydicom_log = logging.getLogger("pydicom")
+    was_disabled = pydicom_log.disabled
+    pydicom_log.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_log.disabled = was_disabled

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import islice
@@ -44,7 +43,14 @@ from pipeline.sources.base import (
     key_census,
     read_file,
 )
-from pipeline.sources.deid import IDENTIFYING_TAGS, REMOVED, Deidentifier, as_list, scrub
+from pipeline.sources.deid import (
+    IDENTIFYING_TAGS,
+    REMOVED,
+    Deidentifier,
+    as_list,
+    quiet_pydicom,
+    scrub,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +189,16 @@ class DicomSource(Source):
         return instances
 
     def _instance(self, path: Path) -> Instance | None:
-        try:
-            with warnings.catch_warnings():  # pydicom's warnings may quote tag values
-                warnings.simplefilter("ignore")
+        with quiet_pydicom():  # values are converted as they are used: all of it is quiet
+            try:
                 ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        except Exception:  # any file that does not parse as DICOM is skipped
-            return None
-        if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-            return None  # a DICOMDIR: an index of the folder, not an image
-        relative = path.relative_to(self.root).as_posix()
-        series = str(ds.get("SeriesInstanceUID") or Path(relative).parent)
-        return Instance(relative, payload_of(ds, self.deid), series, _order(ds, relative))
+            except Exception:  # any file that does not parse as DICOM is skipped
+                return None
+            if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+                return None  # a DICOMDIR: an index of the folder, not an image
+            relative = path.relative_to(self.root).as_posix()
+            series = str(ds.get("SeriesInstanceUID") or Path(relative).parent)
+            return Instance(relative, payload_of(ds, self.deid), series, _order(ds, relative))
 
 
 def payload_of(ds: Dataset, deid: Deidentifier) -> dict:
@@ -228,13 +233,15 @@ def age_in_years(value: object) -> float | None:
 def make_picture(data: bytes, options: ReadOptions, max_pixels: int) -> Image.Image:
     """One DICOM file's picture, 8-bit "L" (or "RGB" for colour); ImageError with a reason
     that quotes no identifying value."""
-    ds = _parse(data)
-    try:
-        return _picture(ds, options.dicom_window, max_pixels)
-    except ImageError as exc:
-        raise ImageError(scrub(str(exc), ds)) from exc
-    except Exception as exc:  # decoders raise many kinds on corrupt data
-        raise ImageError(scrub(f"cannot decode the pixel data: {first_line(exc)}", ds)) from exc
+    with quiet_pydicom():
+        ds = _parse(data)
+        try:
+            return _picture(ds, options.dicom_window, max_pixels)
+        except ImageError as exc:
+            raise ImageError(scrub(str(exc), ds)) from exc
+        except Exception as exc:  # decoders raise many kinds on corrupt data
+            reason = f"cannot decode the pixel data: {first_line(exc)}"
+            raise ImageError(scrub(reason, ds)) from exc
 
 
 def sniff(data: bytes) -> bool:
@@ -258,9 +265,7 @@ def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:
     if rows * columns > max_pixels:
         raise ImageError(f"image is {columns}x{rows} pixels (limit {max_pixels} pixels)")
     frames = int(ds.get("NumberOfFrames") or 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        frame = pixel_array(ds, index=frames // 2)  # decodes that frame only
+    frame = pixel_array(ds, index=frames // 2)  # decodes that frame only
     if frame.ndim == 3:  # colour, already converted to RGB by pydicom
         bits = int(ds.get("BitsStored") or 8)
         return Image.fromarray(window.scale_bits(frame, bits), "RGB")
@@ -285,9 +290,7 @@ def _check_decoder(ds: Dataset) -> None:
 
 def _parse(data: bytes) -> Dataset:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dcmread(io.BytesIO(data))
+        return dcmread(io.BytesIO(data))
     except InvalidDicomError as exc:
         raise ImageError("not a DICOM file") from exc
     except Exception as exc:  # a truncated or corrupt header, in any form
