@@ -3,6 +3,7 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from pipeline.errors import MedindexError
-from pipeline.images import ImageError, decode_rgb
+from pipeline.images import ImageError, decode_rgb, to_rgb
 from pipeline.remote_store import open_reader
+from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
+from pipeline.sources import READERS
 from pipeline.store import Hit, parse_filter
 
 if TYPE_CHECKING:
@@ -39,8 +42,10 @@ class Query:
     with_payload: bool | list | dict = True
 
 
-# What a query image may be: the formats scanners and viewers export, nothing exotic.
+# What a query image may be: the formats scanners and viewers export, nothing exotic; and the
+# scanners' own files, made into a picture by their reader (a slice, a windowed frame).
 QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+SCANNER_FORMATS = ("dicom", "nifti")
 
 
 class SearchClient:
@@ -137,7 +142,7 @@ class SearchClient:
         embedder = self.embedder_for(collection)
         try:
             with self._decoding:  # bounded: each decode may hold a large picture
-                picture = decode_rgb(
+                picture = self._scanner_picture(collection, data) or decode_rgb(
                     data,
                     self.settings.query_max_image_pixels,
                     self.settings.max_image_bytes,
@@ -147,6 +152,22 @@ class SearchClient:
                 return picture, embedder.embed([picture])[0].tolist()
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
+
+    def _scanner_picture(self, collection: str, data: bytes) -> Image.Image | None:
+        """A DICOM or NIfTI upload's picture, made by its reader as ingest makes it (the
+        window and options the collection's points were read with); None for other files."""
+        for fmt in SCANNER_FORMATS:
+            reader = importlib.import_module(READERS[fmt].split(":")[0])  # pydicom, nibabel
+            if reader.sniff(data):
+                return to_rgb(reader.query_picture(data, self._read_options(collection)))
+        return None
+
+    def _read_options(self, collection: str) -> ReadOptions:
+        """The read options the collection's pictures were made with: each point records
+        them in its `source` (one job, one set of options for all its points)."""
+        points = self.store.scroll(collection, limit=1)["points"]
+        source = points[0]["payload"].get("source", {}) if points else {}
+        return ReadOptions(**source.get("options", {}))
 
     def _request(self, collection: str, query: Query) -> dict:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]

@@ -92,10 +92,14 @@ def _multi_selects(fields: tuple[FieldView, ...], schema: Schema, sampled: int) 
     ]
 
 
+def _each(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def _field_view(name: str, kind: str, payloads: list[dict]) -> FieldView:
     values = [p[name] for p in payloads if p.get(name) is not None]
-    if kind == "keyword":
-        counts = Counter(str(v) for v in values)
+    if kind == "keyword":  # a list (several findings) counts once for each of its values
+        counts = Counter(str(v) for value in values for v in _each(value))
         return FieldView(name, kind, tuple(counts.most_common(TOP_VALUES)), len(counts))
     if kind in ("integer", "float"):
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]

@@ -28,6 +28,12 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_http import serving
 
+from pipeline.samples.brain_mri import write_brain_mri
+from pipeline.samples.dicom import write_dicom
+from pipeline.schemas import ReadOptions
+from pipeline.sources import dicom as dicom_reader
+from pipeline.sources import nifti as nifti_reader
+
 API_KEY = "page-test-key-3f9a"
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver: selenium never downloads one
 SHOTS = ARTIFACTS / "page"
@@ -68,6 +74,18 @@ def query_file(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     path = tmp_path_factory.mktemp("query") / "lesion.jpg"
     row["image"].save(path, format="JPEG", quality=95)
     return path, row["image_id"]
+
+
+@pytest.fixture(scope="module")
+def scanner_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One DICOM instance and one NIfTI volume, written by pydicom and nibabel."""
+    out = tmp_path_factory.mktemp("scanners")
+    dicom = write_dicom(out / "dicom", 2, seed=5)
+    brain = write_brain_mri(out / "brain", 1, seed=2)
+    return {
+        "dicom": sorted(dicom.rglob("*.dcm"))[0],
+        "nifti": sorted(p for p in brain.rglob("*_t1ce.nii.gz"))[0],
+    }
 
 
 def test_without_the_key_nothing_is_served(server: str) -> None:
@@ -151,6 +169,25 @@ def test_upload_a_file_through_the_page(browser: WebDriver, query_file: tuple[Pa
     assert "lesion.jpg" in browser.find_element(By.ID, "query-caption").text
     _all_pictures_loaded(browser)
     _shot(browser, "results")
+
+
+@pytest.mark.parametrize("kind", ["dicom", "nifti"])
+def test_upload_a_scanner_file_through_the_page(
+    browser: WebDriver, scanner_files: dict[str, Path], kind: str
+) -> None:
+    """A DICOM or NIfTI file is made into its picture by its reader, as ingest makes it."""
+    path = scanner_files[kind]
+    reader = {"dicom": dicom_reader, "nifti": nifti_reader}[kind]
+    expected = reader.query_picture(path.read_bytes(), ReadOptions())
+    expected.thumbnail((256, 256))
+    browser.find_element(By.ID, "file-input").send_keys(str(path))
+    caption = browser.find_element(By.ID, "query-caption")
+    _wait(browser, lambda d: caption.text == f"uploaded {path.name}" and _cards(d))
+    picture = browser.find_element(By.ID, "query-picture")
+    size = "return [arguments[0].naturalWidth, arguments[0].naturalHeight]"
+    assert tuple(browser.execute_script(size, picture)) == expected.size
+    _all_pictures_loaded(browser)
+    _shot(browser, f"upload-{kind}")
 
 
 def test_keyword_filter_and_age_range(browser: WebDriver, server: str) -> None:

@@ -146,7 +146,7 @@ function setQuery(query, picture, caption) {
 
 function queryByPoint(hit) {
   const label = page.labelField ? hit.payload[page.labelField] : undefined;
-  const caption = `case ${hit.id}${label === undefined ? "" : ` (${label})`}`;
+  const caption = `case ${hit.id}${label === undefined ? "" : ` (${shown(label)})`}`;
   setQuery({ point_id: hit.id, payload: hit.payload }, pictureURL(hit.id), caption);
   return search();
 }
@@ -199,7 +199,7 @@ function card(hit) {
   score.textContent = hit.score.toFixed(4);
   const label = document.createElement("p");
   label.className = "label";
-  label.textContent = page.labelField ? String(hit.payload[page.labelField] ?? "") : "";
+  label.textContent = page.labelField ? shown(hit.payload[page.labelField]) : "";
   const more = document.createElement("button");
   more.type = "button";
   more.className = "details";
@@ -209,14 +209,17 @@ function card(hit) {
   return article;
 }
 
+// A value as shown: several (a list of findings) joined.
+const shown = (value) => (Array.isArray(value) ? value.join(", ") : String(value ?? ""));
+
 function fields(payload) {
   const list = document.createElement("dl");
   for (const [name, value] of Object.entries(payload)) {
-    if (value === null || typeof value === "object") continue; // `source`: in the details
+    if (value === null || (typeof value === "object" && !Array.isArray(value))) continue; // `source`: details
     const term = document.createElement("dt");
     term.textContent = name;
     const data = document.createElement("dd");
-    data.textContent = String(value);
+    data.textContent = shown(value);
     data.dataset.field = name;
     list.append(term, data);
   }
@@ -328,7 +331,7 @@ function drawMap() {
   map.px = xs.map((x) => pad + (x - x0) * sx);
   map.py = ys.map((y) => canvas.height - pad - (y - y0) * sy);
   const field = $("#map-colour").value;
-  const values = field ? map.fields[field] : [];
+  const values = field ? map.fields[field].map((v) => (v === null ? null : shown(v))) : [];
   const colours = colourScale(values);
   context.clearRect(0, 0, canvas.width, canvas.height);
   for (let i = 0; i < map.ids.length; i++) {
@@ -429,7 +432,7 @@ function hoverMap(event) {
   const map = page.map;
   const field = $("#map-colour").value;
   $("#map-tip-picture").src = pictureURL(map.ids[i]);
-  $("#map-tip-text").textContent = field ? `${field}: ${map.fields[field][i]}` : map.ids[i];
+  $("#map-tip-text").textContent = field ? `${field}: ${shown(map.fields[field][i])}` : map.ids[i];
   tip.style.left = `${map.px[i] + 12}px`;
   tip.style.top = `${map.py[i] + 12}px`;
   tip.hidden = false;
