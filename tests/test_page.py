@@ -80,7 +80,7 @@ def query_file(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def scanner_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One DICOM instance and one NIfTI volume, written by pydicom and nibabel."""
     out = tmp_path_factory.mktemp("scanners")
-    dicom = write_dicom(out / "dicom", 2, seed=5)
+    dicom = write_dicom(out / "dicom", 5, seed=5)
     brain = write_brain_mri(out / "brain", 1, seed=2)
     return {
         "dicom": sorted(dicom.rglob("*.dcm"))[0],
