@@ -20,30 +20,49 @@ MAP_MAX_POINTS = 20_000
 MAP_TASK = "medindex.project_map"
 _MAP_KEY = "medindex:map:"
 _MAP_TTL_S = 30 * 24 * 3600
-_STATE_TTL_S = 3600  # a computation not done in an hour may be asked for again
+_STATE_TTL_S = 900  # a map asked for and not made (its task lost) is asked for again after
 _PAGE = 1000  # points per retrieve call
 
 
 @dataclass(frozen=True)
+class MapVersion:
+    """Which map: one per collection version (never an alias), as made (`created_at`: a
+    name made again is another version) and as full (`points`: one being filled grows)."""
+
+    collection: str
+    points: int
+    made: float | None
+
+    @classmethod
+    def of(cls, reader: AnyReader, collection: str) -> MapVersion:
+        info = reader.collection_info(collection)
+        return cls(collection, info["points"], info["metadata"].get("created_at"))
+
+    @property
+    def key(self) -> str:
+        return f"{_MAP_KEY}{self.collection}:{self.made}:{self.points}"
+
+
+@dataclass(frozen=True)
 class EmbeddingMap:
-    collection: str  # the version (never an alias): a map belongs to one
-    points: int  # in the collection when it was made
+    version: MapVersion
     ids: list[str]
     x: list[float]
     y: list[float]
     fields: dict[str, list]  # keyword field -> each sampled point's value (None: missing)
 
 
-def make_map(reader: AnyReader, collection: str, max_points: int = MAP_MAX_POINTS) -> EmbeddingMap:
-    points = reader.collection_info(collection)["points"]
+def make_map(
+    reader: AnyReader, version: MapVersion, max_points: int = MAP_MAX_POINTS
+) -> EmbeddingMap:
+    collection = version.collection
     sample = first_points(reader, collection, max_points)
     ids = [hit["id"] for hit in sample]
     xy = project(_vectors(reader, collection, ids))
     schema = collection_schema(reader.metadata(collection), [h["payload"] for h in sample])
     keywords = [f.name for f in schema.fields if f.type == "keyword"]
     return EmbeddingMap(
-        collection=collection,
-        points=points,
+        version=version,
         ids=ids,
         x=[round(float(v), 4) for v in xy[:, 0]],
         y=[round(float(v), 4) for v in xy[:, 1]],
@@ -76,35 +95,31 @@ def _vectors(reader: AnyReader, collection: str, ids: list[str]) -> np.ndarray:
     return np.array([found[i] for i in ids], dtype=np.float32)
 
 
-# --- the cache: one map per collection version and point count, in Redis --------------------
+# --- the cache: one map per `MapVersion`, in Redis ----------------------------------------
 
 
-def _key(collection: str, points: int) -> str:
-    return f"{_MAP_KEY}{collection}:{points}"
-
-
-def cached_map(client: redis.Redis, collection: str, points: int) -> dict | None:
-    text = client.get(_key(collection, points))
+def cached_map(client: redis.Redis, version: MapVersion) -> dict | None:
+    text = client.get(version.key)
     return None if text is None else json.loads(text)
 
 
 def keep_map(client: redis.Redis, embedding_map: EmbeddingMap) -> None:
-    key = _key(embedding_map.collection, embedding_map.points)
+    key = embedding_map.version.key
     client.set(key, json.dumps(asdict(embedding_map)), ex=_MAP_TTL_S)
     client.delete(key + ":state")
 
 
-def claim_map(client: redis.Redis, collection: str, points: int) -> bool:
-    """Whether this caller is the one to ask for the map (no one asked within the hour)."""
-    return bool(
-        client.set(_key(collection, points) + ":state", "computing", nx=True, ex=_STATE_TTL_S)
-    )
+def claim_map(client: redis.Redis, version: MapVersion, again: bool = False) -> bool:
+    """Whether this caller is the one to ask for the map (no one did in the last 15 minutes);
+    `again`: the worker making it renews the claim."""
+    state = version.key + ":state"
+    return bool(client.set(state, "computing", nx=not again, ex=_STATE_TTL_S))
 
 
-def map_failed(client: redis.Redis, collection: str, points: int, reason: str) -> None:
-    client.set(_key(collection, points) + ":state", f"failed: {reason}", ex=_STATE_TTL_S)
+def map_failed(client: redis.Redis, version: MapVersion, reason: str) -> None:
+    client.set(version.key + ":state", f"failed: {reason}", ex=_STATE_TTL_S)
 
 
-def map_state(client: redis.Redis, collection: str, points: int) -> str | None:
+def map_state(client: redis.Redis, version: MapVersion) -> str | None:
     """ "computing", "failed: <reason>", or None (never asked, or asked over an hour ago)."""
-    return client.get(_key(collection, points) + ":state")
+    return client.get(version.key + ":state")

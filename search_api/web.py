@@ -16,6 +16,7 @@ import hmac
 import io
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,7 +32,7 @@ from pipeline.catalog import collection_rows
 from pipeline.images import ImageError
 from pipeline.picture import picture_of
 from pipeline.progress import connect_redis
-from pipeline.projection import MAP_TASK, cached_map, claim_map, map_state
+from pipeline.projection import MAP_TASK, MapVersion, cached_map, claim_map, map_state
 from pipeline.settings import get_settings
 from pipeline.sources import SourceError
 from search_api.deps import client, read_upload
@@ -81,12 +82,14 @@ def _authorised(request: Request, key: str) -> bool:
 async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     key = get_settings().api_key
     path = request.url.path
+    response: Response
     if key and not path.startswith(OPEN_PATHS) and not _authorised(request, key.get_secret_value()):
         if request.method == "GET" and path == "/":
-            return RedirectResponse("/login", status_code=303)
-        response: Response = JSONResponse(
-            {"detail": f"missing or wrong API key (header {KEY_HEADER})"}, status_code=401
-        )
+            response = RedirectResponse("/login", status_code=303)
+        else:
+            response = JSONResponse(
+                {"detail": f"missing or wrong API key (header {KEY_HEADER})"}, status_code=401
+            )
     else:
         response = await call_next(request)
     if not path.startswith(("/docs", "/redoc")):  # FastAPI's own docs load their scripts
@@ -173,7 +176,10 @@ def embed(collection: str, image: Annotated[UploadFile, File()]) -> dict:
 @router.get("/collections/{collection}/points/{point}/picture")
 def picture(collection: str, point: str, request: Request, size: Size = "thumb") -> Response:
     version = version_of(collection)
-    etag = '"' + hashlib.sha256(f"{version}\0{point}\0{size}".encode()).hexdigest()[:32] + '"'
+    # A version's name may be made again (deleted, ingested anew): its creation time says which.
+    made = client().store.metadata(version).get("created_at")
+    digest = hashlib.sha256(f"{version}\0{made}\0{point}\0{size}".encode()).hexdigest()
+    etag = f'"{digest[:32]}"'
     # Named by its version (as the page names it), a picture never changes; named by an
     # alias, it may once the alias moves: asked again each time, answered 304 while the same.
     cache = "private, max-age=86400" if version == collection else "private, no-cache"
@@ -181,11 +187,11 @@ def picture(collection: str, point: str, request: Request, size: Size = "thumb")
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     media = "image/jpeg" if size == "thumb" else "image/png"
-    return Response(_picture_bytes(version, point, size), media_type=media, headers=headers)
+    return Response(_picture_bytes(version, made, point, size), media_type=media, headers=headers)
 
 
 @lru_cache(maxsize=512)  # a results page's thumbnails, for every browser that asks
-def _picture_bytes(version: str, point: str, size: Size) -> bytes:
+def _picture_bytes(version: str, made: float | None, point: str, size: Size) -> bytes:
     hit = _point(version, point)
     source = hit["payload"].get("source")
     recorded = client().store.metadata(version).get("dataset")
@@ -222,17 +228,16 @@ def _point(version: str, point: str) -> dict:
 @router.get("/collections/{collection}/map")
 def embedding_map(collection: str) -> JSONResponse:
     """The map when made (200); otherwise it is asked for once and the page polls (202)."""
-    version = version_of(collection)
-    points = client().store.collection_info(version)["points"]
+    version = MapVersion.of(client().store, version_of(collection))
     redis = _redis()
-    found = cached_map(redis, version, points)
+    found = cached_map(redis, version)
     if found is not None:
         return JSONResponse(found | {"state": "ready"})
-    if claim_map(redis, version, points):
+    if claim_map(redis, version):
         from pipeline.celery_app import EMBED_QUEUE, app  # celery: slow to import
 
-        app.send_task(MAP_TASK, kwargs={"collection": version, "points": points}, queue=EMBED_QUEUE)
-    return JSONResponse({"state": map_state(redis, version, points) or "computing"}, 202)
+        app.send_task(MAP_TASK, kwargs=asdict(version), queue=EMBED_QUEUE)
+    return JSONResponse({"state": map_state(redis, version) or "computing"}, 202)
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ import logging
 
 from pipeline.celery_app import app
 from pipeline.errors import first_line
-from pipeline.projection import MAP_TASK, keep_map, make_map, map_failed
+from pipeline.projection import MAP_TASK, MapVersion, claim_map, keep_map, make_map, map_failed
 from pipeline.remote_store import open_reader
 from pipeline.settings import get_settings
 from tasks.worker_state import tracker
@@ -15,10 +15,12 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=MAP_TASK)
-def project_map(collection: str, points: int) -> None:
+def project_map(collection: str, points: int, made: float | None) -> None:
     redis = tracker().redis
+    version = MapVersion(collection, points, made)
+    claim_map(redis, version, again=True)  # the claim's time runs from now: it is being made
     try:
-        keep_map(redis, make_map(open_reader(get_settings()), collection))
+        keep_map(redis, make_map(open_reader(get_settings()), version))
     except Exception as exc:  # the page shows why instead of waiting for ever
         log.exception("embedding map of %s failed", collection)
-        map_failed(redis, collection, points, first_line(exc))
+        map_failed(redis, version, first_line(exc))
