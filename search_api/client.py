@@ -3,13 +3,16 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from pipeline.errors import MedindexError
-from pipeline.images import ImageError, decode_rgb
+from pipeline.images import ImageError, decode_rgb, to_rgb
 from pipeline.remote_store import open_reader
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.store import Hit, parse_filter
@@ -39,6 +42,8 @@ class Query:
 
 # What a query image may be: the formats scanners and viewers export, nothing exotic.
 QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+# Readers asked first whether an upload is theirs (`sniff`), then for its picture.
+MEDICAL_READERS = ("pipeline.sources.dicom", "pipeline.sources.nifti")
 
 
 class SearchClient:
@@ -129,7 +134,7 @@ class SearchClient:
         embedder = self.embedder_for(collection)
         try:
             with self._decoding:  # bounded: each decode may hold a large picture
-                picture = decode_rgb(
+                picture = medical_picture(data, self.settings) or decode_rgb(
                     data,
                     self.settings.query_max_image_pixels,
                     self.settings.max_image_bytes,
@@ -157,6 +162,16 @@ class SearchClient:
             "score_threshold": query.score_threshold,
             "with_payload": query.with_payload,
         }
+
+
+def medical_picture(data: bytes, settings: Settings) -> Image.Image | None:
+    """An uploaded DICOM or NIfTI file's picture, made by its reader's own code (the same
+    window, slice choice and crop as at ingest); None: neither format, an ordinary image."""
+    for module in MEDICAL_READERS:
+        reader = importlib.import_module(module)  # pydicom, nibabel: loaded when asked
+        if reader.sniff(data):
+            return to_rgb(reader.query_picture(data, settings.read_options()))
+    return None
 
 
 def _filter(value: dict | None) -> dict | None:
