@@ -245,13 +245,18 @@ class EdgeStore(Store):
     def collection_info(self, name: str) -> dict:
         meta = self._meta(self._resolve(name))
         with self._errors():
-            points = self._shard(name).info().points_count
+            info = self._shard(name).info()
         return {
             "name": name,
             "dim": meta["dim"],
             "distance": meta["distance"],
-            "points": points,
+            "points": info.points_count,
             "metadata": meta["metadata"],
+            # The indexes the engine holds (PayloadSchemaType.Keyword -> "keyword").
+            "payload_indexes": {
+                field: str(index.data_type).rpartition(".")[2].lower()
+                for field, index in info.payload_schema.items()
+            },
         }
 
     def metadata(self, name: str) -> dict:

@@ -185,6 +185,10 @@ class ServerStore(Store):
                 "distance": params.distance.value,
                 "points": count,
                 "metadata": info.config.metadata or {},
+                # The indexes the server holds (local mode holds none: it scans).
+                "payload_indexes": {
+                    field: index.data_type.value for field, index in info.payload_schema.items()
+                },
             }
 
     def metadata(self, name: str) -> dict:

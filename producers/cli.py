@@ -538,6 +538,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from pipeline.samples.skin import BENCH_FILTER_TEXT
     from producers.bench import run_bench
 
     settings = get_settings()
@@ -569,7 +570,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"embedded store, 1,000-point writes: Qdrant Edge {edge:.0f} points/s, "
         f"qdrant-client local mode {local:.0f} ({edge / local:.1f}x)"
     )
-    out.print("filtered search (sex = female and age >= 55), p50 / p95 ms:")
+    out.print(f"filtered search ({BENCH_FILTER_TEXT}), p50 / p95 ms:")
     for where in ("search_in_process", "search_client"):
         for name, figure in result[where].items():
             extra = (

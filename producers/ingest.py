@@ -40,6 +40,9 @@ class IngestRequest:
     options: ReadOptions = field(default_factory=ReadOptions)
     label_field: str | None = None  # default: the source's own (a class label column)
     indexes: tuple[tuple[str, str], ...] = ()  # (field, type) overrides of the schema's types
+    # A new collection starts from this one's recorded schema (a reindex: the serving version's
+    # label field and index types carry over).
+    schema_from: str | None = None
 
 
 def shards(rows: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -96,8 +99,9 @@ def source_ref(request: IngestRequest, settings: Settings) -> SourceRef:
 def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dict:
     """The collection's schema and payload indexes: the source's, with the user's overrides,
     merged into what the collection already records."""
-    known = request.collection in store.collections() or request.collection in store.aliases()
-    recorded = store.metadata(request.collection).get("schema") if known else None
+    names = set(store.collections()) | set(store.aliases())
+    base = request.collection if request.collection in names else request.schema_from
+    recorded = store.metadata(base).get("schema") if base in names else None
     schema = collection_schema(source.schema, request.label_field, dict(request.indexes), recorded)
     return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
 

@@ -133,7 +133,10 @@ def _reindex(
         # Recorded at once: an interruption from here on is resumed, not left as an orphan.
         _record_pending(redis, request.alias, origin | {"collection": collection})
     job_id, total, _ = start_ingest(
-        replace(ingest, collection=collection, job_id=job_id, format=ref.format), settings
+        replace(
+            ingest, collection=collection, job_id=job_id, format=ref.format, schema_from=serving
+        ),
+        settings,
     )
     _record_pending(redis, request.alias, origin | {"collection": collection, "job_id": job_id})
     progress = wait(tracker, job_id, on_progress, settings=settings)
