@@ -26,7 +26,7 @@ from pipeline.errors import MedindexError
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import PREPROCESSINGS, get_settings
 
-FORMATS = ("hf", "table", "nifti", "dicom")
+FORMATS = ("hf", "table", "nifti", "dicom")  # checked by the readers' registry: one-line error
 
 err = Console(stderr=True)
 
@@ -294,7 +294,7 @@ def _source_arguments(cmd: argparse.ArgumentParser) -> None:
         help="Hugging Face hub id, a local folder, or a table file (CSV, TSV, Parquet)",
     )  # fmt: skip
     cmd.add_argument(
-        "--format", choices=FORMATS, default=None, help="default: detected from the dataset"
+        "--format", default=None, help=f"{', '.join(FORMATS)} (default: detected from --dataset)"
     )
     cmd.add_argument("--split", default="train")
     _schema_arguments(cmd)

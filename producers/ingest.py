@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kombu import Producer
 
@@ -87,6 +88,10 @@ def source_ref(request: IngestRequest, settings: Settings) -> SourceRef:
     """The reference every job of this ingest carries: the format (detected when not given)
     and the read options, fixed once here so that every worker reads alike."""
     fmt = request.format or detect_format(request.dataset)
+    reader = source_class(fmt)  # an unknown format is refused here, on one line
+    local = Path(request.dataset).expanduser()
+    if local.exists() and not reader.detect(local):
+        raise SourceError(f"--format {fmt}: {request.dataset} is not {fmt} data")
     if fmt == "dicom" and request.options.deidentify and settings.deid_key is None:
         raise SourceError(
             "DICOM de-identification needs MEDINDEX_DEID_KEY (a secret for the keyed hashes of "

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import datasets
+from datasets.packaged_modules import _EXTENSION_TO_MODULE  # datasets' own suffix -> loader
 
 from pipeline.errors import first_line
 from pipeline.images import ImageError
@@ -54,13 +55,20 @@ class DatasetSource(Source):
             for name, feature in self.table.features.items()
             if isinstance(feature, datasets.ClassLabel)
         }
-        self._keys = key_census(
-            self.table[self.key_column] if self.key_column else self._image_keys()
+        # Each row's key value, in row order (a worker reads any rows by index).
+        self._key_values = (
+            list(self.table[self.key_column]) if self.key_column else self._image_keys()
         )
+        self._keys = key_census(self._key_values)
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        return path.is_dir()  # the fallback: `datasets` reads most folders of data files
+        """The fallback: a folder holding any file `datasets` has a loader for (Parquet, CSV,
+        JSON, Arrow, images, ...)."""
+        if not path.is_dir():
+            return False
+        files = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return any(p.suffix in _EXTENSION_TO_MODULE for p in files)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -88,7 +96,7 @@ class DatasetSource(Source):
         for i, row in enumerate(rows):
             record = {name: values[i] for name, values in columns.items()}
             image = record.pop(self.image_column)
-            key = self.keys.key(record[self.key_column] if self.key_column else None, row)
+            key = self.keys.key(self._key_values[row], row)
             payload = self._payload(record, row, key)
             try:
                 out.append(SourceRow(row, key, payload, _image_bytes(image, max_image_bytes)))
