@@ -89,15 +89,15 @@ def source_ref(request: IngestRequest, settings: Settings) -> SourceRef:
     and the read options, fixed once here so that every worker reads alike."""
     fmt = request.format or detect_format(request.dataset)
     reader = source_class(fmt)  # an unknown format is refused here, on one line
-    local = Path(request.dataset).expanduser()
-    if local.exists() and not reader.detect(local):
-        raise SourceError(f"--format {fmt}: {request.dataset} is not {fmt} data")
     if fmt == "dicom" and request.options.deidentify and settings.deid_key is None:
         raise SourceError(
             "DICOM de-identification needs MEDINDEX_DEID_KEY (a secret for the keyed hashes of "
             "patient, study and series); set it, or pass --no-deidentify for data already "
             "de-identified"
         )
+    local = Path(request.dataset).expanduser()
+    if local.exists() and not reader.detect(local):
+        raise SourceError(f"--format {fmt}: {request.dataset} is not {fmt} data")
     return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
 
 
