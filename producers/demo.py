@@ -58,13 +58,13 @@ def run_demo(settings: Settings, n: int, xrays: int = 48, mri_cases: int = 8) ->
     with up_log.open("w") as log, _running_stack(env, log, up_log):
         _ingest(env, up_log, skin_data, SKIN, "--model", model, "--label-field", skin.LABEL_FIELD)
         _skin_searches(env, skin_data)
-        _ingest(env, up_log, xray_data, XRAY, "--format", "table", "--model", resnet,
-                "--pooling", "pooler")  # fmt: skip
+        _ingest(env, up_log, _csv_in(xray_data) or xray_data, XRAY, "--format", "table",
+                "--model", resnet, "--pooling", "pooler")  # fmt: skip
         client = SearchClient(settings)
         _xray_search(env, client)
-        labels = sorted(mri_data.glob("*.csv"))[:1]  # the sample's case -> tumour class table
+        labels = _csv_in(mri_data)  # the sample's case -> tumour class table
         _ingest(env, up_log, mri_data, MRI, "--format", "nifti", "--model", model,
-                *(["--labels-csv", str(labels[0])] if labels else []))  # fmt: skip
+                *(["--labels-csv", str(labels)] if labels else []))  # fmt: skip
         _mri_searches(env, client)
     out.print("[bold green]demo finished[/]: the stack is stopped; `medindex up` runs it again")
     return 0
@@ -89,6 +89,13 @@ def _sample(folder: Path, kind: str, n: int, what: str) -> Path:
         written = getattr(importlib.import_module(module), function)(folder, n, 0)
         done.write_text(str(written))
     return Path(done.read_text())
+
+
+def _csv_in(written: Path) -> Path | None:
+    """The CSV a sample writer made: the path it returned, or the first one in its folder."""
+    if written.suffix == ".csv":
+        return written
+    return next(iter(sorted(written.glob("*.csv"))), None)
 
 
 def _ingest(env: dict, up_log: Path, data: Path, collection: str, *extra: str) -> None:
