@@ -89,7 +89,8 @@ def source_ref(request: IngestRequest, settings: Settings) -> SourceRef:
     and the read options, fixed once here so that every worker reads alike."""
     fmt = request.format or detect_format(request.dataset)
     reader = source_class(fmt)  # an unknown format is refused here, on one line
-    if fmt == "dicom" and request.options.deidentify and settings.deid_key is None:
+    keyed = settings.deid_key is not None and settings.deid_key.get_secret_value()
+    if fmt == "dicom" and request.options.deidentify and not keyed:
         raise SourceError(
             "DICOM de-identification needs MEDINDEX_DEID_KEY (a secret for the keyed hashes of "
             "patient, study and series); set it, or pass --no-deidentify for data already "
