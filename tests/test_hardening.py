@@ -17,10 +17,12 @@ from pathlib import Path
 import datasets
 import pytest
 import qdrant_edge
-from conftest import ARTIFACTS, Stack, free_port
+from conftest import ARTIFACTS, Stack, free_port, run_medindex
+from kombu import Connection
 from PIL import Image
 from test_bad_input import assert_one_line_error
 
+from pipeline.celery_app import UNACKED, UPSERT_QUEUE
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.remote_store import open_store
 from pipeline.settings import Settings, get_settings
@@ -224,30 +226,44 @@ def test_resuming_a_job_over_a_changed_dataset_is_refused(stack: Stack, tmp_path
 
 # --- 5. a store outage longer than the visibility timeout --------------------------------------
 
+VISIBILITY_S = 32
+# Half of it, the most settings allow. The retry delays (0.5, 1, 2, 4, 8 s) add up to 15.5 s, so
+# a write whose budget counted from its own start would retry for 15.5 s.
+RETRY_BUDGET_S = 16
+OUTAGE_IMAGES = 128  # 8 jobs of 16: the four writes of 32 points that the store worker prefetches
+
 
 def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
     base_env: dict, tmp_path: Path
 ) -> None:
-    """A stack of its own, with the shortest visibility timeout (30 s) and writes of 64 points:
-    the store worker buffers several calls' worth of messages while the first call retries.
-    Each message must be parked (its budget counted from its arrival) before Redis would hand
-    it out again: every point parked once, none twice."""
+    """A stack of its own: a 32 s visibility timeout and writes of 32 points, so the store worker
+    prefetches four writes' worth of messages (as in production) and holds them all while the
+    first write retries. Each message must be parked (its budget counted from its arrival)
+    before Redis would hand it out again: no message overdue, every point parked once.
+
+    Budgets counted from each write's start would end the four writes 15.5, 31, 46.5 and 62 s
+    after their messages arrived: the last two writes' messages are handed out again while
+    still buffered, and their points parked twice."""
     env = base_env | {
         "MEDINDEX_HOME": str(tmp_path / "home"),
         "MEDINDEX_LOCAL_REDIS_PORT": str(free_port()),
         "MEDINDEX_FLOWER_PORT": "0",
-        "MEDINDEX_VISIBILITY_TIMEOUT_S": "30",
-        "MEDINDEX_STORE_RETRY_BUDGET_S": "15",
-        "MEDINDEX_UPSERT_BATCH_SIZE": "64",
+        "MEDINDEX_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+        "MEDINDEX_STORE_RETRY_BUDGET_S": str(RETRY_BUDGET_S),
+        "MEDINDEX_UPSERT_BATCH_SIZE": "32",
     }
     settings = Settings(
         home=tmp_path / "home", local_redis_port=int(env["MEDINDEX_LOCAL_REDIS_PORT"])
     )
     data = write_table(
         tmp_path / "data",
-        {"image": [png(i) for i in range(160)], "image_id": [f"o{i}" for i in range(160)]},
+        {
+            "image": [png(i) for i in range(OUTAGE_IMAGES)],
+            "image_id": [f"o{i}" for i in range(OUTAGE_IMAGES)],
+        },
         {"image": datasets.Image(), "image_id": datasets.Value("string")},
     )
+    ARTIFACTS.mkdir(exist_ok=True)  # made by the session stack, which this test does not use
     log = ARTIFACTS / "short-stack.log"
     with log.open("w") as out:
         up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, stdout=out,
@@ -271,22 +287,57 @@ def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
         )  # fmt: skip  (this process' Celery app talks to the session's broker)
         shard_path = settings.embedded_store_path / "collections" / "outage" / "shard"
         shard = qdrant_edge.EdgeShard.load(str(shard_path))  # the store is out from here
-        started = time.monotonic()
         try:
-            result = subprocess.run(
-                [sys.executable, "-m", "pipeline.cli", "ingest", "--dataset", str(data),
-                 "--collection", "outage", "--job-id", "outage", "--json"],
-                env=env, capture_output=True, text=True, timeout=300,
+            outage_ends = time.monotonic() + VISIBILITY_S + 5
+            result = run_medindex(
+                "ingest", "--dataset", str(data), "--collection", "outage", "--job-id", "outage",
+                "--no-wait", "--json", env=env, timeout=120,
             )  # fmt: skip
             assert result.returncode == 0, result.stderr[-2000:]
-            time.sleep(max(0.0, 45 - (time.monotonic() - started)))  # past the timeout
+            overdue, rows = follow_outage(settings.broker_url, "outage", outage_ends)
         finally:
             shard.close()
+        twice = len(rows) - len(set(rows))
+        assert not overdue and not twice and sorted(rows) == list(range(OUTAGE_IMAGES)), (
+            f"{overdue} messages stayed unacknowledged past the {VISIBILITY_S} s visibility "
+            f"timeout and were handed out again; {twice} points parked twice; "
+            f"{len(set(rows))} of {OUTAGE_IMAGES} parked"
+        )
         tracker = JobTracker(connect_redis(settings.broker_url))
-        parked = tracker.parked("outage")
-        rows = [row for batch in parked for row in json.loads(batch)["rows"]]
-        assert len(rows) == len(set(rows)) == 160, (len(rows), len(set(rows)))
-        assert tracker.redis.hlen("unacked") == 0
+        assert tracker.redis.hlen(UNACKED) == 0
+        assert tracker.progress("outage").failed == OUTAGE_IMAGES  # parked: failed, with why
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=90)
+
+
+def follow_outage(broker_url: str, job_id: str, outage_ends: float) -> tuple[int, list[int]]:
+    """Every second, hand overdue messages out again with kombu's own sweep, until the outage
+    has lasted to `outage_ends`, every row is parked and no message is left (or a row is parked
+    twice, or 180 s passed). Returns how many deliveries were overdue and the parked rows.
+
+    Once a message was handed out again, Redis cannot tell when the worker is done with it:
+    acknowledging the first delivery also removes the second's entry, still buffered. So an
+    overdue message is followed to its second parking (or the time limit).
+
+    A worker sweeps only about every 100 s (kombu's `unacked_restore_interval` times
+    `unacked_restore_throttle`); sweeping every second, as another consumer could, hands an
+    overdue message out again as soon as the visibility timeout allows."""
+    tracker = JobTracker(connect_redis(broker_url))
+    overdue: set[str] = set()
+    gives_up = time.monotonic() + 180
+    options = {"visibility_timeout": VISIBILITY_S}
+    with Connection(broker_url, transport_options=options) as broker:
+        qos = broker.default_channel.qos
+        while True:
+            late = time.time() - VISIBILITY_S
+            overdue.update(tracker.redis.zrangebyscore(qos.unacked_index_key, "-inf", late))
+            qos.restore_visible(interval=1)
+            batches = [json.loads(batch) for batch in tracker.parked(job_id)]
+            rows = [row for batch in batches for row in batch["rows"]]
+            idle = not tracker.redis.hlen(UNACKED) and not tracker.redis.llen(UPSERT_QUEUE)
+            parked_all = len(set(rows)) == OUTAGE_IMAGES
+            settled = idle and parked_all and not overdue and time.monotonic() > outage_ends
+            if settled or len(rows) > len(set(rows)) or time.monotonic() > gives_up:
+                return len(overdue), rows
+            time.sleep(1)

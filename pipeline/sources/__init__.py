@@ -104,10 +104,11 @@ def _open_source(ref: SourceRef, version: tuple) -> Source:
 
 @lru_cache(maxsize=64)
 def _local_version(dataset: str, _period: int) -> tuple:
-    """Sizes and times of a local dataset's files, looked at once per period; () for hub ids
-    (a hub dataset changes by revision)."""
-    folder = Path(dataset)
-    if not folder.is_dir():
+    """Sizes and times of a local dataset's files (a table file: those of its folder, where
+    its images are), looked at once per period; () for hub ids (they change by revision)."""
+    path = Path(dataset)
+    folder = path if path.is_dir() else path.parent
+    if not path.exists():
         return ()
     return tuple(
         sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
