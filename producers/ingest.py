@@ -57,7 +57,7 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
     only the shards that still hold rows neither indexed nor failed.
     """
-    ref = source_ref(request, settings)
+    ref = source_ref(request)
     source = source_class(ref.format)(ref)
     total = len(source)
     if problem := source.keys.describe(source.schema.key_field or "key"):
@@ -84,18 +84,12 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     return job_id, total, len(todo)
 
 
-def source_ref(request: IngestRequest, settings: Settings) -> SourceRef:
+def source_ref(request: IngestRequest) -> SourceRef:
     """The reference every job of this ingest carries: the format (detected when not given)
-    and the read options, fixed once here so that every worker reads alike."""
+    and the read options, fixed once here so that every worker reads alike. (DICOM without a
+    de-identification key is refused when the producer opens the source.)"""
     fmt = request.format or detect_format(request.dataset)
     reader = source_class(fmt)  # an unknown format is refused here, on one line
-    keyed = settings.deid_key is not None and settings.deid_key.get_secret_value()
-    if fmt == "dicom" and request.options.deidentify and not keyed:
-        raise SourceError(
-            "DICOM de-identification needs MEDINDEX_DEID_KEY (a secret for the keyed hashes of "
-            "patient, study and series); set it, or pass --no-deidentify for data already "
-            "de-identified"
-        )
     local = Path(request.dataset).expanduser()
     if local.exists() and not reader.detect(local):
         raise SourceError(f"--format {fmt}: {request.dataset} is not {fmt} data")

@@ -118,7 +118,7 @@ def _reindex(
         label_field=request.label_field,
         indexes=request.indexes,
     )
-    ref = source_ref(ingest, settings)
+    ref = source_ref(ingest)
     spec = describe(model, pooling, settings.preprocessing)
     spec |= {"dataset": ref.dataset, "split": ref.split}
     origin = spec | {"source_name": ref.identity}

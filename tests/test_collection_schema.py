@@ -18,6 +18,7 @@ from test_sources import TYPED, png, write_typed
 from pipeline.images import decode_rgb
 from pipeline.quality import knn_agreement, label_field
 from pipeline.samples import write_sample_dataset
+from pipeline.samples.dicom import write_dicom
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.schemas import point_id
 from search_api import SearchClient
@@ -172,7 +173,6 @@ def test_bad_format_arguments_fail_on_one_line(stack: Stack, tmp_path: Path) -> 
         (["--dataset", str(tmp_path), "--format", "tiff-stack"], "unknown format 'tiff-stack'"),
         (["--dataset", "someone/dataset", "--format", "tiff-stack"], "unknown format"),
         (["--dataset", str(tmp_path / "nothing")], "no reader recognises it"),
-        (["--dataset", str(tmp_path), "--format", "dicom"], "needs MEDINDEX_DEID_KEY"),
         (["--dataset", str(tmp_path), "--index", "grade"], "expected FIELD:TYPE"),
         (["--dataset", str(tmp_path), "--nifti-crop-margin", "-1"], "--nifti-crop-margin"),
     ]
@@ -180,4 +180,10 @@ def test_bad_format_arguments_fail_on_one_line(stack: Stack, tmp_path: Path) -> 
         result = stack.medindex("ingest", *argv, "--collection", "refused")
         assert_one_line_error(result, words)
         assert result.returncode == 2
+    # DICOM de-identified (the default) with no key for its hashes: refused before any job.
+    studies = write_dicom(tmp_path / "studies", 4, seed=1)
+    keyless = {k: v for k, v in stack.env.items() if k != "MEDINDEX_DEID_KEY"}
+    result = stack.medindex("ingest", "--dataset", str(studies), "--collection", "refused",
+                            env=keyless)  # fmt: skip
+    assert_one_line_error(result, "MEDINDEX_DEID_KEY")
     assert "refused" not in SearchClient().store.collections()

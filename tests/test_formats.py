@@ -114,7 +114,9 @@ def test_the_same_png_in_a_table_and_in_an_hf_dataset_gives_the_same_vector(
     folder = tmp_path / "as_hf" / "data"
     folder.mkdir(parents=True)
     rows = {"image": [str(p) for p in images], "image_index": [p.name for p in images]}
-    features = datasets.Features({"image": datasets.Image(), "image_index": datasets.Value("string")})
+    features = datasets.Features(
+        {"image": datasets.Image(), "image_index": datasets.Value("string")}
+    )
     datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / "train.parquet")
     ingest(stack, "--dataset", str(folder.parent), "--collection", "xray_as_hf")
     as_table = {
@@ -169,9 +171,7 @@ def dicoms(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "summary": result.json() | {"stderr": result.stderr}}
 
 
-def test_dicom_studies_are_indexed_without_identifying_values(
-    stack: Stack, dicoms: dict
-) -> None:
+def test_dicom_studies_are_indexed_without_identifying_values(stack: Stack, dicoms: dict) -> None:
     summary = dicoms["summary"]
     assert "format: dicom (detected" in summary["stderr"]
     assert summary["failed"] == 1  # the structured report: no pixel data
