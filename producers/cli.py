@@ -61,7 +61,10 @@ def _sample_data(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise SystemExit("medindex sample-data: error: --n must be at least 1")
     module, function = SAMPLE_KINDS[args.kind]
-    out = getattr(importlib.import_module(module), function)(args.out, args.n, args.seed)
+    try:
+        out = getattr(importlib.import_module(module), function)(args.out, args.n, args.seed)
+    except ValueError as exc:  # a size the layout cannot take (dicom: at least 5 files)
+        raise SystemExit(f"medindex sample-data: error: {exc}") from exc
     err.print(f"wrote {args.kind} sample data ({args.n}) to {out}")
     return 0
 

@@ -181,7 +181,7 @@ def test_bad_format_arguments_fail_on_one_line(stack: Stack, tmp_path: Path) -> 
         assert_one_line_error(result, words)
         assert result.returncode == 2
     # DICOM de-identified (the default) with no key for its hashes: refused before any job.
-    studies = write_dicom(tmp_path / "studies", 4, seed=1)
+    studies = write_dicom(tmp_path / "studies", 6, seed=1)
     keyless = {k: v for k, v in stack.env.items() if k != "MEDINDEX_DEID_KEY"}
     result = stack.medindex("ingest", "--dataset", str(studies), "--collection", "refused",
                             env=keyless)  # fmt: skip

@@ -38,3 +38,17 @@ def test_sample_data_writes_the_kind_asked_for(tmp_path: Path) -> None:
     assert datasets.load_dataset(str(tmp_path / "skin"), split="train").num_rows == 12
     unknown = run_medindex("sample-data", "--kind", "ultrasound", "--out", str(tmp_path), env=env)
     assert_one_line_error(unknown, "--kind", "ultrasound")
+    too_few = run_medindex(
+        "sample-data", "--kind", "dicom", "--out", str(tmp_path / "d"), "--n", "2", env=env
+    )
+    assert_one_line_error(too_few, "at least")
+    kinds = {
+        "xray": "Data_Entry_2017.csv",
+        "brain-mri": "labels.csv",
+        "dicom": "*/*/*/IM_*.dcm",
+    }
+    for kind, written in kinds.items():
+        out = tmp_path / kind
+        result = run_medindex("sample-data", "--kind", kind, "--out", str(out), "--n", "6", env=env)
+        assert result.returncode == 0, result.stderr
+        assert list(out.glob(written)), f"{kind}: no {written} in {out}"
