@@ -185,12 +185,13 @@ def _skin_searches(env: dict, data: Path) -> None:
 def _xray_search(env: dict, client: SearchClient) -> None:
     """One filtered search: X-rays sharing any of the query's findings, of patients within
     15 years of its age (MedSearch's use: similar cases with the same findings)."""
-    point = _first_point(client, XRAY, XRAY_FINDINGS)
-    findings = point["payload"][XRAY_FINDINGS]
-    must = [{"key": XRAY_FINDINGS, "match": {"any": findings}}]
-    if (age := point["payload"].get(XRAY_AGE)) is not None:
-        must.append({"key": XRAY_AGE, "range": {"gte": age - 15, "lte": age + 15}})
-    title = f"X-rays with any of {findings}, age {age} +- 15"
+    point = _first_point(client, XRAY, XRAY_FINDINGS, XRAY_AGE)
+    findings, age = point["payload"][XRAY_FINDINGS], point["payload"][XRAY_AGE]
+    must = [
+        {"key": XRAY_FINDINGS, "match": {"any": findings}},
+        {"key": XRAY_AGE, "range": {"gte": age - 15, "lte": age + 15}},
+    ]
+    title = f"X-rays with any of {findings}, patient aged {age} +- 15"
     _search(env, title, XRAY, "--id", point["id"], "--limit", "5",
             "--filter", json.dumps({"must": must}))  # fmt: skip
 
@@ -211,9 +212,9 @@ def _mri_searches(env: dict, client: SearchClient) -> None:
             "--filter", json.dumps(same))  # fmt: skip
 
 
-def _first_point(client: SearchClient, collection: str, field: str) -> dict:
-    """A point carrying `field`, to query with."""
-    carrying = {"must_not": [{"is_empty": {"key": field}}]}
+def _first_point(client: SearchClient, collection: str, *fields: str) -> dict:
+    """A point carrying every one of `fields`, to query with."""
+    carrying = {"must_not": [{"is_empty": {"key": field}} for field in fields]}
     return client.scroll(collection, carrying, limit=1)["points"][0]
 
 

@@ -116,13 +116,12 @@ def _json_arg(text: str, what: str) -> object:
 
 
 def shown_fields(metadata: dict, hits: list[dict]) -> list[str]:
-    """The collection's own fields: its recorded schema's (the key field first), or, for a
-    collection from before schemas were recorded, the keys its hits carry."""
+    """The collection's own fields: its recorded schema's (the key and label fields first), or,
+    for a collection from before schemas were recorded, the keys its hits carry."""
     schema = metadata.get("schema")
     if schema:
-        key = schema.get("key_field")
-        first = [key] if key else []
-        return first + [name for name in schema["fields"] if name != key]
+        first = [schema.get("key_field"), schema.get("label_field")]
+        return list(dict.fromkeys(name for name in (*first, *schema["fields"]) if name))
     keys = (name for hit in hits for name in hit["payload"])
     return [name for name in dict.fromkeys(keys) if name != "source"]
 
