@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import datasets
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 # Progress bars per shard would drown the workers' logs and the CLI's own progress bar.
 datasets.disable_progress_bars()
 
-# Column names that say "I name something": preferred as the key column.
-KEY_SUFFIXES = ("id", "index", "key", "name", "path")
+# Column names that say "I name something" (`image_id`, `Image Index`, `file_name`,
+# `filepath`): preferred as the key column.
+KEY_NAME = re.compile(r"(^|_)(id|index|key)$|(name|path)$")
 
 
 class DatasetSource(Source):
@@ -106,18 +108,18 @@ class DatasetSource(Source):
 
     def _payload(self, record: dict, row: int, key: str) -> dict:
         # Missing stays missing: no age 0 for an unknown age, so range filters cannot match it.
-        payload = {
-            name: self._value(name, value)
-            for name, value in record.items()
-            if not is_missing(value)
-        }
+        values = {name: self._value(name, value) for name, value in record.items()}
+        payload = {name: value for name, value in values.items() if not is_missing(value)}
         payload["source"] = self.reference(row, key)
         return payload
 
     def _value(self, name: str, value: object) -> object:
-        """Class labels as their names (what a filter or a reader of the payload expects)."""
+        """Class labels as their names (what a filter or a reader of the payload expects); -1,
+        `datasets`' "no label", is missing."""
         names = self._class_names.get(name)
-        return names[value] if names is not None and 0 <= value < len(names) else plain(value)
+        if names is None:
+            return plain(value)
+        return names[value] if value is not None and 0 <= value < len(names) else None
 
     def _image_keys(self) -> list[str | None]:
         """Without a key column: the image file's path inside a local dataset folder, else
@@ -161,9 +163,9 @@ def field_type(feature: object) -> FieldType | None:
 
 
 def _key_column(table: datasets.Dataset, ref: SourceRef, image_column: str) -> str | None:
-    """`--key-column`, else a detected one: among string columns named like a key (`..._id`,
-    `...index`, `...name`, `...path`), the one with the most distinct values; without such a
-    name, the first string column whose values are all present and unique."""
+    """`--key-column`, else a detected one: among string columns named like a key (`KEY_NAME`),
+    the one with the most distinct values; without such a name, the first string column whose
+    values are all present and unique."""
     columns = table.column_names
     if ref.options.key_column:
         if ref.options.key_column not in columns:
@@ -179,7 +181,7 @@ def _key_column(table: datasets.Dataset, ref: SourceRef, image_column: str) -> s
         and field_type(feature) == "keyword"
         and isinstance(feature, datasets.Value)
     ]
-    named = [n for n in strings if n.lower().replace(" ", "_").endswith(KEY_SUFFIXES)]
+    named = [n for n in strings if KEY_NAME.search(re.sub(r"\W+", "_", n.lower()))]
     if named:
         return max(named, key=lambda n: (len(set(table[n])), -named.index(n)))
     for name in strings:
