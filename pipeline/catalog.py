@@ -59,7 +59,7 @@ def first_points(store: AnyReader, collection: str, most: int, page: int = 1000)
     return points
 
 
-def collection_schema(metadata: dict, payloads: list[dict]) -> Schema:
+def recorded_or_guessed_schema(metadata: dict, payloads: list[dict]) -> Schema:
     """The collection's recorded schema; a collection made before schemas were recorded gets
     one guessed from a sample of its payloads (no label field: nothing says which it is)."""
     if "schema" in metadata:

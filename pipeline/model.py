@@ -208,3 +208,20 @@ def share_cpu(processes: int) -> None:
     """Give each of `processes` embed processes its share of the cores, so that they do not
     oversubscribe them (one decodes while another runs the model)."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+
+
+def build_random_resnet50(out_dir: Path, seed: int = 0) -> Path:
+    """Save a ResNet-50 of microsoft/resnet-50's shape (the architecture MedSearch embedded
+    X-rays with) with random weights, and its cropping processor; pooled 2048-d."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+
+    torch.manual_seed(seed)
+    ResNetModel(ResNetConfig()).save_pretrained(out_dir)  # the defaults are ResNet-50's
+    ConvNextImageProcessor(
+        size={"shortest_edge": 224},
+        crop_pct=0.875,
+        resample=Image.Resampling.BILINEAR,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    ).save_pretrained(out_dir)
+    return out_dir

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import redis
 
-from pipeline.catalog import collection_schema, first_points
+from pipeline.catalog import first_points, recorded_or_guessed_schema
 from pipeline.remote_store import AnyReader
 
 MAP_MAX_POINTS = 20_000
@@ -59,7 +59,7 @@ def make_map(
     sample = first_points(reader, collection, max_points)
     ids = [hit["id"] for hit in sample]
     xy = project(_vectors(reader, collection, ids))
-    schema = collection_schema(reader.metadata(collection), [h["payload"] for h in sample])
+    schema = recorded_or_guessed_schema(reader.metadata(collection), [h["payload"] for h in sample])
     keywords = [f.name for f in schema.fields if f.type == "keyword"]
     return EmbeddingMap(
         version=version,

@@ -2,8 +2,9 @@
 parity of a faster embedding path with the exact one.
 
 Leave-one-out k-NN agreement: for a fixed sample of points, the share of each one's k nearest
-other points that carry the same label (e.g. `dx`). Point ids derive from the source, so two
-versions built from the same dataset are measured on the same sample.
+other points that carry the same label (the collection's label field, recorded in its schema).
+Point ids derive from the source, so two versions built from the same dataset are measured on
+the same sample.
 """
 
 from __future__ import annotations
@@ -15,16 +16,25 @@ import numpy as np
 from pipeline.store import Store
 
 
+def label_field(metadata: dict) -> str | None:
+    """A collection's label field, from the schema its metadata records (None: none, or a
+    collection from before schemas were recorded)."""
+    return (metadata.get("schema") or {}).get("label_field")
+
+
 def knn_agreement(
     store: Store,
     collection: str,
+    field: str | None,
     ids: list[str] | None = None,
-    field: str = "dx",
     sample: int = 200,
     k: int = 10,
 ) -> tuple[float | None, list[str]]:
     """(agreement, the sample's ids). The sample: `ids` where given (to measure another
-    version on the same points), else the first `sample` labelled points. None: no sample."""
+    version on the same points), else the first `sample` labelled points. None: no sample,
+    or no label `field` (quality is not computed)."""
+    if field is None:
+        return None, ids or []
     if ids is None:
         labelled = {"must_not": [{"is_empty": {"key": field}}]}
         ids = [p["id"] for p in store.scroll(collection, labelled, limit=sample)["points"]]

@@ -114,7 +114,8 @@ class PointBatch(BaseModel):
     def keys(self) -> list[str]:
         """The images' keys, for failure reports."""
         return [
-            str(p.get("image_id", row)) for p, row in zip(self.payloads, self.rows, strict=True)
+            str(p.get("source", {}).get("key", row))
+            for p, row in zip(self.payloads, self.rows, strict=True)
         ]
 
     def matrix(self) -> np.ndarray:

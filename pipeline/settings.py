@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import MedindexError
+from pipeline.schemas import ReadOptions
 
 DEFAULT_MODEL = "facebook/dino-vits16"
 # "exact": the model's own image processor (the seed's path). "fast": JPEGs decoded at reduced
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = Field(30.0, gt=0)
-    collection: str = "skin_lesions"
+    collection: str = "medical_images"
     # Production layout of a server collection (pipeline.layout), applied when it is created
     # and recorded in its metadata. Prefer gRPC for writes: a 1,000-point write of 384-d floats
     # is 7.8 MiB as JSON, above Qdrant's 5 MB advice, and 1.6 MiB as protobuf (docs/capacity.md).
@@ -134,6 +135,19 @@ class Settings(BaseSettings):
                 f"most MEDINDEX_QDRANT_REPLICATION_FACTOR ({self.qdrant_replication_factor})"
             )
         return self
+
+    def read_options(self, **given: object) -> ReadOptions:
+        """Read options for an ingest or a query: what is `given` (None: not given), the
+        settings' defaults for the rest."""
+        defaults = {
+            "nifti_variant": self.nifti_variant,
+            "nifti_crop_margin": self.nifti_crop_margin,
+            "nifti_unmasked_slices": self.nifti_unmasked_slices,
+            "dicom_unit": self.dicom_unit,
+            "dicom_window": self.dicom_window,
+            "deidentify": self.deidentify,
+        }
+        return ReadOptions(**(defaults | {k: v for k, v in given.items() if v is not None}))
 
     @property
     def broker_url(self) -> str:

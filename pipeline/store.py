@@ -22,14 +22,6 @@ from qdrant_client import models
 from pipeline.errors import MedindexError
 from pipeline.settings import Settings
 
-# Payload indexes a collection gets when its spec names none (the seed's searchable fields).
-DEFAULT_PAYLOAD_INDEXES = {
-    "dx": "keyword",
-    "dx_type": "keyword",
-    "sex": "keyword",
-    "localization": "keyword",
-    "age": "float",
-}
 INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime", "uuid")
 
 Hit = dict[str, Any]  # {"id", "score", "payload"[, "vector"]}
@@ -80,12 +72,26 @@ def parse_payload_selector(value: bool | list | dict) -> Any:
 
 
 def payload_indexes(spec: dict) -> dict[str, str]:
-    """field -> index type, from the collection's spec (`payload_indexes`) or the default."""
-    indexes = spec.get("payload_indexes", DEFAULT_PAYLOAD_INDEXES)
+    """field -> index type, from the collection's spec (`payload_indexes`, made from the
+    source's schema by the producer); none named, none made."""
+    indexes = spec.get("payload_indexes", {})
     for field, kind in indexes.items():
         if kind not in INDEX_TYPES:
             raise StoreError(f"payload index {field!r}: type {kind!r} is not one of {INDEX_TYPES}")
     return dict(indexes)
+
+
+def added_indexes(recorded: dict, spec: dict) -> dict[str, str]:
+    """The indexes `spec` asks for that an existing collection (its metadata `recorded`) has
+    not got yet: a second source brings new fields."""
+    have = recorded.get("payload_indexes", {})
+    return {f: kind for f, kind in payload_indexes(spec).items() if f not in have}
+
+
+def schema_update(recorded: dict, spec: dict) -> dict:
+    """What an existing collection records anew when a source adds fields to it."""
+    keys = ("schema", "payload_indexes")
+    return {k: spec[k] for k in keys if k in spec and spec[k] != recorded.get(k)}
 
 
 def check_same_vectors(name: str, existing: dict, spec: dict) -> None:

@@ -39,6 +39,7 @@ from pipeline.store import (
     Hit,
     Store,
     StoreError,
+    added_indexes,
     check_finite,
     check_same_vectors,
     parse_filter,
@@ -46,6 +47,7 @@ from pipeline.store import (
     payload_indexes,
     recommend_vector,
     refuse_local_mode,
+    schema_update,
     to_hit,
 )
 
@@ -126,7 +128,9 @@ class EdgeStore(Store):
 
     def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
         if self._exists(name) or name in self.aliases():  # checked on its record only
-            check_same_vectors(name, self._meta(self._resolve(name)), spec)
+            name = self._resolve(name)
+            check_same_vectors(name, self._meta(name), spec)
+            self._add_fields(name, spec)
             return
         folder = self._folder(name)
         indexes = payload_indexes(spec)
@@ -142,6 +146,17 @@ class EdgeStore(Store):
                 folder / "meta.json", meta | {"metadata": spec | {"created_at": time.time()}}
             )
         log.info("created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description)
+
+    def _add_fields(self, name: str, spec: dict) -> None:
+        recorded = self._meta(name)["metadata"]
+        added = added_indexes(recorded, spec)
+        if added:
+            shard = self._shard(name)
+            with self._errors():
+                for field, kind in added.items():
+                    shard.update(edge.UpdateOperation.create_field_index(field, SCHEMA_TYPES[kind]))
+        if update := schema_update(recorded, spec):
+            self.set_metadata(name, update)
 
     def start_index(self, name: str, m: int = HNSW_M) -> None:
         name = self._resolve(name)
@@ -230,13 +245,18 @@ class EdgeStore(Store):
     def collection_info(self, name: str) -> dict:
         meta = self._meta(self._resolve(name))
         with self._errors():
-            points = self._shard(name).info().points_count
+            info = self._shard(name).info()
         return {
             "name": name,
             "dim": meta["dim"],
             "distance": meta["distance"],
-            "points": points,
+            "points": info.points_count,
             "metadata": meta["metadata"],
+            # The indexes the engine holds (PayloadSchemaType.Keyword -> "keyword").
+            "payload_indexes": {
+                field: str(index.data_type).rpartition(".")[2].lower()
+                for field, index in info.payload_schema.items()
+            },
         }
 
     def metadata(self, name: str) -> dict:

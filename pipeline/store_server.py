@@ -27,11 +27,13 @@ from pipeline.store import (
     Hit,
     Store,
     StoreError,
+    added_indexes,
     check_finite,
     check_same_vectors,
     parse_filter,
     parse_payload_selector,
     payload_indexes,
+    schema_update,
     to_hit,
 )
 
@@ -84,7 +86,9 @@ class ServerStore(Store):
     def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
         with self._errors():
             if self.client.collection_exists(name):
-                check_same_vectors(name, self.collection_info(name), spec)
+                existing = self.collection_info(name)
+                check_same_vectors(name, existing, spec)
+                self._add_fields(name, existing["metadata"], spec)
                 return
             indexes = payload_indexes(spec)
             self.client.create_collection(
@@ -100,6 +104,14 @@ class ServerStore(Store):
             log.info(
                 "created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description
             )
+
+    def _add_fields(self, name: str, recorded: dict, spec: dict) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for field, kind in added_indexes(recorded, spec).items():
+                self.client.create_payload_index(name, field, SCHEMA_TYPES[kind])
+        if update := schema_update(recorded, spec):
+            self.client.update_collection(name, metadata=update)
 
     def start_index(self, name: str, m: int = 16) -> None:
         with self._errors():
@@ -173,6 +185,10 @@ class ServerStore(Store):
                 "distance": params.distance.value,
                 "points": count,
                 "metadata": info.config.metadata or {},
+                # The indexes the server holds (local mode holds none: it scans).
+                "payload_indexes": {
+                    field: index.data_type.value for field, index in info.payload_schema.items()
+                },
             }
 
     def metadata(self, name: str) -> dict:

@@ -8,7 +8,7 @@ One run, one process tree, the same generated 600x450 JPEGs and the same ViT-S/1
   (d) the orchestration ceiling: (c) with a trivial embedder (no decoding, no model);
 and, for the fast preprocessing path, its parity with the exact one on the same images; the
 embedded store's 1,000-point writes, Qdrant Edge against qdrant-client's local mode; and filtered
-searches (`sex = female` and `age >= 55`, 384-d, skin-lesion payloads) in-process on Edge and
+searches (the skin sample's filter, 384-d, skin-lesion payloads) in-process on Edge and
 through `SearchClient` (the broker round trip included): idle, while an ingest writes, and
 while the store builds another collection's index.
 """
@@ -40,7 +40,7 @@ from pipeline.model import TRIVIAL_MODEL, Embedder, build_random_vit
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.remote_store import RemoteStore
-from pipeline.samples import sample_metadata, write_sample_dataset
+from pipeline.samples import sample_metadata, skin, write_sample_dataset
 from pipeline.schemas import point_id
 from pipeline.settings import PREPROCESSINGS, Settings
 from pipeline.store import Store
@@ -50,10 +50,10 @@ from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
 from search_api.client import Query, SearchClient
 
 PROBE_QUEUE = "medindex-bench-probe"
-SEARCH_FILTER = {
-    "must": [{"key": "sex", "match": {"value": "female"}}, {"key": "age", "range": {"gte": 55}}]
-}
+SEARCH_FILTER = skin.BENCH_FILTER
 DIM = 384
+# Collections of skin-lesion payloads, indexed as the pipeline indexes the skin sample.
+SEARCH_SPEC = {"dim": DIM, "payload_indexes": skin.payload_indexes()}
 
 
 @dataclass
@@ -84,8 +84,9 @@ def seed_loop(data: Path, model: str, store_path: Path) -> float:
     client = QdrantClient(path=str(store_path))
     vectors = models.VectorParams(size=384, distance=models.Distance.COSINE)
     client.create_collection("seed", vectors_config=vectors)
-    payload = table.select_columns(["image_id", "dx", "dx_type", "age", "sex", "localization"])
-    payload = payload.to_pandas().fillna({"age": 0}).to_dict(orient="records")
+    # The notebook's payload: every column but the pixels, a missing value written as 0.
+    payload = table.remove_columns(["image", "embeddings"])
+    payload = payload.to_pandas().fillna(0).to_dict(orient="records")
     embeddings = np.array(table["embeddings"]).tolist()
     for i in range(0, len(embeddings), 1000):
         client.upsert("seed", points=models.Batch(
@@ -144,7 +145,7 @@ def store_writes(rounds: int = 4, size: int = 1000) -> dict[str, float]:
             "local_mode": ServerStore.local(Path(tmp) / "local"),
         }
         for store in stores.values():
-            store.ensure_collection("bench", {"dim": DIM})
+            store.ensure_collection("bench", SEARCH_SPEC)
         rates: dict[str, list[float]] = {engine: [] for engine in stores}
         for n in range(rounds):
             ids = [point_id("bench", "train", f"{n}-{i}") for i in range(size)]
@@ -166,7 +167,7 @@ def fill_search_collections(root: Path, sizes: list[int]) -> None:
     rng = np.random.default_rng(5)
     for size in sizes:
         name = f"search_{size}"
-        store.ensure_collection(name, {"dim": DIM})
+        store.ensure_collection(name, SEARCH_SPEC)
         payloads = sample_metadata(size, seed=size)
         for start in range(0, size, 1000):
             stop = min(start + 1000, size)

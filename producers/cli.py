@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -22,42 +23,72 @@ from rich.progress import Progress as ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.errors import MedindexError
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import PREPROCESSINGS, get_settings
+
+FORMATS = ("hf", "table", "nifti", "dicom")  # checked by the readers' registry: one-line error
 
 err = Console(stderr=True)
 
 
+# kind -> (module, function) of `pipeline.samples`; each `write(out, n, seed) -> Path`.
+SAMPLE_KINDS = {
+    "skin": ("pipeline.samples.skin", "write_sample_dataset"),
+    "xray": ("pipeline.samples.xray", "write_xray"),
+    "brain-mri": ("pipeline.samples.brain_mri", "write_brain_mri"),
+    "dicom": ("pipeline.samples.dicom", "write_dicom"),
+}
+
+
 def register_sample_data(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("sample-data", help="write a synthetic skin-lesion dataset")
-    cmd.add_argument("--out", type=Path, required=True, help="folder to write (Parquet)")
-    cmd.add_argument("--n", type=int, default=200, help="number of images")
+    cmd = commands.add_parser(
+        "sample-data", help="write synthetic data in one of the seeds' layouts"
+    )
+    cmd.add_argument(
+        "--kind", choices=SAMPLE_KINDS, default="skin",
+        help="skin: Hugging Face Parquet; xray: PNGs + ChestX-ray14 CSV; brain-mri: BraTS "
+        "NIfTI cases + labels CSV; dicom: CT and MR series",
+    )  # fmt: skip
+    cmd.add_argument("--out", type=Path, required=True, help="folder to write")
+    cmd.add_argument("--n", type=int, default=200, help="number of images (cases for brain-mri)")
     cmd.add_argument("--seed", type=int, default=0)
     cmd.set_defaults(run=_sample_data)
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    from pipeline.samples import write_sample_dataset
+    import importlib
 
     if args.n < 1:
         raise SystemExit("medindex sample-data: error: --n must be at least 1")
-    out = write_sample_dataset(args.out, args.n, args.seed)
-    err.print(f"wrote {args.n} images to {out}")
+    module, function = SAMPLE_KINDS[args.kind]
+    try:
+        out = getattr(importlib.import_module(module), function)(args.out, args.n, args.seed)
+    except ValueError as exc:  # a size the layout cannot take (dicom: at least 5 files)
+        raise SystemExit(f"medindex sample-data: error: {exc}") from exc
+    err.print(f"wrote {args.kind} sample data ({args.n}) to {out}")
     return 0
 
 
 def register_make_model(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser(
-        "make-model", help="save a randomly initialised ViT-S/16 (dino-vits16's shape) offline"
+        "make-model",
+        help="save a randomly initialised model offline: ViT-S/16 (dino-vits16's shape) or "
+        "ResNet-50 (microsoft/resnet-50's)",
     )
     cmd.add_argument("--out", type=Path, required=True)
-    cmd.add_argument("--layers", type=int, default=12, help="transformer layers (12 = ViT-S)")
+    cmd.add_argument("--arch", choices=("vit", "resnet50"), default="vit")
+    cmd.add_argument("--layers", type=int, default=12, help="vit: layers (12 = ViT-S)")
     cmd.set_defaults(run=_make_model)
 
 
 def _make_model(args: argparse.Namespace) -> int:
-    from pipeline.model import build_random_vit
+    from pipeline.model import build_random_resnet50, build_random_vit
 
+    if args.arch == "resnet50":
+        build_random_resnet50(args.out)
+        err.print(f"saved a random ResNet-50 (2048-d, pooling: pooler) to {args.out}")
+        return 0
     build_random_vit(args.out, num_layers=args.layers)
     err.print(f"saved a random ViT ({args.layers} layers, 384-d) to {args.out}")
     return 0
@@ -88,6 +119,7 @@ def _ingest(args: argparse.Namespace) -> int:
         job_id=args.job_id,
         resume=args.resume,
         pooling=args.pooling,
+        **_read_arguments(args),
     )
     started = time.monotonic()
     job_id, total, enqueued = start_ingest(request, settings)
@@ -261,8 +293,16 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _source_arguments(cmd: argparse.ArgumentParser) -> None:
     """What to index and with which model: shared by ingest and reindex."""
-    cmd.add_argument("--dataset", required=True, help="Hugging Face hub id or local folder")
+    cmd.add_argument(
+        "--dataset", required=True,
+        help="Hugging Face hub id, a local folder, or a table file (CSV, TSV, Parquet)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--format", default=None, help=f"{', '.join(FORMATS)} (default: detected from --dataset)"
+    )
     cmd.add_argument("--split", default="train")
+    _schema_arguments(cmd)
+    _read_option_arguments(cmd)
     cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
     cmd.add_argument(
         "--pooling",
@@ -273,6 +313,76 @@ def _source_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--source-name", default=None, help="identity point ids derive from (default: --dataset)"
     )
+
+
+def _schema_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--label-field", default=None,
+        help="the field quality, group-by and colouring use (default: the source's class label)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--key-column", default=None, help="the column naming each image (default: detected)"
+    )
+    cmd.add_argument(
+        "--index", action="append", default=[], metavar="FIELD:TYPE",
+        help="a payload index type for a field, over the detected one (repeatable; TYPE: "
+        "keyword, integer, float, datetime, bool)",
+    )  # fmt: skip
+
+
+def _read_option_arguments(cmd: argparse.ArgumentParser) -> None:
+    """How readers make pictures; defaults from the settings (MEDINDEX_NIFTI_*, _DICOM_*)."""
+    cmd.add_argument("--image-column", default=None, help="hf: image column; table: path column")
+    cmd.add_argument("--image-root", default=None, help="table: folder image paths are under")
+    cmd.add_argument("--nifti-variant", choices=("slice", "crop"), default=None)
+    cmd.add_argument("--nifti-crop-margin", type=int, default=None, help="voxels round a tumour")
+    cmd.add_argument(
+        "--nifti-unmasked-slices", type=int, default=None, help="slices of a case without mask"
+    )
+    cmd.add_argument("--labels-csv", default=None, help="nifti: a CSV of case -> tumour class")
+    cmd.add_argument("--dicom-unit", choices=("instance", "series"), default=None)
+    cmd.add_argument(
+        "--dicom-window", choices=("file", "lung", "soft_tissue", "bone", "brain"), default=None
+    )
+    cmd.add_argument(
+        "--no-deidentify", action="store_true",
+        help="DICOM: keep identifying tags (default: MEDINDEX_DEIDENTIFY)",
+    )  # fmt: skip
+
+
+def _read_arguments(args: argparse.Namespace) -> dict:
+    """The format (detected and said when not given), read options and schema overrides of
+    an ingest or reindex: fixed once, carried by every job."""
+    from pipeline.sources import detect_format
+    from producers.schema import parse_index
+
+    fmt = args.format
+    if fmt is None:
+        fmt = detect_format(args.dataset)
+        err.print(f"format: {fmt} (detected; --format chooses)")
+    try:
+        options = get_settings().read_options(
+            key_column=args.key_column,
+            image_column=args.image_column,
+            image_root=args.image_root,
+            labels_csv=args.labels_csv,
+            nifti_variant=args.nifti_variant,
+            nifti_crop_margin=args.nifti_crop_margin,
+            nifti_unmasked_slices=args.nifti_unmasked_slices,
+            dicom_unit=args.dicom_unit,
+            dicom_window=args.dicom_window,
+            deidentify=False if args.no_deidentify else None,
+        )
+    except ValidationError as exc:  # a value out of range
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-")
+        raise MedindexError(f"{flag}: {error['msg']}") from exc
+    return {
+        "format": fmt,
+        "options": options,
+        "label_field": args.label_field,
+        "indexes": tuple(parse_index(text) for text in args.index),
+    }
 
 
 def register_reindex(commands: argparse._SubParsersAction) -> None:
@@ -308,6 +418,7 @@ def _reindex(args: argparse.Namespace) -> int:
         min_quality=args.min_quality,
         max_quality_drop=args.max_quality_drop,
         keep=args.keep,
+        **_read_arguments(args),
     )
     started = time.monotonic()
     with _progress_bar() as bar:
@@ -322,8 +433,12 @@ def _reindex(args: argparse.Namespace) -> int:
     summary["seconds"] = round(time.monotonic() - started, 1)
     err.print(
         f"{args.alias} -> {summary['collection']} (was {summary['previous']}): "
-        f"{summary['indexed']} indexed, {summary['failed']} failed, quality {summary['quality']} "
-        f"(was {summary['previous_quality']}), {summary['seconds']}s"
+        f"{summary['indexed']} indexed, {summary['failed']} failed, "
+        + summary.get(
+            "quality_note",
+            f"quality {summary['quality']} (was {summary['previous_quality']})",
+        )
+        + f", {summary['seconds']}s"
         + (f"; deleted {', '.join(summary['deleted'])}" if summary["deleted"] else "")
     )
     if args.json:
@@ -407,6 +522,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from pipeline.samples.skin import BENCH_FILTER_TEXT
     from producers.bench import run_bench
 
     settings = get_settings()
@@ -438,7 +554,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"embedded store, 1,000-point writes: Qdrant Edge {edge:.0f} points/s, "
         f"qdrant-client local mode {local:.0f} ({edge / local:.1f}x)"
     )
-    out.print("filtered search (sex = female and age >= 55), p50 / p95 ms:")
+    out.print(f"filtered search ({BENCH_FILTER_TEXT}), p50 / p95 ms:")
     for where in ("search_in_process", "search_client"):
         for name, figure in result[where].items():
             extra = (

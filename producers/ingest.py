@@ -6,7 +6,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from kombu import Producer
 
@@ -14,10 +15,11 @@ from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.remote_store import open_store
-from pipeline.schemas import EmbedJob, PointBatch, SourceRef
+from pipeline.remote_store import AnyStore, open_store
+from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
 from pipeline.settings import Settings
-from pipeline.sources import DatasetSource, resolve
+from pipeline.sources import Source, SourceError, detect_format, resolve, source_class
+from producers.schema import collection_schema
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,13 @@ class IngestRequest:
     job_id: str | None = None
     pooling: str | None = None  # default: the model's known pooling, else "mean"
     resume: bool = False  # continue the newest unfinished job of this dataset and collection
+    format: str | None = None  # hf, table, nifti, dicom; None: detected (`detect_format`)
+    options: ReadOptions = field(default_factory=ReadOptions)
+    label_field: str | None = None  # default: the source's own (a class label column)
+    indexes: tuple[tuple[str, str], ...] = ()  # (field, type) overrides of the schema's types
+    # A new collection starts from this one's recorded schema (a reindex: the serving version's
+    # label field and index types carry over).
+    schema_from: str | None = None
 
 
 def shards(rows: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -48,17 +57,17 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
     only the shards that still hold rows neither indexed nor failed.
     """
-    ref = resolve(request.dataset, request.split, request.source_name)
-    source = DatasetSource(ref)
+    ref = source_ref(request)
+    source = source_class(ref.format)(ref)
     total = len(source)
-    if problem := source.keys.describe(source.key_column or "key"):
+    if problem := source.keys.describe(source.schema.key_field or "key"):
         log.warning("%s %s: %s", ref.dataset, ref.split, problem)
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
     store = open_store(settings)
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
-    store.ensure_collection(request.collection, spec)
+    store.ensure_collection(request.collection, spec | _schema_spec(request, source, store))
     meta = _meta(request, ref, model) | {"pooling": pooling}
     dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
     job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
@@ -73,6 +82,28 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     todo = [rows for rows in shards(range(total), settings.job_size) if not done.issuperset(rows)]
     enqueue(job_id, request.collection, ref, model, pooling, todo)
     return job_id, total, len(todo)
+
+
+def source_ref(request: IngestRequest) -> SourceRef:
+    """The reference every job of this ingest carries: the format (detected when not given)
+    and the read options, fixed once here so that every worker reads alike. (DICOM without a
+    de-identification key is refused when the producer opens the source.)"""
+    fmt = request.format or detect_format(request.dataset)
+    reader = source_class(fmt)  # an unknown format is refused here, on one line
+    local = Path(request.dataset).expanduser()
+    if local.exists() and not reader.detect(local):
+        raise SourceError(f"--format {fmt}: {request.dataset} is not {fmt} data")
+    return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
+
+
+def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dict:
+    """The collection's schema and payload indexes: the source's, with the user's overrides,
+    merged into what the collection already records."""
+    names = set(store.collections()) | set(store.aliases())
+    base = request.collection if request.collection in names else request.schema_from
+    recorded = store.metadata(base).get("schema") if base in names else None
+    schema = collection_schema(source.schema, request.label_field, dict(request.indexes), recorded)
+    return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
 
 
 def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
@@ -128,7 +159,13 @@ def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
 def _enqueue_rows(job_id: str, meta: dict, rows: list[int], settings: Settings) -> None:
     """Rows of a known job, with the source, model and pooling it was started with."""
     source_name = meta["source_name"] if meta["source_name"] != meta["dataset"] else None
-    ref = SourceRef(dataset=meta["dataset"], split=meta["split"], name=source_name)
+    ref = SourceRef(
+        dataset=meta["dataset"],
+        split=meta["split"],
+        name=source_name,
+        format=meta.get("format", "hf"),
+        options=ReadOptions(**meta.get("options", {})),
+    )
     todo = list(shards(rows, settings.job_size))
     enqueue(job_id, meta["collection"], ref, meta["model"], meta["pooling"], todo)
 
@@ -204,6 +241,8 @@ def _meta(request: IngestRequest, ref: SourceRef, model: str) -> dict:
         "split": ref.split,
         "source_name": ref.identity,
         "model": model,
+        "format": ref.format,
+        "options": ref.options.model_dump(exclude_defaults=True),
     }
 
 
@@ -218,8 +257,8 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
 
 def _check_same_job(tracker: JobTracker, job_id: str, meta: dict, dataset_now: dict) -> None:
     known = tracker.progress(job_id).meta
-    for key in ("dataset", "split", "collection", "model", "source_name"):
-        if known.get(key) != meta[key]:
+    for key in ("dataset", "split", "collection", "model", "source_name", "format", "options"):
+        if known.get(key, meta[key]) != meta[key]:
             raise MedindexError(
                 f"job {job_id} was started with {key}={known.get(key)!r}, not {meta[key]!r}"
             )

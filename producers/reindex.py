@@ -11,19 +11,19 @@ import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from redis import Redis
 
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.quality import knn_agreement
+from pipeline.quality import knn_agreement, label_field
 from pipeline.remote_store import AnyStore, open_store
-from pipeline.schemas import SourceRef
+from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.settings import Settings
-from pipeline.sources import DatasetSource, resolve
-from producers.ingest import IngestRequest, start_ingest, wait
+from pipeline.sources import source_class
+from producers.ingest import IngestRequest, source_ref, start_ingest, wait
 
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
 LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
@@ -32,6 +32,10 @@ LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alia
 # waits that long for it.
 LOCK_LIFETIME_S = 60
 ROUND_TRIP_SAMPLE = 16
+NO_LABEL_NOTE = (
+    "quality not computed: the collection has no label field (give one with --label-field); "
+    "--min-quality and --max-quality-drop were not applied"
+)
 
 
 class ReindexRefused(MedindexError):
@@ -49,6 +53,10 @@ class ReindexRequest:
     min_quality: float | None = None  # absolute floor for the new version
     max_quality_drop: float | None = None  # how much worse than the serving version it may be
     keep: int = 2  # old versions kept besides the serving one
+    format: str | None = None
+    options: ReadOptions = field(default_factory=ReadOptions)
+    label_field: str | None = None
+    indexes: tuple[tuple[str, str], ...] = ()
 
 
 def version_name(alias: str, number: int) -> str:
@@ -98,7 +106,19 @@ def _reindex(
     serving = aliases.get(request.alias) or adopted
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
-    ref = resolve(request.dataset, request.split, request.source_name)
+    ingest = IngestRequest(
+        dataset=request.dataset,
+        collection="",  # the version, known below
+        split=request.split,
+        model=model,
+        pooling=pooling,
+        source_name=request.source_name,
+        format=request.format,
+        options=request.options,
+        label_field=request.label_field,
+        indexes=request.indexes,
+    )
+    ref = source_ref(ingest)
     spec = describe(model, pooling, settings.preprocessing)
     spec |= {"dataset": ref.dataset, "split": ref.split}
     origin = spec | {"source_name": ref.identity}
@@ -112,16 +132,12 @@ def _reindex(
         store.ensure_collection(collection, spec, bulk=True)
         # Recorded at once: an interruption from here on is resumed, not left as an orphan.
         _record_pending(redis, request.alias, origin | {"collection": collection})
-    ingest = IngestRequest(
-        dataset=request.dataset,
-        collection=collection,
-        split=request.split,
-        model=model,
-        pooling=pooling,
-        source_name=request.source_name,
-        job_id=job_id,
+    job_id, total, _ = start_ingest(
+        replace(
+            ingest, collection=collection, job_id=job_id, format=ref.format, schema_from=serving
+        ),
+        settings,
     )
-    job_id, total, _ = start_ingest(ingest, settings)
     _record_pending(redis, request.alias, origin | {"collection": collection, "job_id": job_id})
     progress = wait(tracker, job_id, on_progress, settings=settings)
     if progress.cancelled:
@@ -139,12 +155,16 @@ def _reindex(
     }
     try:
         _verify(store, collection, progress, ref, settings.max_image_bytes)
-        summary["quality"], sample = knn_agreement(store, collection)
+        label = label_field(store.metadata(collection))
+        summary["label_field"] = label
+        summary["quality"], sample = knn_agreement(store, collection, label)
         # The serving version is measured on the same points, where it holds them.
         summary["previous_quality"] = (
-            knn_agreement(store, serving, ids=sample)[0] if serving else None
+            knn_agreement(store, serving, label, ids=sample)[0] if serving else None
         )
-        _guard(request, summary["quality"], summary["previous_quality"])
+        _guard(request, summary["quality"], summary["previous_quality"], label)
+        if label is None:
+            summary["quality_note"] = NO_LABEL_NOTE
     except ReindexRefused as refused:
         store.set_metadata(collection, {"status": f"refused: {refused}"})
         redis.delete(PENDING + request.alias)
@@ -210,7 +230,7 @@ def _verify(
     sample = store.scroll(collection, limit=256)["points"]
     chosen = random.Random(0).sample(sample, min(ROUND_TRIP_SAMPLE, len(sample)))
     rows = {p["payload"]["source"]["row"]: p for p in chosen}
-    for record in DatasetSource(ref).read(sorted(rows), max_image_bytes):
+    for record in source_class(ref.format)(ref).read(sorted(rows), max_image_bytes):
         point = rows[record.row]
         if any(point["payload"].get(k) != v for k, v in record.payload.items()):
             raise ReindexRefused(f"point {point['id']} does not carry row {record.row}'s payload")
@@ -222,7 +242,13 @@ def _verify(
             raise ReindexRefused(f"point {point['id']} does not find itself first")
 
 
-def _guard(request: ReindexRequest, quality: float | None, previous: float | None) -> None:
+def _guard(
+    request: ReindexRequest, quality: float | None, previous: float | None, label: str | None
+) -> None:
+    """Quality guards; without a label field there is no quality to guard (the summary says
+    so: `quality_note`)."""
+    if label is None:
+        return
     if request.min_quality is not None and (quality is None or quality < request.min_quality):
         raise ReindexRefused(f"quality {quality} is below --min-quality {request.min_quality}")
     drop = request.max_quality_drop

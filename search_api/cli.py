@@ -12,8 +12,6 @@ from rich.table import Table
 from pipeline.errors import MedindexError
 from pipeline.settings import get_settings
 
-SHOWN_FIELDS = ("image_id", "dx", "age", "sex", "localization")
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser("search", help="similar cases by image, point id or vector")
@@ -38,6 +36,37 @@ def register_serve(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--host", default="127.0.0.1")
     cmd.add_argument("--port", type=int, default=8000)
     cmd.set_defaults(run=_serve)
+
+
+def register_image(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "image", help="save the picture a point was embedded from (same slice, window, crop)"
+    )
+    cmd.add_argument("--collection", default=None, help="default: MEDINDEX_COLLECTION")
+    cmd.add_argument("--id", dest="point_id", required=True, help="the point's id")
+    cmd.add_argument("--out", type=Path, required=True, help="file to write (PNG, ...)")
+    cmd.set_defaults(run=_image)
+
+
+def _image(args: argparse.Namespace) -> int:
+    from pipeline.picture import picture_of
+    from pipeline.remote_store import open_reader
+
+    settings = get_settings()
+    collection = args.collection or settings.collection
+    found = open_reader(settings).retrieve(collection, [args.point_id])
+    if not found:
+        raise MedindexError(f"no point {args.point_id!r} in collection {collection!r}")
+    source = found[0]["payload"].get("source")
+    if not source:
+        raise MedindexError(f"point {args.point_id!r} carries no source reference")
+    picture = picture_of(source, settings)
+    try:
+        picture.save(args.out)
+    except (ValueError, OSError) as exc:  # an unknown extension, an unwritable folder
+        raise MedindexError(f"cannot write {args.out}: {exc}") from exc
+    Console(stderr=True).print(f"wrote {picture.width}x{picture.height} picture to {args.out}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -68,7 +97,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(hits))
     else:
-        _print_table(hits)
+        _print_table(hits, shown_fields(client.store.metadata(collection), hits))
     return 0
 
 
@@ -86,13 +115,30 @@ def _json_arg(text: str, what: str) -> object:
         ) from exc
 
 
-def _print_table(hits: list[dict]) -> None:
-    table = Table("score", "id", *SHOWN_FIELDS)
+def shown_fields(metadata: dict, hits: list[dict]) -> list[str]:
+    """The collection's own fields: its recorded schema's (the key and label fields first), or,
+    for a collection from before schemas were recorded, the keys its hits carry."""
+    schema = metadata.get("schema")
+    if schema:
+        first = [schema.get("key_field"), schema.get("label_field")]
+        return list(dict.fromkeys(name for name in (*first, *schema["fields"]) if name))
+    keys = (name for hit in hits for name in hit["payload"])
+    return [name for name in dict.fromkeys(keys) if name != "source"]
+
+
+def _print_table(hits: list[dict], fields: list[str]) -> None:
+    table = Table("score", "id", *fields)
     for hit in hits:
         payload = hit["payload"]
-        values = [str(payload.get(name, "")) for name in SHOWN_FIELDS]
+        values = [_cell(payload.get(name)) for name in fields]
         table.add_row(f"{hit['score']:.4f}", hit["id"], *values)
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console = Console(width=160)
+        console = Console(width=200)
     console.print(table)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -14,9 +14,7 @@ from PIL import Image
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb, to_rgb
 from pipeline.remote_store import open_reader
-from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
-from pipeline.sources import READERS
 from pipeline.store import Hit, parse_filter
 
 if TYPE_CHECKING:
@@ -42,10 +40,10 @@ class Query:
     with_payload: bool | list | dict = True
 
 
-# What a query image may be: the formats scanners and viewers export, nothing exotic; and the
-# scanners' own files, made into a picture by their reader (a slice, a windowed frame).
+# What a query image may be: the formats scanners and viewers export, nothing exotic.
 QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-SCANNER_FORMATS = ("dicom", "nifti")
+# Readers asked first whether an upload is theirs (`sniff`), then for its picture.
+MEDICAL_READERS = ("pipeline.sources.dicom", "pipeline.sources.nifti")
 
 
 class SearchClient:
@@ -142,7 +140,7 @@ class SearchClient:
         embedder = self.embedder_for(collection)
         try:
             with self._decoding:  # bounded: each decode may hold a large picture
-                picture = self._scanner_picture(collection, data) or decode_rgb(
+                picture = medical_picture(data, self.settings) or decode_rgb(
                     data,
                     self.settings.query_max_image_pixels,
                     self.settings.max_image_bytes,
@@ -152,22 +150,6 @@ class SearchClient:
                 return picture, embedder.embed([picture])[0].tolist()
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
-
-    def _scanner_picture(self, collection: str, data: bytes) -> Image.Image | None:
-        """A DICOM or NIfTI upload's picture, made by its reader as ingest makes it (the
-        window and options the collection's points were read with); None for other files."""
-        for fmt in SCANNER_FORMATS:
-            reader = importlib.import_module(READERS[fmt].split(":")[0])  # pydicom, nibabel
-            if reader.sniff(data):
-                return to_rgb(reader.query_picture(data, self._read_options(collection)))
-        return None
-
-    def _read_options(self, collection: str) -> ReadOptions:
-        """The read options the collection's pictures were made with: each point records
-        them in its `source` (one job, one set of options for all its points)."""
-        points = self.store.scroll(collection, limit=1)["points"]
-        source = points[0]["payload"].get("source", {}) if points else {}
-        return ReadOptions(**source.get("options", {}))
 
     def _request(self, collection: str, query: Query) -> dict:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]
@@ -186,6 +168,16 @@ class SearchClient:
             "score_threshold": query.score_threshold,
             "with_payload": query.with_payload,
         }
+
+
+def medical_picture(data: bytes, settings: Settings) -> Image.Image | None:
+    """An uploaded DICOM or NIfTI file's picture, made by its reader's own code (the same
+    window, slice choice and crop as at ingest); None: neither format, an ordinary image."""
+    for module in MEDICAL_READERS:
+        reader = importlib.import_module(module)  # pydicom, nibabel: loaded when asked
+        if reader.sniff(data):
+            return to_rgb(reader.query_picture(data, settings.read_options()))
+    return None
 
 
 def _filter(value: dict | None) -> dict | None:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline.catalog import collection_schema, first_points
+from pipeline.catalog import first_points, recorded_or_guessed_schema
 from pipeline.sources.base import Schema
 from search_api.deps import client
 
@@ -68,7 +68,7 @@ def collection_view(collection: str) -> CollectionView:
 def _view(version: str, points: int) -> CollectionView:
     """Per version and point count: a version being filled is counted again as it grows."""
     payloads = [hit["payload"] for hit in first_points(client().store, version, FACET_SAMPLE)]
-    schema = collection_schema(client().store.metadata(version), payloads)
+    schema = recorded_or_guessed_schema(client().store.metadata(version), payloads)
     fields = tuple(_field_view(f.name, f.type, payloads) for f in schema.fields)
     groupings = [
         f.name

@@ -114,7 +114,9 @@ def test_the_same_png_in_a_table_and_in_an_hf_dataset_gives_the_same_vector(
     folder = tmp_path / "as_hf" / "data"
     folder.mkdir(parents=True)
     rows = {"image": [str(p) for p in images], "image_index": [p.name for p in images]}
-    features = datasets.Features({"image": datasets.Image(), "image_index": datasets.Value("string")})
+    features = datasets.Features(
+        {"image": datasets.Image(), "image_index": datasets.Value("string")}
+    )
     datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / "train.parquet")
     ingest(stack, "--dataset", str(folder.parent), "--collection", "xray_as_hf")
     as_table = {
@@ -161,6 +163,22 @@ def test_brain_mri_cases_with_tumour_masks(brains: dict) -> None:
     assert {g["group"] for g in groups} >= {"glioblastoma", "low_grade_glioma", "meningioma"}
 
 
+def test_medindex_image_gives_back_the_slice_that_was_embedded(
+    stack: Stack, brains: dict, tmp_path: Path
+) -> None:
+    """The picture `medindex image` writes, queried with, finds its own point (the same slice,
+    window and crop as at ingest, from the point's `source` reference alone)."""
+    from search_api.client import Query
+
+    for point in all_points("brain")[:3]:
+        out = tmp_path / f"{point['id']}.png"
+        result = stack.medindex("image", "--collection", "brain", "--id", point["id"],
+                                "--out", str(out))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        hits = SearchClient().search("brain", Query(image=out, limit=1))
+        assert hits[0]["id"] == point["id"] and hits[0]["score"] > 0.999
+
+
 @pytest.fixture(scope="module")
 def dicoms(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = write_dicom(tmp_path_factory.mktemp("dicom") / "studies", N_DICOM, seed=DICOM_SEED)
@@ -169,9 +187,7 @@ def dicoms(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "summary": result.json() | {"stderr": result.stderr}}
 
 
-def test_dicom_studies_are_indexed_without_identifying_values(
-    stack: Stack, dicoms: dict
-) -> None:
+def test_dicom_studies_are_indexed_without_identifying_values(stack: Stack, dicoms: dict) -> None:
     summary = dicoms["summary"]
     assert "format: dicom (detected" in summary["stderr"]
     assert summary["failed"] == 1  # the structured report: no pixel data
@@ -193,15 +209,34 @@ def test_dicom_studies_are_indexed_without_identifying_values(
     redis = connect_redis(get_settings().broker_url)
     stored = [json.dumps(p) for p in points] + [report.stdout + report.stderr]
     for key in redis.scan_iter():
-        stored += [key.decode(errors="replace"), _redis_value(redis, key)]
+        stored += [key, _redis_value(redis, key)]  # the client decodes: text already
     stored.append(stack.log.read_text(errors="replace"))
     text = "\n".join(stored).upper()
     for value in identifying_values(DICOM_SEED):
         assert value.upper() not in text, value
 
 
-def _redis_value(redis: object, key: bytes) -> str:
-    kind = redis.type(key).decode()
+def test_a_dicom_file_is_a_query_made_by_its_reader(dicoms: dict) -> None:
+    """`medindex search --image scan.dcm` and the HTTP upload: the DICOM reader makes the
+    query's picture as at ingest, so each file finds its own point; the file without pixel
+    data is refused with its reason."""
+    from search_api.client import Query, QueryError
+
+    found = refused = 0
+    for path in sorted(dicoms["root"].rglob("*.dcm")):
+        try:
+            hits = SearchClient().search("dicom", Query(image=path, limit=1))
+        except QueryError as exc:
+            assert "pixel data" in str(exc)
+            refused += 1
+            continue
+        assert hits[0]["score"] > 0.999
+        found += 1
+    assert (found, refused) == (N_DICOM - 1, 1)
+
+
+def _redis_value(redis: object, key: str) -> str:
+    kind = redis.type(key)
     if kind == "string":
         return repr(redis.get(key))
     if kind == "hash":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import N_IMAGES, Stack
 
+from pipeline.samples import skin
 from pipeline.schemas import point_id
 from search_api import Query, SearchClient
 
@@ -41,6 +42,15 @@ def all_points(client: SearchClient) -> list[dict]:
 def test_ingest_indexes_every_image(ingested: dict, client: SearchClient) -> None:
     assert ingested["indexed"] == N_IMAGES and ingested["failed"] == 0
     assert client.count(COLLECTION) == N_IMAGES
+
+
+def test_the_skin_schema_is_recorded_and_indexed(client: SearchClient) -> None:
+    """The sample's columns, typed from its features, with no label field (none is a class
+    label column) until one is given; its payload indexes are exactly those fields."""
+    schema = client.store.metadata(COLLECTION)["schema"]
+    assert schema == {"fields": skin.payload_indexes(), "key_field": skin.KEY_FIELD,
+                      "label_field": None}  # fmt: skip
+    assert client.store.collection_info(COLLECTION)["payload_indexes"] == schema["fields"]
 
 
 def test_every_image_finds_itself_first(client: SearchClient, all_points: list[dict]) -> None:

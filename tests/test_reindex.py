@@ -19,6 +19,7 @@ from test_bad_input import assert_one_line_error
 from pipeline.model import build_random_vit
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.samples import write_sample_dataset
+from pipeline.samples.skin import LABEL_FIELD
 from pipeline.settings import get_settings
 from search_api import Query, SearchClient
 
@@ -45,7 +46,8 @@ def serving() -> str:
 
 @pytest.fixture(scope="module")
 def first(stack: Stack, small_dataset: Path) -> dict:
-    return reindex(stack, small_dataset)
+    # The label field is given once; later versions of the alias inherit it.
+    return reindex(stack, small_dataset, "--label-field", LABEL_FIELD)
 
 
 def test_first_reindex_builds_a_verified_version(first: dict) -> None:
@@ -189,10 +191,14 @@ def test_the_documented_ingest_then_weekly_reindex(stack: Stack, small_dataset: 
     )
     assert ingested.returncode == 0, ingested.stderr
     for week in (1, 2):
+        # No label field anywhere: quality is not computed, and the guard says so, not refuses.
         result = stack.medindex(
-            "reindex", "--alias", "deployed", "--dataset", str(small_dataset), "--json"
-        )
+            "reindex", "--alias", "deployed", "--dataset", str(small_dataset), "--json",
+            "--min-quality", "0.99",
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
+        assert result.json()["quality"] is None and result.json()["label_field"] is None
+        assert "quality not computed: the collection has no label field" in result.stderr
         assert result.json()["collection"] == f"deployed__v{week}"
         assert SearchClient().store.aliases()["deployed"] == f"deployed__v{week}"
         assert SearchClient().count("deployed") == N

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import io
 import math
 from pathlib import Path
 
 import datasets
 import pytest
+from PIL import Image
 
-from pipeline.sources import DatasetSource, SourceError, resolve
+from pipeline.schemas import ReadOptions
+from pipeline.sources import DatasetSource, SourceError, detect_format, resolve
 
 COLUMNS = ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization"]
 
@@ -53,3 +58,113 @@ def test_a_dataset_without_images_is_refused(tmp_path: Path) -> None:
 def test_a_missing_split_is_named(dataset: Path) -> None:
     with pytest.raises(SourceError, match="no split 'test'"):
         DatasetSource(resolve(str(dataset), split="test"))
+
+
+def png(value: int) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (value, 255 - value, (7 * value) % 256)).save(buffer, "PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+TYPED = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "note": datasets.Value("string"),  # repeated: no key
+        "scan_name": datasets.Value("string"),  # named like a key, unique
+        "grade": datasets.Value("int32"),
+        "score": datasets.Value("float64"),
+        "taken": datasets.Value("timestamp[s]"),
+        "urgent": datasets.Value("bool"),
+        "findings": datasets.Sequence(datasets.Value("string")),
+        "kind": datasets.ClassLabel(names=["benign", "malignant"]),
+        "extra": {"a": datasets.Value("int32")},  # a struct: carried, not indexed
+    }
+)
+
+
+def write_typed(folder: Path, order: list[int]) -> Path:
+    """Six rows of every column type, in `order` (a re-sorted copy keeps its keys)."""
+    rows = {
+        "image": [png(i) for i in order],
+        "note": ["same" for _ in order],
+        "scan_name": [f"scan-{i}" for i in order],
+        "grade": [i for i in order],
+        "score": [i / 2 for i in order],
+        "taken": [datetime.datetime(2024, 1, 1 + i) for i in order],
+        "urgent": [i % 2 == 0 for i in order],
+        "findings": [["mass", "nodule"][: i % 3] for i in order],
+        "kind": [i % 2 for i in order],
+        "extra": [{"a": i} for i in order],
+    }
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    table = datasets.Dataset.from_dict(rows, features=TYPED)
+    table.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+    return folder
+
+
+def test_the_schema_comes_from_the_features(tmp_path: Path) -> None:
+    source = DatasetSource(resolve(str(write_typed(tmp_path / "typed", list(range(6))))))
+    assert source.schema.to_dict() == {
+        "fields": {
+            "note": "keyword",
+            "scan_name": "keyword",
+            "grade": "integer",
+            "score": "float",
+            "taken": "datetime",
+            "urgent": "bool",
+            "findings": "keyword",
+            "kind": "keyword",
+        },
+        "key_field": "scan_name",  # named like a key; `note` repeats itself
+        "label_field": "kind",  # the class label column
+    }
+    (record,) = source.read([3], 1 << 20)
+    assert record.key == "scan-3"
+    assert record.payload["kind"] == "malignant"  # a class label as its name
+    assert record.payload["findings"] == ["mass", "nodule"][:0]
+    assert record.payload["taken"] == "2024-01-04T00:00:00"
+
+
+def test_without_a_key_column_an_image_is_keyed_by_its_bytes(tmp_path: Path) -> None:
+    """A hub-like dataset with no column naming its images: keys are hashes of the images,
+    so re-sorting the rows keeps each image's key."""
+
+    def keys(folder: Path, order: list[int]) -> dict[int, str]:
+        rows = {"image": [png(i) for i in order], "kind": [i % 2 for i in order]}
+        features = datasets.Features({"image": datasets.Image(), "kind": TYPED["kind"]})
+        (folder / "data").mkdir(parents=True)
+        table = datasets.Dataset.from_dict(rows, features=features)
+        table.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+        source = DatasetSource(resolve(str(folder)))
+        assert source.schema.key_field is None
+        return {i: r.key for i, r in zip(order, source.read(list(range(6)), 1 << 20), strict=True)}
+
+    first, resorted = (
+        keys(tmp_path / "a", [0, 1, 2, 3, 4, 5]),
+        keys(tmp_path / "b", [5, 3, 1, 0, 2, 4]),
+    )
+    assert first == resorted
+    assert first[2] == hashlib.sha256(png(2)["bytes"]).hexdigest()[:32]
+
+
+def test_a_key_column_given_is_used_or_refused(tmp_path: Path) -> None:
+    folder = write_typed(tmp_path / "typed", list(range(6)))
+    chosen = DatasetSource(resolve(str(folder), options=ReadOptions(key_column="note")))
+    assert chosen.schema.key_field == "note"
+    assert (
+        chosen.keys.describe("note")
+        == "6 rows share 1 note values (same): each keyed by its value and row"
+    )
+    with pytest.raises(SourceError, match="no key column 'nope'"):
+        DatasetSource(resolve(str(folder), options=ReadOptions(key_column="nope")))
+
+
+def test_a_folder_no_reader_recognises_is_named(tmp_path: Path) -> None:
+    assert detect_format(str(write_typed(tmp_path / "typed", [0]))) == "hf"
+    assert detect_format("someone/some_dataset") == "hf"  # not a local path: a hub id
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "scan.bin").write_bytes(b"\x00" * 64)
+    for folder in ("empty", "blobs"):
+        with pytest.raises(SourceError, match="no reader recognises it"):
+            detect_format(str(tmp_path / folder))

@@ -43,7 +43,9 @@ def _points() -> tuple[list[str], np.ndarray, list[dict]]:
 
 IDS, VECTORS, PAYLOADS = _points()
 QUERY = VECTORS[0].tolist()
-SPEC = {"dim": DIM, "model": "m", "pooling": "mean"}
+INDEXES = {"dx": "keyword", "sex": "keyword", "age": "float"}
+SCHEMA = {"fields": INDEXES, "key_field": "image_id", "label_field": "dx"}
+SPEC = {"dim": DIM, "model": "m", "pooling": "mean", "schema": SCHEMA, "payload_indexes": INDEXES}
 
 FILTERS = [
     None,
@@ -159,6 +161,29 @@ def test_aliases_versions_and_metadata(store: Store) -> None:
     assert sorted(store.collections()) == ["c", "c__v2"]
     store.delete_collection("c")
     assert store.collections() == ["c__v2"]
+
+
+def test_a_second_source_adds_its_fields_to_the_collection(store: Store) -> None:
+    """An existing collection given a spec with new fields records them and indexes them;
+    what it recorded before stays."""
+    wider = SCHEMA | {"fields": INDEXES | {"grade": "integer"}}
+    store.ensure_collection("c", SPEC | {"schema": wider, "payload_indexes": wider["fields"]})
+    recorded = store.metadata("c")
+    assert recorded["schema"] == wider and recorded["payload_indexes"]["grade"] == "integer"
+    assert recorded["model"] == "m" and "created_at" in recorded
+    store.upsert("c", [point_id("contract", "train", "graded")], VECTORS[:1], [{"grade": 3}])
+    assert store.count("c", {"must": [{"key": "grade", "range": {"gte": 3}}]}) == 1
+
+
+def test_the_engine_holds_the_indexes_the_spec_names_and_no_others(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "indexes")  # local mode holds none: it scans
+    store.ensure_collection("bare", {"dim": DIM})
+    assert store.collection_info("bare")["payload_indexes"] == {}
+    store.ensure_collection("c", SPEC)
+    assert store.collection_info("c")["payload_indexes"] == INDEXES
+    store.ensure_collection("c", SPEC | {"payload_indexes": INDEXES | {"grade": "integer"}})
+    assert store.collection_info("c")["payload_indexes"] == INDEXES | {"grade": "integer"}
+    store.close()
 
 
 def test_refusals_keep_their_kind(store: Store) -> None:

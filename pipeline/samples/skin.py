@@ -18,7 +18,50 @@ import numpy as np
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
+from pipeline.sources.hf import field_type
+
 datasets.disable_progress_bars()
+
+# What generic code needs to know about this set, said here and nowhere else.
+LABEL_FIELD = "dx"  # `--label-field` for quality, group-by and colouring (no ClassLabel column)
+KEY_FIELD = "image_id"
+DEMO_QUERY_LABEL = "melanoma"  # the demo queries with the first image of this class
+# The Qdrant skin-lesion notebook's searches (title, `medindex search` arguments).
+NOTEBOOK_SEARCHES: list[tuple[str, list[str]]] = [
+    ("top 5 by similarity", ["--limit", "5"]),
+    (
+        "female, age >= 55 (the notebook's filter)",
+        ["--limit", "5", "--filter", '{"must": [{"key": "sex", "match": {"value": "female"}}], '
+         '"should": [{"key": "age", "range": {"gte": 55}}]}'],
+    ),
+    (
+        "not a nevus, on back/trunk/chest",
+        ["--limit", "5", "--filter", '{"must_not": [{"key": "dx", "match": {"value": '
+         '"melanocytic_Nevi"}}], "must": [{"key": "localization", "match": {"any": '
+         '["back", "trunk", "chest"]}}]}'],
+    ),
+    ("above a score threshold", ["--limit", "5", "--score-threshold", "0.9"]),
+    ("most similar case per diagnosis", ["--group-by", LABEL_FIELD, "--limit", "7"]),
+]  # fmt: skip
+# The store benchmark's filtered search: the notebook's filter with both conditions required.
+BENCH_FILTER = {
+    "must": [{"key": "sex", "match": {"value": "female"}}, {"key": "age", "range": {"gte": 55}}]
+}
+BENCH_FILTER_TEXT = "sex = female and age >= 55"
+
+
+def payload_indexes() -> dict[str, str]:
+    """The payload index types the pipeline gives this set's fields (its schema's)."""
+    return {name: kind for name, feature in _FEATURES.items() if (kind := field_type(feature))}
+
+
+def demo_query(out_dir: Path) -> tuple[str, str]:
+    """(key, label) of the image the demo queries with: the first of `DEMO_QUERY_LABEL`."""
+    table = datasets.load_dataset(str(out_dir), split="train")
+    rows = table.select_columns([KEY_FIELD, LABEL_FIELD])
+    chosen = next((r for r in rows if r[LABEL_FIELD] == DEMO_QUERY_LABEL), rows[0])
+    return chosen[KEY_FIELD], chosen[LABEL_FIELD]
+
 
 # Class shares in HAM10000 (6705/1113/1099/514/327/142/115 of 10015 images).
 DX_WEIGHTS: dict[str, float] = {
