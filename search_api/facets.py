@@ -21,7 +21,9 @@ from search_api.deps import client
 FACET_SAMPLE = 10_000
 TOP_VALUES = 50  # a keyword field's values offered in its multi-select, the most common first
 GROUP_MAX_VALUES = 100  # a field with more values is no grouping for the per-label view
-PATIENT = re.compile(r"patient", re.IGNORECASE)
+# The field naming the patient: `patient` (DICOM's keyed hash), `patient_id` (a table's column);
+# not patient_age or patient_sex.
+PATIENT = re.compile(r"patient[ _-]?(id)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _view(version: str, points: int) -> CollectionView:
     ]
     label = schema.label_field
     group = label if label in groupings else next(iter(groupings), None)
-    patient = next((f.name for f in schema.fields if PATIENT.search(f.name)), None)
+    patient = next((f.name for f in schema.fields if PATIENT.fullmatch(f.name)), None)
     return CollectionView(
         version, points, len(payloads), schema, fields, tuple(groupings), group, patient
     )
