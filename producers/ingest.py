@@ -41,8 +41,8 @@ class IngestRequest:
     options: ReadOptions = field(default_factory=ReadOptions)
     label_field: str | None = None  # default: the source's own (a class label column)
     indexes: tuple[tuple[str, str], ...] = ()  # (field, type) overrides of the schema's types
-    # A new collection starts from this one's recorded schema (a reindex: the serving version's
-    # label field and index types carry over).
+    # A collection recording no schema yet starts from this one's (a reindex: the serving
+    # version's label field and index types carry over to the new version).
     schema_from: str | None = None
 
 
@@ -100,8 +100,14 @@ def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dic
     """The collection's schema and payload indexes: the source's, with the user's overrides,
     merged into what the collection already records."""
     names = set(store.collections()) | set(store.aliases())
-    base = request.collection if request.collection in names else request.schema_from
-    recorded = store.metadata(base).get("schema") if base in names else None
+    recorded = next(
+        (
+            schema
+            for name in (request.collection, request.schema_from)
+            if name in names and (schema := store.metadata(name).get("schema"))
+        ),
+        None,
+    )
     schema = collection_schema(source.schema, request.label_field, dict(request.indexes), recorded)
     return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
 

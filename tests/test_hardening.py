@@ -273,7 +273,10 @@ def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
         while "medindex up: ready" not in log.read_text():
             assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.5)
-        make = "open_store(get_settings()).ensure_collection('outage', {'dim': 384})"
+        # As ingest makes it (its payload index in place): the producer needs nothing from
+        # the store the test is about to lock.
+        spec = {"dim": 384, "payload_indexes": {"image_id": "keyword"}}
+        make = f"open_store(get_settings()).ensure_collection('outage', {spec!r})"
         subprocess.run(
             [
                 sys.executable,
