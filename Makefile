@@ -6,16 +6,18 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up test chaos cluster capacity bench lint format clean
+.PHONY: help install browser demo up page test chaos cluster capacity bench bench-formats lint format clean
 
 help:
 	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
 	@echo "make test    the test suite (real Redis, real Celery workers, embedded Qdrant)"
 	@echo "make up      the local stack in the foreground (Redis + workers)"
+	@echo "make page    the local stack and the search page on http://127.0.0.1:8000/"
 	@echo "make chaos   ingest while killing workers, the store worker and Redis; poisoned images"
 	@echo "make cluster hosts as network namespaces over TCP; links cut, workers and broker killed (root)"
 	@echo "make capacity the capacity model (docs/capacity.md) from measured inputs"
 	@echo "make bench   pipeline vs the seed's loop vs the hardware's ceilings (BENCHMARKS.md)"
+	@echo "make bench-formats per data format: images/s, reading+decoding vs embedding"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove the virtual environment and local state"
 
@@ -33,6 +35,10 @@ demo: install
 
 up: install
 	$(BIN)/medindex up
+
+# The stack and the search page over whatever is indexed (after `make demo`: its collections).
+page: install
+	$(BIN)/medindex up --serve 8000
 
 # Debian's chromium and its driver: Flower's dashboard headless, the search page's browser test
 # (selenium drives /usr/bin/chromedriver; it never downloads a driver).
@@ -55,6 +61,10 @@ capacity: install
 
 bench: install
 	$(BIN)/medindex bench
+
+# Per format (skin, X-ray, brain MRI, DICOM): pipeline images/s and read+decode vs embed time.
+bench-formats: install
+	$(BIN)/python docs/formats_bench.py
 
 lint: install
 	$(BIN)/ruff check .

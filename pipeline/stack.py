@@ -52,7 +52,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser("up", help="run Redis and the workers locally, in the foreground")
     cmd.add_argument("--embed-workers", type=positive, default=None, help="embed worker processes")
     cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
-    cmd.set_defaults(run=lambda args: Stack(get_settings(), args.embed_workers, args.model).run())
+    cmd.add_argument(
+        "--serve", type=positive, default=None, metavar="PORT",
+        help="also serve the search page and API on 127.0.0.1:PORT",
+    )  # fmt: skip
+    cmd.set_defaults(
+        run=lambda args: Stack(get_settings(), args.embed_workers, args.model, args.serve).run()
+    )
 
 
 def die_with_parent() -> None:
@@ -61,8 +67,15 @@ def die_with_parent() -> None:
 
 
 class Stack:
-    def __init__(self, settings: Settings, embed_workers: int | None, model: str | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embed_workers: int | None,
+        model: str | None,
+        serve_port: int | None = None,
+    ) -> None:
         self.settings = settings
+        self.serve_port = serve_port
         self.embed_workers = embed_workers or settings.embed_concurrency
         self.env = dict(os.environ, MEDINDEX_EMBED_CONCURRENCY=str(self.embed_workers))
         if model:
@@ -82,10 +95,12 @@ class Stack:
             if self.settings.flower_port:
                 self._start_flower()
             self._wait_ready()
-            print(
-                f"medindex up: ready (broker {mask_url(self.settings.broker_url)}); Ctrl-C stops",
-                flush=True,
-            )
+            if self.serve_port:  # after the workers: the page's searches go through them
+                self._spawn("search-api", [sys.executable, "-m", "pipeline.cli", "serve",
+                                           "--port", str(self.serve_port)])  # fmt: skip
+            page = f"; search page http://127.0.0.1:{self.serve_port}/" if self.serve_port else ""
+            broker = mask_url(self.settings.broker_url)
+            print(f"medindex up: ready (broker {broker}){page}; Ctrl-C stops", flush=True)
             return self._supervise()
         except KeyboardInterrupt:
             return 0

@@ -67,6 +67,10 @@ def run_demo(settings: Settings, n: int, xrays: int = 48, mri_cases: int = 8) ->
                 *(["--labels-csv", str(labels)] if labels else []))  # fmt: skip
         _mri_searches(env, client)
     out.print("[bold green]demo finished[/]: the stack is stopped; `medindex up` runs it again")
+    out.print(
+        f"[bold]the search page[/] on {SKIN}, {XRAY} and {MRI}: `make page` "
+        "(or `medindex up --serve 8000`), then open http://127.0.0.1:8000/"
+    )
     return 0
 
 
