@@ -185,7 +185,11 @@ class Embedder:
         by `decode_on_device`), whatever precision the forward pass runs in."""
         if not images:
             return np.empty((0, self.dim), dtype=np.float32)
-        pixels = self.pixels(images)
+        return self.vectors(self.pixels(images))
+
+    @torch.inference_mode()
+    def vectors(self, pixels: torch.Tensor) -> np.ndarray:
+        """The forward pass alone, on pixels already on the device; float32 vectors out."""
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         device_type = self.device.split(":")[0]

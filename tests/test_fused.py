@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +23,10 @@ from pipeline.images import decode_rgb
 from pipeline.model import Embedder, Kernels
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
-from pipeline.remote_store import open_store
 from pipeline.schemas import EmbedJob, PointBatch
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
+from pipeline.store_edge import EdgeStore
 
 
 def vectors(batch: PointBatch) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_bf16_vectors_keep_parity_with_float32_on_cpu(tiny_model: Path, dataset:
 
 
 @pytest.fixture()
-def fused_stack(base_env: dict, tmp_path: Path) -> tuple[dict, psutil.Process]:
+def fused_stack(base_env: dict, tmp_path: Path) -> Iterator[tuple[dict, subprocess.Popen]]:
     """`medindex up` of its own whose embed worker fuses four jobs per pass (calls of 8)."""
     env = base_env | {
         "MEDINDEX_HOME": str(tmp_path / "home"),
@@ -95,13 +96,14 @@ def fused_stack(base_env: dict, tmp_path: Path) -> tuple[dict, psutil.Process]:
     while "medindex up: ready" not in log.read_text():
         assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.5)
-    yield env, psutil.Process(up.pid)
-    up.terminate()
-    up.wait(timeout=90)
+    yield env, up
+    if up.poll() is None:
+        up.terminate()
+        up.wait(timeout=90)
 
 
 def test_fused_jobs_are_indexed_exactly_and_a_killed_call_comes_back(
-    fused_stack: tuple[dict, psutil.Process], dataset: Path, tiny_model: Path
+    fused_stack: tuple[dict, subprocess.Popen], dataset: Path, tiny_model: Path
 ) -> None:
     """An ingest through fused passes with the embed pool process killed mid-call: its
     unacknowledged jobs come back, every image is indexed once, with the vector it gets
@@ -119,16 +121,20 @@ def test_fused_jobs_are_indexed_exactly_and_a_killed_call_comes_back(
     while tracker.redis.scard("medindex:job:fused:embedded") < 64:
         assert time.monotonic() < deadline and ingest.poll() is None
         time.sleep(0.05)
-    assert kill_and_wait_for_restart(up, "embed pool process")
+    assert kill_and_wait_for_restart(psutil.Process(up.pid), "embed pool process")
     out, err = ingest.communicate(timeout=300)
     assert ingest.returncode == 0, err[-2000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["indexed"], summary["failed"]) == (N_IMAGES, 0), summary
-    store = open_store(settings)
+    up.terminate()  # the store worker owns the store: read it directly once it stopped
+    assert up.wait(timeout=90) == 0
+    store = EdgeStore(settings.embedded_store_path)
     assert store.count("fused") == N_IMAGES
     job = EmbedJob(job_id="check", collection="fused", source=resolve(str(dataset)),
                    model=str(tiny_model), rows=list(range(40, 56)))  # fmt: skip
     alone = embed_job(job, Embedder(str(tiny_model), "cpu", preprocessing="fast"), settings)
     found = {p["id"]: p["vector"] for p in store.retrieve("fused", alone.batch.ids, True)}
     stored = np.array([found[i] for i in alone.batch.ids], dtype=np.float32)
-    np.testing.assert_allclose(stored, vectors(alone.batch), rtol=1e-4, atol=1e-5)
+    expected = vectors(alone.batch)
+    expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)  # cosine: kept unit
+    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
