@@ -37,7 +37,7 @@ class ReadJob:
     """A job's rows read and their pictures made: what its forward pass needs."""
 
     job: EmbedJob
-    pictures: list[Image.Image | torch.Tensor | None]
+    pictures: list[Image.Image | np.ndarray | torch.Tensor | None]
     ids: list[str]
     rows: list[int]
     payloads: list[dict]
@@ -68,12 +68,13 @@ def read_job(job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Sett
 
 def _picture(
     record: SourceRow, embedder: Embedder, settings: Settings
-) -> Image.Image | torch.Tensor:
+) -> Image.Image | np.ndarray | torch.Tensor:
+    """The row's picture as far as a decoding thread takes it (resized, on the fast path)."""
     if getattr(embedder, "jpeg_decoder", None) and is_jpeg(record.image) and not record.refusal:
         return embedder.decode_on_device(
             record.image, settings.max_image_pixels, settings.max_image_bytes
         )
-    return to_picture(record, settings, embedder.draft_size)
+    return embedder.prepare(to_picture(record, settings, embedder.draft_size))
 
 
 def embed_job(

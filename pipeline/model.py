@@ -203,21 +203,38 @@ class Embedder:
             pooled = output.last_hidden_state.float().mean(dim=1)
         return pooled.float().cpu().numpy()
 
-    def pixels(self, images: list[Image.Image | torch.Tensor]) -> torch.Tensor:
-        """The model's input for a batch of pictures, by the configured path, on the device."""
-        pictures = [image for image in images if isinstance(image, Image.Image)]
-        if self.draft_size:
-            made = self._fast_pixels(pictures) if pictures else None
-        else:
-            made = self.processor(images=pictures, return_tensors="pt")["pixel_values"]
-        if made is not None and self.device.startswith("cuda"):
-            made = made.pin_memory().to(self.device, non_blocking=True)
-        elif made is not None:
-            made = made.to(self.device)
-        if len(pictures) == len(images):
+    def prepare(self, picture: Image.Image) -> Image.Image | np.ndarray:
+        """What a decoding thread does to a picture before its pass: on the fast path, the
+        processor's resize (same filter) to 8-bit pixels; the exact path's processor runs on
+        the whole batch."""
+        if not self.draft_size:
+            return picture
+        return np.asarray(picture.resize(self.draft_size, self.processor.resample))
+
+    def pixels(self, images: list[Image.Image | np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """The model's input for a batch, on the device: from pictures, prepared 8-bit pixels
+        or pixels already made on the device (`decode_on_device`), in their order."""
+        on_host = [image for image in images if not isinstance(image, torch.Tensor)]
+        made = self._host_pixels(on_host) if on_host else None
+        if len(on_host) == len(images):
             return made
-        on_cpu = iter(made if made is not None else [])
-        return torch.stack([next(on_cpu) if isinstance(i, Image.Image) else i for i in images])
+        host = iter(made if made is not None else [])
+        return torch.stack([i if isinstance(i, torch.Tensor) else next(host) for i in images])
+
+    def _host_pixels(self, images: list[Image.Image | np.ndarray]) -> torch.Tensor:
+        if not self.draft_size:
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+            return self._to_device(pixels)
+        prepared = [self.prepare(i) if isinstance(i, Image.Image) else i for i in images]
+        batch = self._to_device(torch.from_numpy(np.stack(prepared)))  # 8-bit: 1/4 the bytes
+        return self._normalise(
+            batch.permute(0, 3, 1, 2).float().mul_(self.processor.rescale_factor)
+        )
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.startswith("cuda"):
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def decode_on_device(self, jpeg: bytes, max_pixels: int, max_bytes: int) -> torch.Tensor:
         """One JPEG decoded, resized and normalised on the GPU (`gpu_decode`), refused by the
@@ -235,13 +252,6 @@ class Embedder:
             image, size=(height, width), mode="bicubic", antialias=True, align_corners=False
         ).clamp_(0, 255)
         return self._normalise(resized.mul_(processor.rescale_factor))[0]
-
-    def _fast_pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """The processor's resize (same filter) and normalisation, done once for the batch."""
-        processor = self.processor
-        resized = [image.resize(self.draft_size, processor.resample) for image in images]
-        batch = torch.from_numpy(np.stack([np.asarray(image) for image in resized]))
-        return self._normalise(batch.permute(0, 3, 1, 2).float().mul_(processor.rescale_factor))
 
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.processor.image_mean, device=pixels.device).view(1, 3, 1, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from functools import cache
 from pathlib import Path
 from typing import Literal, get_args
@@ -71,8 +72,9 @@ class Settings(BaseSettings):
     # evenly loaded).
     embed_batch_size: int | None = Field(None, ge=1, le=4096)
     # Threads per embed process that read and decode the next jobs while the model runs on
-    # the current batch (PIL releases the GIL while it decodes).
-    embed_decode_workers: int = Field(4, ge=1, le=64)
+    # the current pass (PIL releases the GIL while it decodes). Unset: on CUDA the host's
+    # cores shared by the embed processes; on CPU 2 (the model takes the cores there).
+    embed_decode_workers: int | None = Field(None, ge=1, le=256)
     # CUDA kernels: TF32 matmuls, the attention implementation, torch.compile, channels-last
     # (helps convolutional models, e.g. ResNet, in half precision).
     cuda_tf32: bool = True
@@ -161,6 +163,14 @@ class Settings(BaseSettings):
         if self.embed_batch_size:
             return self.embed_batch_size
         return 256 if self.device == "cuda" else self.job_size
+
+    @property
+    def embed_decode_threads(self) -> int:
+        if self.embed_decode_workers:
+            return self.embed_decode_workers
+        if self.device != "cuda":
+            return 2
+        return max(2, (os.cpu_count() or 1) // self.embed_concurrency)
 
     @property
     def embed_jobs_per_call(self) -> int:

@@ -119,18 +119,16 @@ def model_ceiling(embedder: Embedder, jpegs: list[bytes], batch: int, seconds: f
 
 
 def decode_ceiling(embedder: Embedder, jpegs: list[bytes], threads: int) -> float:
-    """Images/s that `threads` threads decode and preprocess (the fast path, 16 a batch, no
-    model): what the host's cores can feed the model."""
-    chunks = [jpegs[i : i + 16] for i in range(0, len(jpegs), 16)]
+    """Images/s that `threads` threads decode and resize (the fast path, as the embed step's
+    decoding threads do; no model): what the host's cores can feed the model."""
 
-    def prepare(chunk: list[bytes]) -> torch.Tensor:
-        pictures = [decode_rgb(jpeg, 2**31, 2**31, embedder.draft_size) for jpeg in chunk]
-        return embedder.pixels(pictures)
+    def prepare(jpeg: bytes) -> np.ndarray:
+        return embedder.prepare(decode_rgb(jpeg, 2**31, 2**31, embedder.draft_size))
 
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(prepare, chunks[:threads]))  # warm up
+        list(pool.map(prepare, jpegs[: 4 * threads]))  # warm up
         started = time.perf_counter()
-        list(pool.map(prepare, chunks))
+        list(pool.map(prepare, jpegs))
     return len(jpegs) / (time.perf_counter() - started)
 
 
@@ -321,7 +319,7 @@ class Stack:
                         MEDINDEX_FLOWER_PORT="0", MEDINDEX_PREPROCESSING=preprocessing,
                         MEDINDEX_LOCAL_REDIS_PORT=str(settings.local_redis_port),
                         MEDINDEX_DEVICE=device,
-                        MEDINDEX_EMBED_DECODE_WORKERS=str(settings.embed_decode_workers),
+                        MEDINDEX_EMBED_DECODE_WORKERS=str(settings.embed_decode_threads),
                         )  # fmt: skip
         self.env.pop("MEDINDEX_REDIS_URL", None)
         self.embed_workers = embed_workers
@@ -473,9 +471,9 @@ def run_bench(
     device = bench_device(device)
     # The stacks run one after the other on a free port of their own, so a running
     # `medindex up` is left alone; this process' Celery app is pointed there before it connects.
-    settings = settings.model_copy(
-        update={"local_redis_port": _free_port(), "redis_url": None, "device": device}
-    )
+    update = {"local_redis_port": _free_port(), "redis_url": None, "device": device,
+              "embed_concurrency": embed_workers}  # fmt: skip
+    settings = settings.model_copy(update=update)
     app.conf.broker_url = settings.broker_url
     home = settings.home.resolve() / "bench"
     data = home / f"sample-{n}"
@@ -534,7 +532,7 @@ def run_bench(
         "b_precision": b_precision,
         "c_pipeline": c.rate,
         "decode_ceiling": decode,
-        "decode_workers": settings.embed_decode_workers,
+        "decode_workers": settings.embed_decode_threads,
         "d_orchestration": d.rate,
         "d_images": d.images,
         "c_over_a": c.rate / a,

@@ -56,7 +56,7 @@ def _share_cpu(**_: object) -> None:
 @cache
 def decoder() -> ThreadPoolExecutor:
     """This pool process' decoding threads (made after the fork, like the model)."""
-    return ThreadPoolExecutor(get_settings().embed_decode_workers, "decode")
+    return ThreadPoolExecutor(get_settings().embed_decode_threads, "decode")
 
 
 @dataclass(frozen=True)

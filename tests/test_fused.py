@@ -20,7 +20,7 @@ from conftest import ARTIFACTS, N_IMAGES, free_port
 
 from pipeline.embed import embed_job, embed_jobs
 from pipeline.images import decode_rgb
-from pipeline.model import Embedder, Kernels
+from pipeline.model import DeviceJpeg, Embedder, Kernels, ModelError
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.schemas import EmbedJob, PointBatch
@@ -138,3 +138,10 @@ def test_fused_jobs_are_indexed_exactly_and_a_killed_call_comes_back(
     expected = vectors(alone.batch)
     expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)  # cosine: kept unit
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_jpeg_decoding_without_its_extra_is_a_one_line_error() -> None:
+    """torchvision is an optional extra, imported only when MEDINDEX_GPU_DECODE asks for it."""
+    with pytest.raises(ModelError, match="MEDINDEX_GPU_DECODE needs torchvision") as refused:
+        DeviceJpeg("cuda")
+    assert "\n" not in str(refused.value)
