@@ -57,7 +57,7 @@ def read_job(job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Sett
             picture = _picture(record, embedder, settings) if embedder.needs_pixels else None
         except ImageError as exc:
             read.failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
-            log.warning("row %s (%s) refused: %s", record.row, record.key, exc)
+            log.warning("job=%s row %s (%s) refused: %s", job.job_id, record.row, record.key, exc)
             continue
         read.pictures.append(picture)
         read.ids.append(point_id(job.source.identity, job.source.split, record.key))

@@ -117,7 +117,7 @@ def _apply_embed(task: JobBatches, requests: list[SimpleRequest]) -> Any:
     return apply_batches_task(task, (requests,), 0, None)
 
 
-@app.task(name="medindex.embed", base=JobBatches, max_retries=settings.embed_max_retries)
+@app.task(name="medindex.embed", base=JobBatches)
 def embed(requests: list[SimpleRequest]) -> dict[str, bool]:
     """Embed the call's jobs; returns, per message id, True to acknowledge it (its points sent
     on, its rows failed with a reason, or a later try queued) and False to requeue it."""
