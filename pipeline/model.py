@@ -157,9 +157,7 @@ class Embedder:
             torch.backends.cudnn.allow_tf32 = kernels.tf32
         try:
             self.processor = AutoImageProcessor.from_pretrained(model_name)
-            self.model = AutoModel.from_pretrained(
-                model_name, attn_implementation=kernels.attention
-            )
+            self.model = _load_model(model_name, kernels.attention)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model {model_name!r}: {first_line(exc)}") from exc
         self.model = self.model.eval().to(self.device)
@@ -257,6 +255,18 @@ class Embedder:
         mean = torch.tensor(self.processor.image_mean, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(self.processor.image_std, device=pixels.device).view(1, 3, 1, 1)
         return (pixels - mean) / std
+
+
+def _load_model(model_name: str, attention: str) -> torch.nn.Module:
+    """The model with the attention implementation asked for; one without attention (a
+    ResNet) or without that implementation keeps its own."""
+    try:
+        return AutoModel.from_pretrained(model_name, attn_implementation=attention)
+    except ValueError as exc:
+        if "attention implementation" not in str(exc):
+            raise
+        log.info("%s: %s attention not supported, using its own", model_name, attention)
+        return AutoModel.from_pretrained(model_name)
 
 
 class DeviceJpeg:
