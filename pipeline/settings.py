@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from functools import cache
 from pathlib import Path
 from typing import Literal, get_args
@@ -18,6 +20,9 @@ DEFAULT_MODEL = "facebook/dino-vits16"
 # one batch; parity with "exact" is measured by `medindex bench`.
 Preprocessing = Literal["exact", "fast"]
 PREPROCESSINGS: tuple[str, ...] = get_args(Preprocessing)
+# Autocast of the forward pass; vectors leave it as float32 whatever runs inside. "auto": bf16 on
+# CUDA, float32 on CPU (the seed's vectors). Parity of half precision printed by `medindex bench`.
+Precision = Literal["auto", "float32", "bf16", "fp16"]
 # Vectors as kept by a Qdrant server: float32, or int8 scalar quantization (4x smaller, kept in
 # RAM) with searches rescored on the float32 originals.
 Quantization = Literal["none", "int8"]
@@ -61,6 +66,25 @@ class Settings(BaseSettings):
     # exact path measured by `medindex bench`, BENCHMARKS.md). "exact": the model's own image
     # processor, the seed's path. Recorded with each collection; its queries follow it.
     preprocessing: Preprocessing = "fast"
+    precision: Precision = "auto"
+    # Images per forward pass: several queued jobs are fused into one pass, then split back
+    # into each job's points (jobs stay `job_size` on the queue). Unset: 256 on CUDA; on CPU
+    # one job per pass (fusing measured no faster there, and whole jobs keep CPU processes
+    # evenly loaded).
+    embed_batch_size: int | None = Field(None, ge=1, le=4096)
+    # Threads per embed process that read and decode the next jobs while the model runs on
+    # the current pass (PIL releases the GIL while it decodes). Unset: on CUDA the host's
+    # cores shared by the embed processes; on CPU 2 (the model takes the cores there).
+    embed_decode_workers: int | None = Field(None, ge=1, le=256)
+    # CUDA kernels: TF32 matmuls, the attention implementation, torch.compile, channels-last
+    # (helps convolutional models, e.g. ResNet, in half precision).
+    cuda_tf32: bool = True
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    torch_compile: bool = False
+    channels_last: bool = False
+    # JPEGs decoded on the GPU (torchvision.io.decode_jpeg, the `gpu-decode` extra); other
+    # images, and every image on CPU, are decoded by PIL.
+    gpu_decode: bool = False
 
     # Pipeline shape.
     job_size: int = Field(16, ge=1, le=256)
@@ -148,6 +172,31 @@ class Settings(BaseSettings):
             "deidentify": self.deidentify,
         }
         return ReadOptions(**(defaults | {k: v for k, v in given.items() if v is not None}))
+
+    @property
+    def embed_pass_size(self) -> int:
+        """Images per forward pass: the setting, else 256 on CUDA and one job on CPU. Read
+        from the setting, never from the hardware, so that the parent of the worker processes
+        never initialises CUDA ("auto" sizes as CPU: set MEDINDEX_DEVICE=cuda on GPU hosts)."""
+        if self.embed_batch_size:
+            return self.embed_batch_size
+        return 256 if self.device == "cuda" else self.job_size
+
+    @property
+    def embed_decode_threads(self) -> int:
+        if self.embed_decode_workers:
+            return self.embed_decode_workers
+        if self.device != "cuda":
+            return 2
+        return max(2, (os.cpu_count() or 1) // self.embed_concurrency)
+
+    @property
+    def embed_jobs_per_call(self) -> int:
+        """Jobs an embed pool process takes in one call: passes enough that the decoding of
+        each but the first overlaps the pass before (4 on CUDA); on CPU two, so that the
+        processes stay evenly loaded to the end of an ingest."""
+        passes = 4 if self.device == "cuda" else 2
+        return math.ceil(self.embed_pass_size / self.job_size) * passes
 
     @property
     def broker_url(self) -> str:

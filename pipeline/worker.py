@@ -60,7 +60,10 @@ def worker_argv(role: Role, settings: Settings, concurrency: int | None, name: s
     queues = ["-Q", queue, "-n", name, "--loglevel", settings.log_level]
     if role == "embed":
         processes = concurrency or settings.embed_concurrency
-        return [*CELERY, "worker", *queues, "-c", str(processes)]
+        # Per process: the jobs of the call it runs and of the next one (celery-batches).
+        prefetch = 2 * settings.embed_jobs_per_call
+        return [*CELERY, "worker", *queues, "-c", str(processes), "--prefetch-multiplier",
+                str(prefetch)]  # fmt: skip
     if concurrency not in (None, 1):
         raise MedindexError(
             "a store worker runs one process (it owns the store): drop --concurrency"

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +36,9 @@ from qdrant_client import QdrantClient, models
 from transformers import AutoImageProcessor, ViTModel
 
 from pipeline.celery_app import app
+from pipeline.errors import MedindexError
 from pipeline.images import decode_rgb
-from pipeline.model import TRIVIAL_MODEL, Embedder, build_random_vit
+from pipeline.model import TRIVIAL_MODEL, Embedder, Kernels, build_random_vit
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.remote_store import RemoteStore
@@ -67,14 +69,14 @@ class StackRun:
         return self.images / self.seconds
 
 
-def seed_loop(data: Path, model: str, store_path: Path) -> float:
+def seed_loop(data: Path, model: str, store_path: Path, device: str) -> float:
     """(a) images/s of the notebook's code, embedding and upserting, in this process."""
     table = datasets.load_dataset(str(data), split="train")
     processor = AutoImageProcessor.from_pretrained(model)
-    vit = ViTModel.from_pretrained(model).eval()
+    vit = ViTModel.from_pretrained(model).eval().to(device)
 
     def get_embeddings(batch: dict) -> dict:
-        inputs = processor(images=batch["image"], return_tensors="pt")
+        inputs = processor(images=batch["image"], return_tensors="pt").to(device)
         with torch.no_grad():
             batch["embeddings"] = vit(**inputs).last_hidden_state.mean(dim=1).cpu().numpy()
         return batch
@@ -98,26 +100,118 @@ def seed_loop(data: Path, model: str, store_path: Path) -> float:
     return table.num_rows / seconds
 
 
-def model_ceiling(data: Path, model: str, repeats: int = 2) -> float:
-    """(b) images/s of the forward pass alone on preprocessed batches of 16."""
-    images = list(datasets.load_dataset(str(data), split="train").select(range(64))["image"])
-    pixels = AutoImageProcessor.from_pretrained(model)(images=images, return_tensors="pt")
-    vit = ViTModel.from_pretrained(model).eval()
-    batches = pixels["pixel_values"].split(16)
-    with torch.inference_mode():
-        vit(pixel_values=batches[0])  # warm up
+def jpegs_of(data: Path, n: int) -> list[bytes]:
+    table = datasets.load_dataset(str(data), split="train").select(range(n))
+    return [i["bytes"] for i in table.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def model_ceiling(embedder: Embedder, jpegs: list[bytes], batch: int, seconds: float = 8) -> float:
+    """(b) images/s of the forward pass alone on preprocessed batches of the pipeline's pass
+    size, already on the device, in the pipeline's precision."""
+    pictures = [decode_rgb(jpeg, 2**31, 2**31, embedder.draft_size) for jpeg in jpegs]
+    pixels = embedder.pixels(pictures)
+    pixels = pixels.repeat(-(-batch // len(pixels)), 1, 1, 1)[:batch]
+    embedder.vectors(pixels)  # warm up (and compile, where asked)
+    passes, started = 0, time.perf_counter()
+    while passes < 2 or time.perf_counter() - started < seconds:
+        embedder.vectors(pixels)  # its vectors come back to the host: the pass has ended
+        passes += 1
+    return passes * batch / (time.perf_counter() - started)
+
+
+def decode_ceiling(embedder: Embedder, jpegs: list[bytes], threads: int) -> float:
+    """Images/s that `threads` threads decode and resize (the fast path, as the embed step's
+    decoding threads do; no model): what the host's cores can feed the model."""
+
+    def prepare(jpeg: bytes) -> np.ndarray:
+        return embedder.prepare(decode_rgb(jpeg, 2**31, 2**31, embedder.draft_size))
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(prepare, jpegs[: 4 * threads]))  # warm up
         started = time.perf_counter()
-        for _ in range(repeats):
-            for batch in batches:
-                vit(pixel_values=batch).last_hidden_state.mean(dim=1)
-    return repeats * len(images) / (time.perf_counter() - started)
+        list(pool.map(prepare, jpegs))
+    return len(jpegs) / (time.perf_counter() - started)
+
+
+def precision_parity(model: str, device: str, jpegs: list[bytes], half: str) -> dict:
+    """Half precision's vectors (bf16 or fp16 autocast) against float32's, same images."""
+    vectors = {}
+    for precision in ("float32", half):
+        embedder = Embedder(model, device, preprocessing="fast", kernels=Kernels(precision))
+        pictures = [decode_rgb(jpeg, 2**31, 2**31, embedder.draft_size) for jpeg in jpegs]
+        vectors[precision] = np.concatenate(
+            [embedder.embed(pictures[i : i + 64]) for i in range(0, len(pictures), 64)]
+        )
+    return embedding_parity(vectors["float32"], vectors[half]) | {"precision": half}
+
+
+class GpuSampler:
+    """nvidia-smi's utilisation and memory of GPU 0, every 0.2 s while a run goes on."""
+
+    def __init__(self) -> None:
+        self.utilisation: list[float] = []
+        self.memory_mib: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            line = nvidia_smi("utilization.gpu,memory.used")
+            if line:
+                utilisation, memory = (float(v) for v in line.split(",")[:2])
+                self.utilisation.append(utilisation)
+                self.memory_mib.append(memory)
+
+    def figures(self) -> dict:
+        if not self.utilisation:
+            return {"gpu_utilisation_pct": None, "gpu_peak_memory_mib": None}
+        return {
+            "gpu_utilisation_pct": round(float(np.mean(self.utilisation)), 1),
+            "gpu_peak_memory_mib": max(self.memory_mib),
+        }
+
+
+def nvidia_smi(fields: str) -> str | None:
+    """GPU 0's `fields` as nvidia-smi prints them (csv, no units); None without one."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def bench_device(setting: str) -> str:
+    """The device the bench runs on; a clear error when CUDA is asked for and absent."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise MedindexError("--device cuda: no CUDA device is visible to torch here")
+    return setting
+
+
+def describe_machine(device: str) -> str:
+    host = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if device == "cpu":
+        return f"{host}, {torch.get_num_threads()} threads, device cpu"
+    driver = nvidia_smi("driver_version") or "?"
+    return f"{host}, device {torch.cuda.get_device_name(0)}, driver {driver}"
 
 
 def preprocessing_parity(data: Path, model: str, settings: Settings, n: int = 128) -> dict:
     """The fast path against the exact one on the same JPEGs: vector parity, and the cost of
     decoding + preprocessing one image each way (no forward pass)."""
-    table = datasets.load_dataset(str(data), split="train").select(range(n))
-    jpegs = [i["bytes"] for i in table.cast_column("image", datasets.Image(decode=False))["image"]]
+    jpegs = jpegs_of(data, n)
     limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
     vectors, prep_ms = {}, {}
     for path in PREPROCESSINGS:
@@ -209,7 +303,13 @@ class Stack:
     """`medindex up` in its own home and port, for one measured run."""
 
     def __init__(
-        self, settings: Settings, home: Path, model: str, embed_workers: int, preprocessing: str
+        self,
+        settings: Settings,
+        home: Path,
+        model: str,
+        embed_workers: int,
+        preprocessing: str,
+        device: str,
     ) -> None:
         # Its own Redis on the port this process' Celery app was configured with.
         update = {"home": home, "model": model, "redis_url": None, "flower_port": 0,
@@ -218,7 +318,10 @@ class Stack:
         self.settings = settings.model_copy(update=update)
         self.env = dict(os.environ, MEDINDEX_HOME=str(home), MEDINDEX_MODEL=model,
                         MEDINDEX_FLOWER_PORT="0", MEDINDEX_PREPROCESSING=preprocessing,
-                        MEDINDEX_LOCAL_REDIS_PORT=str(settings.local_redis_port))  # fmt: skip
+                        MEDINDEX_LOCAL_REDIS_PORT=str(settings.local_redis_port),
+                        MEDINDEX_DEVICE=device,
+                        MEDINDEX_EMBED_DECODE_WORKERS=str(settings.embed_decode_threads),
+                        )  # fmt: skip
         self.env.pop("MEDINDEX_REDIS_URL", None)
         self.embed_workers = embed_workers
         self.log = home / "up.log"
@@ -364,10 +467,14 @@ def run_bench(
     copies: int,
     preprocessing: str,
     search_points: list[int],
+    device: str = "auto",
 ) -> dict:
+    device = bench_device(device)
     # The stacks run one after the other on a free port of their own, so a running
     # `medindex up` is left alone; this process' Celery app is pointed there before it connects.
-    settings = settings.model_copy(update={"local_redis_port": _free_port(), "redis_url": None})
+    update = {"local_redis_port": _free_port(), "redis_url": None, "device": device,
+              "embed_concurrency": embed_workers}  # fmt: skip
+    settings = settings.model_copy(update=update)
     app.conf.broker_url = settings.broker_url
     home = settings.home.resolve() / "bench"
     data = home / f"sample-{n}"
@@ -379,8 +486,15 @@ def run_bench(
         if not (Path(model) / "config.json").exists():
             build_random_vit(Path(model))
     with tempfile.TemporaryDirectory() as tmp:
-        a = seed_loop(data, model, Path(tmp) / "seed-store")
-    b = model_ceiling(data, model)
+        a = seed_loop(data, model, Path(tmp) / "seed-store", device)
+    jpegs = jpegs_of(data, min(n, 128))
+    embedder = Embedder(model, device, preprocessing="fast", kernels=Kernels.of(settings))
+    b = model_ceiling(embedder, jpegs, settings.embed_pass_size)
+    b_precision = str(embedder.half or "float32").removeprefix("torch.")
+    decode = decode_ceiling(embedder, jpegs_of(data, n), os.cpu_count() or 1)
+    del embedder
+    half = settings.precision if settings.precision in ("bf16", "fp16") else "bf16"
+    precision = precision_parity(model, device, jpegs, half)
     parity = preprocessing_parity(data, model, settings)
     writes = store_writes()
     warmup = home / "warmup"
@@ -394,11 +508,14 @@ def run_bench(
     fill_search_collections(search_root, search_points)
     names = [f"search_{size}" for size in search_points]
     in_process = in_process_searches(search_root, names)
-    with Stack(settings, home / "stack-c", model, embed_workers, preprocessing) as stack:
+    stack_c = Stack(settings, home / "stack-c", model, embed_workers, preprocessing, device)
+    with stack_c as stack:
         stack.ingest(warmup)
-        c = stack.ingest(data)
+        with GpuSampler() as gpu:
+            c = stack.ingest(data)
         per_job = stack.bytes_per_queued_job(data)
-    with Stack(settings, home / "stack-d", TRIVIAL_MODEL, embed_workers, preprocessing) as stack:
+    stack_d = Stack(settings, home / "stack-d", TRIVIAL_MODEL, embed_workers, preprocessing, device)
+    with stack_d as stack:
         stack.ingest(warmup)
         d = stack.ingest(data, copies=copies)
         searches = stack.search_figures(data, copies, search_points)
@@ -407,21 +524,28 @@ def run_bench(
         for name, figure in in_process_searches(search_root, names[-1:]).items()
     }
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, device cpu",
+        "machine": describe_machine(device),
+        "device": device,
         "images": n,
         "a_seed_loop": a,
         "b_model_ceiling": b,
+        "b_batch": settings.embed_pass_size,
+        "b_precision": b_precision,
         "c_pipeline": c.rate,
+        "decode_ceiling": decode,
+        "decode_workers": settings.embed_decode_threads,
         "d_orchestration": d.rate,
         "d_images": d.images,
         "c_over_a": c.rate / a,
         "c_over_b": c.rate / b,
+        "c_over_bound": c.rate / min(b, decode),
+        **gpu.figures(),
         "peak_rss_mb": {k: round(v / 2**20) for k, v in sorted(c.peak_rss.items())},
         "redis_bytes_per_queued_job": round(per_job),
         "embed_workers": embed_workers,
         "preprocessing": preprocessing,
         "parity": parity,
+        "precision_parity": precision,
         "store_points_per_s": writes,
         "search_in_process": in_process,
         "search_client": searches,

@@ -507,6 +507,14 @@ def register_bench(commands: argparse._SubParsersAction) -> None:
         "--search-points", type=_sizes, default=[10_000, 100_000],
         help="comma-separated sizes of the collections searched (default: 10000,100000)",
     )  # fmt: skip
+    cmd.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=None,
+        help="where (a), (b) and (c) run (default: MEDINDEX_DEVICE)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--decode-workers", type=int, default=None,
+        help="decoding threads per embed process in (c) (default: MEDINDEX_EMBED_DECODE_WORKERS)",
+    )  # fmt: skip
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(run=_bench)
 
@@ -526,20 +534,45 @@ def _bench(args: argparse.Namespace) -> int:
     from producers.bench import run_bench
 
     settings = get_settings()
+    if args.decode_workers:
+        settings = settings.model_copy(update={"embed_decode_workers": args.decode_workers})
     workers = args.embed_workers or settings.embed_concurrency
     preprocessing = args.preprocessing or settings.preprocessing
-    result = run_bench(settings, args.n, workers, args.copies, preprocessing, args.search_points)
+    result = run_bench(
+        settings, args.n, workers, args.copies, preprocessing, args.search_points,
+        args.device or settings.device,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return 0
     out = Console()
     out.print(f"machine: {result['machine']}; {result['images']} images, {workers} embed worker(s)")
     out.print(f"(a) seed loop            {result['a_seed_loop']:8.1f} images/s")
-    out.print(f"(b) model ceiling        {result['b_model_ceiling']:8.1f} images/s")
-    out.print(f"(c) pipeline             {result['c_pipeline']:8.1f} images/s ({preprocessing})")
+    out.print(
+        f"(b) model ceiling        {result['b_model_ceiling']:8.1f} images/s "
+        f"(batches of {result['b_batch']}, {result['b_precision']})"
+    )
+    out.print(
+        f"(c) pipeline             {result['c_pipeline']:8.1f} images/s ({preprocessing}, "
+        f"{result['decode_workers']} decode threads per embed process)"
+    )
+    out.print(f"    decode ceiling       {result['decode_ceiling']:8.1f} images/s (all cores)")
     d, d_images = result["d_orchestration"], result["d_images"]
     out.print(f"(d) orchestration        {d:8.1f} images/s ({d_images} images)")
-    out.print(f"c/a = {result['c_over_a']:.2f}   c/b = {result['c_over_b']:.2f}")
+    out.print(
+        f"c/a = {result['c_over_a']:.2f}   c/b = {result['c_over_b']:.2f}   "
+        f"c/min(b, decode ceiling) = {result['c_over_bound']:.2f}"
+    )
+    utilisation, memory = result["gpu_utilisation_pct"], result["gpu_peak_memory_mib"]
+    out.print(
+        f"GPU during (c): utilisation {'n/a' if utilisation is None else f'{utilisation}%'}, "
+        f"peak memory {'n/a' if memory is None else f'{memory:.0f} MiB'}"
+    )
+    half = result["precision_parity"]
+    out.print(
+        f"{half['precision']} vs float32 vectors: mean cosine {half['mean_cosine']:.5f}, "
+        f"top-10 overlap {half['top10_overlap']:.3f}"
+    )
     out.print(f"peak RSS (MiB): {result['peak_rss_mb']}")
     out.print(f"Redis bytes per queued job: {result['redis_bytes_per_queued_job']}")
     parity = result["parity"]

@@ -14,7 +14,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from celery.utils.log import get_task_logger
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from pipeline import ledger
@@ -24,6 +24,7 @@ from pipeline.logs import bind_job
 from pipeline.schemas import PointBatch
 from pipeline.settings import get_settings
 from pipeline.writer import Span
+from tasks.batches import RestartableBatches
 from tasks.worker_state import tracker, writer
 
 log = get_task_logger(__name__)
@@ -46,7 +47,7 @@ class _Delivery:
     failed: bool = False  # a call holding some of its points failed
 
 
-class PointBatches(Batches):
+class PointBatches(RestartableBatches):
     abstract = True
     batch_size = settings.upsert_batch_size
     flush_every = math.ceil(settings.upsert_batch_size / settings.job_size)
@@ -61,15 +62,6 @@ class PointBatches(Batches):
         super().__init__()
         self._deliveries: WeakKeyDictionary[Any, _Delivery] = WeakKeyDictionary()
 
-    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
-        # Called again when the consumer restarts after a lost broker connection, which clears
-        # the worker's timers: forget the dead flush timer so that the next message starts a
-        # new one, or a partial write would never happen again.
-        if self._tref is not None:
-            self._tref.cancel()
-            self._tref = None
-        return super().Strategy(task, app, consumer)
-
     def flush(self, requests: list[Any]) -> Any:
         kept = requests
         try:
@@ -78,6 +70,8 @@ class PointBatches(Batches):
             sizes = [_size(r) for r in requests]
             skip = states[0].written
             quiet = now - max(state.first_seen for state in states) >= self.quiet_s
+            # The embed step marks the points that complete a job: no more are coming.
+            quiet = quiet or any(r.kwargs.get("ends_job") for r in requests)
             waited = now - min(state.first_seen for state in states)
             if sum(sizes) - skip < self.batch_size and not quiet and waited < self.max_wait_s:
                 return None  # less than a full write while points still arrive: wait

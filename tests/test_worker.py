@@ -14,7 +14,8 @@ from pipeline.worker import worker_argv
 def test_roles_become_the_celery_workers_medindex_up_runs() -> None:
     settings = get_settings()
     embed = " ".join(worker_argv("embed", settings, 3, "gpu-1@%h"))
-    assert "-A pipeline.celery_app worker -Q embed -n gpu-1@%h" in embed and embed.endswith("-c 3")
+    assert "-A pipeline.celery_app worker -Q embed -n gpu-1@%h" in embed
+    assert embed.endswith("-c 3 --prefetch-multiplier 4")  # two calls of two jobs
     store = " ".join(worker_argv("store", settings, None, "store@%h"))
     assert "-Q upsert,store" in store and "-c 1 --prefetch-multiplier 252" in store
 
