@@ -18,16 +18,22 @@ JSON_FIELDS = (
 )
 
 _job_id: ContextVar[str] = ContextVar("job_id", default="-")
+# A call that carries several messages (celery-batches) runs as one task: each message's own
+# task id is bound with its job, so the lines about a job name the message that brought it.
+_task_id: ContextVar[str | None] = ContextVar("task_id", default=None)
 
 
-def bind_job(job_id: str) -> None:
-    """Name the job(s) the current task works on, for every log line until the next task."""
+def bind_job(job_id: str, task_id: str | None = None) -> None:
+    """Name the job the current task works on (and the message's task id, where one call
+    carries several), for every log line until the next bind or task."""
     _job_id.set(job_id)
+    _task_id.set(task_id)
 
 
 @task_prerun.connect
 def _forget_previous_job(**_: object) -> None:
     _job_id.set("-")
+    _task_id.set(None)
 
 
 class JobContext(logging.Filter):
@@ -35,7 +41,7 @@ class JobContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         task = current_task
-        record.task_id = (task.request.id if task else None) or "-"
+        record.task_id = _task_id.get() or (task.request.id if task else None) or "-"
         record.job_id = _job_id.get() if task else "-"
         return True
 

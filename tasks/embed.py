@@ -131,7 +131,7 @@ def embed(requests: list[SimpleRequest]) -> dict[str, bool]:
         by_job = {id(d.job): d for d in deliveries}
         for job, outcome in _embed_group(model, pooling, [d.job for d in deliveries]):
             delivery = by_job[id(job)]
-            bind_job(job.job_id)
+            bind_job(job.job_id, delivery.id)
             acks[delivery.id] = _finish(delivery, outcome)
     return acks
 
@@ -151,7 +151,7 @@ def _admit(delivery: Delivery, acks: dict[str, bool]) -> bool:
     counted is the deliveries whose worker died on these rows (out of memory, killed); past
     the limit its rows fail, and a cancelled job's rows are skipped."""
     job = delivery.job
-    bind_job(job.job_id)
+    bind_job(job.job_id, delivery.id)
     try:
         lost = tracker().start_delivery(job.job_id, job.rows[0]) - 1
         if lost >= settings.embed_max_lost:

@@ -81,10 +81,10 @@ def test_dates_decimals_and_a_second_image_column_are_indexed(stack: Stack, tmp_
         "dose": datasets.Value("decimal128(10, 2)"),
     }
     data = write_table(tmp_path, columns, features)
-    assert ingest(stack, data, "typed") | {"seconds": 0} == {
-        "job_id": "typed", "indexed": N, "failed": 0, "seconds": 0,
+    assert ingest(stack, data, "dated") | {"seconds": 0} == {
+        "job_id": "dated", "indexed": N, "failed": 0, "seconds": 0,
     }  # fmt: skip
-    point = open_store(get_settings()).scroll("typed", limit=1)["points"][0]["payload"]
+    point = open_store(get_settings()).scroll("dated", limit=1)["points"][0]["payload"]
     assert point["taken"].startswith("2024-01-01T12:") and point["born"].startswith("1960-01-")
     assert isinstance(point["dose"], float) and "mask" not in point
 
