@@ -16,6 +16,7 @@ ViT-S/16's full depth); ViT-S cost does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ from pipeline.picture import to_picture
 from pipeline.settings import get_settings
 from pipeline.sources import detect_format, open_source, resolve
 from pipeline.sources.base import SourceRow
+from producers.cli import SAMPLE_KINDS
 
 # kind -> (sample size, extra ingest flags); sizes give each layout a few hundred pictures
 # or, for NIfTI, cases whose four modalities are read from 3-D volumes.
@@ -53,7 +55,7 @@ def main() -> int:
     rows = []
     with _stack(env, home) as medindex:
         for kind, (n, flags) in KINDS.items():
-            data = _sample(medindex, kind, home / kind, n)
+            data = _sample(kind, home / kind, n)
             split = _worker_split(data, str(model))
             flags = [f.format(data=data.parent if data.is_file() else data) for f in flags]
             run = medindex("ingest", "--dataset", str(data), "--collection", kind, *flags,
@@ -117,9 +119,10 @@ def _environment(home: Path) -> dict[str, str]:
     }
 
 
-def _sample(medindex: object, kind: str, out: Path, n: int) -> Path:
-    run = medindex("sample-data", "--kind", kind, "--out", str(out), "--n", str(n))
-    return Path(run.stderr.strip().splitlines()[-1].rsplit(" to ", 1)[1])
+def _sample(kind: str, out: Path, n: int) -> Path:
+    """The sample data `medindex sample-data --kind KIND` writes; the path to ingest."""
+    module, function = SAMPLE_KINDS[kind]
+    return getattr(importlib.import_module(module), function)(out, n, 1)
 
 
 class _stack:
