@@ -85,6 +85,7 @@ class Source(ABC):
     """A dataset of one format, opened by reference. Subclasses read, nothing else."""
 
     format: ClassVar[str]
+    keys: KeyCensus  # every row's key, checked once when the source opens (set by each reader)
 
     def __init__(self, ref: SourceRef) -> None:
         self.ref = ref
@@ -100,11 +101,6 @@ class Source(ABC):
     @property
     @abstractmethod
     def schema(self) -> Schema: ...
-
-    @property
-    @abstractmethod
-    def keys(self) -> KeyCensus:
-        """Every row's key, checked once when the source opens."""
 
     @abstractmethod
     def read(self, rows: list[int], max_image_bytes: int) -> list[SourceRow]:

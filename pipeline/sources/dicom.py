@@ -34,7 +34,6 @@ from pipeline.settings import get_settings
 from pipeline.sources import window
 from pipeline.sources.base import (
     Field,
-    KeyCensus,
     Schema,
     Source,
     SourceError,
@@ -131,7 +130,7 @@ class DicomSource(Source):
         if ref.options.dicom_unit == "series":
             instances = _middle_of_each_series(instances)
         self.instances = instances
-        self._keys = key_census([self._key_of(i) for i in instances])
+        self.keys = key_census([self._key_of(i) for i in instances])
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -144,10 +143,6 @@ class DicomSource(Source):
         return len(self.instances)
 
     @property
-    def keys(self) -> KeyCensus:
-        return self._keys
-
-    @property
     def schema(self) -> Schema:
         return Schema(fields=FIELDS, key_field=None, label_field="modality")
 
@@ -156,7 +151,7 @@ class DicomSource(Source):
 
     def _read_row(self, row: int, max_bytes: int) -> SourceRow:
         instance = self.instances[row]
-        key = self._keys.key(self._key_of(instance), row)
+        key = self.keys.key(self._key_of(instance), row)
         payload = {**instance.payload, "source": self.reference(row, key)}
         try:
             image = self._picture(instance.path, max_bytes)

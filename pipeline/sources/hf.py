@@ -16,7 +16,6 @@ from pipeline.schemas import SourceRef
 from pipeline.sources.base import (
     Field,
     FieldType,
-    KeyCensus,
     Schema,
     Source,
     SourceError,
@@ -61,7 +60,7 @@ class DatasetSource(Source):
         self._key_values = (
             list(self.table[self.key_column]) if self.key_column else self._image_keys()
         )
-        self._keys = key_census(self._key_values)
+        self.keys = key_census(self._key_values)
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -74,10 +73,6 @@ class DatasetSource(Source):
 
     def __len__(self) -> int:
         return self.table.num_rows
-
-    @property
-    def keys(self) -> KeyCensus:
-        return self._keys
 
     @property
     def schema(self) -> Schema:

@@ -47,7 +47,6 @@ from pipeline.images import ImageError
 from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.sources.base import (
     Field,
-    KeyCensus,
     Schema,
     Source,
     SourceError,
@@ -195,7 +194,7 @@ class NiftiSource(Source):
         self.entries = _list_entries(self.root, ref.options.nifti_unmasked_slices)
         if not self.entries:
             raise SourceError(f"{ref.dataset}: no NIfTI images (.nii, .nii.gz) besides masks")
-        self._keys = key_census([entry.key for entry in self.entries])
+        self.keys = key_census([entry.key for entry in self.entries])
         labels = ref.options.labels_csv
         self.labels = _read_labels(self._labels_path(labels), self.entries) if labels else None
 
@@ -215,10 +214,6 @@ class NiftiSource(Source):
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    @property
-    def keys(self) -> KeyCensus:
-        return self._keys
 
     @property
     def schema(self) -> Schema:

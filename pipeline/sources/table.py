@@ -57,7 +57,6 @@ from pipeline.schemas import SourceRef
 from pipeline.sources.base import (
     Field,
     FieldType,
-    KeyCensus,
     Schema,
     Source,
     SourceError,
@@ -117,7 +116,7 @@ class TableSource(Source):
         written = table.column(self.image_column).to_pylist()
         self._paths = [None if is_missing(p) or _blank(p) else _spelling(p) for p in written]
         key_values = table.column(key_column).to_pylist() if key_column else self._paths
-        self._keys = key_census(key_values)
+        self.keys = key_census(key_values)
         self._key_values = key_values
         self.key_column = field_name(key_column or self.image_column)
 
@@ -127,10 +126,6 @@ class TableSource(Source):
 
     def __len__(self) -> int:
         return self.table.num_rows
-
-    @property
-    def keys(self) -> KeyCensus:
-        return self._keys
 
     @property
     def schema(self) -> Schema:
@@ -145,7 +140,7 @@ class TableSource(Source):
         cells = self.table.take(rows).to_pydict()
         out = []
         for i, row in enumerate(rows):
-            key = self._keys.key(self._key_values[row], row)
+            key = self.keys.key(self._key_values[row], row)
             payload = self._payload({c: cells[c.name][i] for c in self.columns})
             payload[RESERVED] = self.reference(row, key)
             try:
