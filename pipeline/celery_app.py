@@ -64,7 +64,13 @@ def create_app() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu looks for overdue messages every interval but scans only every throttle-th
+            # time (100 s by default): a lost job would wait that long past the timeout.
+            "unacked_restore_interval": min(10, settings.visibility_timeout_s // 6),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         # A message published while Redis restarts waits for it (about 50 s), not fails.
         task_publish_retry_policy={

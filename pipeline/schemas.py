@@ -46,6 +46,9 @@ class SourceRef(BaseModel):
     name: str | None = None  # the identity point ids derive from, when not `dataset` itself
     format: Literal["hf", "table", "nifti", "dicom"] = "hf"
     options: ReadOptions = ReadOptions()
+    # The state of a local dataset's files when the producer sent the job (`local_version`): a
+    # worker opens the source anew when it differs, so a retry after a fix reads the fix.
+    version: str | None = None
 
     @property
     def identity(self) -> str:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     embed_max_lost: int = Field(3, ge=1, le=20)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
+    # Seconds a killed reindex keeps its alias locked (a running one renews its lock); a second
+    # reindex of a running alias waits this long before it is refused.
+    reindex_lock_s: int = Field(60, ge=5, le=3600)
     # Seconds the store worker retries a failing write (tries included) before it parks the
     # points: kept in Redis, shown as failed with the reason, written by `medindex retry`.
     store_retry_budget_s: float = Field(240.0, ge=0)

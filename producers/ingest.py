@@ -18,7 +18,14 @@ from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
 from pipeline.settings import Settings
-from pipeline.sources import Source, SourceError, detect_format, resolve, source_class
+from pipeline.sources import (
+    Source,
+    SourceError,
+    detect_format,
+    local_version,
+    resolve,
+    source_class,
+)
 from producers.schema import collection_schema
 
 log = logging.getLogger(__name__)
@@ -184,6 +191,8 @@ def enqueue(
     pooling: str,
     shard_rows: list[list[int]],
 ) -> None:
+    # Stamped now, not when the job began: rows sent again after a fix must read the fix.
+    ref = ref.model_copy(update={"version": local_version(ref.dataset)})
     with app.producer_or_acquire() as producer:
         for rows in shard_rows:
             job = EmbedJob(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
@@ -27,10 +29,6 @@ from producers.ingest import IngestRequest, source_ref, start_ingest, wait
 
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
 LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
-# The lock's lifetime, renewed while its reindex runs: a reindex killed outright frees its
-# alias this long after its last renewal, and running the same command again (to resume it)
-# waits that long for it.
-LOCK_LIFETIME_S = 60
 ROUND_TRIP_SAMPLE = 16
 NO_LABEL_NOTE = (
     "quality not computed: the collection has no label field (give one with --label-field); "
@@ -76,18 +74,34 @@ def reindex(
     """One reindex per alias at a time: concurrent ones would share version numbers, and one
     could prune the other's version while it is built."""
     redis = connect_redis(settings.broker_url)
-    lock = redis.lock(LOCK + request.alias, timeout=LOCK_LIFETIME_S)
-    if not lock.acquire(blocking=True, blocking_timeout=LOCK_LIFETIME_S + 5):
-        raise MedindexError(f"another reindex of {request.alias!r} is running; wait for it to end")
+    with _alias_lock(redis, request.alias, settings.reindex_lock_s):
+        return _reindex(request, settings, redis, on_progress)
 
-    def renewing(progress: Progress) -> None:
-        lock.reacquire()  # a full lifetime again, at each look at the job
-        on_progress(progress)
 
+@contextmanager
+def _alias_lock(redis: Redis, alias: str, lifetime: int) -> Iterator[None]:
+    """The alias' lock, renewed by a thread while the reindex runs (opening a large source or
+    measuring quality can outlast it); after a kill, it lapses `lifetime` seconds later, and
+    the same command, run again to resume, waits for that."""
+    lock = redis.lock(LOCK + alias, timeout=lifetime, thread_local=False)  # renewed elsewhere
+    if not lock.acquire(blocking=True, blocking_timeout=lifetime + 5):
+        raise MedindexError(f"another reindex of {alias!r} is running; wait for it to end")
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lifetime / 3):
+            with suppress(RedisError):  # Redis restarting: the next renewal catches up
+                lock.reacquire()
+
+    renewer = threading.Thread(target=renew, name=f"reindex-lock-{alias}", daemon=True)
+    renewer.start()
     try:
-        return _reindex(request, settings, redis, renewing)
+        yield
     finally:
-        lock.release()
+        done.set()
+        renewer.join()
+        with suppress(RedisError):  # lapsed meanwhile (Redis lost it): nothing to free
+            lock.release()
 
 
 def _reindex(

@@ -390,15 +390,21 @@ class Ingest:
         return True
 
 
-def _flower_workers_with_tasks(cluster: Cluster) -> int:
-    """Embed workers Flower lists (online now) that it also saw run tasks."""
-    seen = 0
-    workers = cluster.flower("/api/workers?refresh=1")
-    for host in ("worker-a", "worker-b"):
-        names = [name for name in workers if name.startswith(f"{host}@")]
-        tasks = [t for name in names for t in cluster.flower(f"/api/tasks?workername={name}")]
-        seen += bool(names and tasks)
-    return seen
+def _flower_workers_with_tasks(cluster: Cluster, timeout_s: float = 60) -> int:
+    """Embed workers Flower lists (online now) that it also saw run tasks. A worker answers
+    Flower's inspect broadcast within a second when idle, later when busy: asked until both
+    answer or time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = 0
+        workers = cluster.flower("/api/workers?refresh=1")
+        for host in ("worker-a", "worker-b"):
+            names = [name for name in workers if name.startswith(f"{host}@")]
+            tasks = [t for name in names for t in cluster.flower(f"/api/tasks?workername={name}")]
+            seen += bool(names and tasks)
+        if seen == 2 or time.monotonic() > deadline:
+            return seen
+        time.sleep(1)
 
 
 def main() -> int:

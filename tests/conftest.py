@@ -48,6 +48,8 @@ os.environ.update(
     # long enough that a partial write (at most a quarter of it) waits for a full 1,000.
     MEDINDEX_VISIBILITY_TIMEOUT_S="90",
     MEDINDEX_STORE_RETRY_BUDGET_S="15",
+    # A killed reindex frees its alias in seconds (test_reindex.py), not a minute.
+    MEDINDEX_REINDEX_LOCK_S="8",
     # A deployment that reads DICOM sets one (de-identification is on by default).
     MEDINDEX_DEID_KEY="test-deid-key",
 )

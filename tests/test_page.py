@@ -142,6 +142,7 @@ def test_pictures_by_point_id_with_validators(server: str) -> None:
 def test_sign_in_through_the_form(browser: WebDriver, server: str) -> None:
     browser.get(f"{server}/?collection=skin")
     _sign_in(browser, "not-the-key")
+    _wait(browser, lambda d: d.find_elements(By.ID, "login-error"))  # the form's answer page
     assert browser.find_element(By.ID, "login-error").text == "wrong API key"
     assert not browser.find_elements(By.ID, "results")
     _sign_in(browser, API_KEY)

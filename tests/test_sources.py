@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from pipeline.schemas import ReadOptions
-from pipeline.sources import DatasetSource, SourceError, detect_format, resolve
+from pipeline.sources import (
+    DatasetSource,
+    SourceError,
+    detect_format,
+    local_version,
+    open_source,
+    resolve,
+)
 
 COLUMNS = ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization"]
 
@@ -123,6 +130,20 @@ def test_the_schema_comes_from_the_features(tmp_path: Path) -> None:
     assert record.payload["kind"] == "malignant"  # a class label as its name
     assert record.payload["findings"] == ["mass", "nodule"][:0]
     assert record.payload["taken"] == "2024-01-04T00:00:00"
+
+
+def test_a_job_sent_after_its_files_change_reads_the_change_at_once(tmp_path: Path) -> None:
+    """`medindex retry` right after fixing files: a worker that opened the dataset moments
+    before must not serve the old rows from its cache (the chaos run's lost retries)."""
+    folder = write_typed(tmp_path / "fixed", list(range(6)))
+    ref = resolve(str(folder))
+    before = ref.model_copy(update={"version": local_version(ref.dataset)})
+    (old,) = open_source(before).read([3], 1 << 20)
+    write_typed(folder, [5, 4, 3, 2, 1, 0])  # the same folder rewritten, within a second
+    after = ref.model_copy(update={"version": local_version(ref.dataset)})
+    assert after.version != before.version
+    (new,) = open_source(after).read([3], 1 << 20)
+    assert (old.key, new.key) == ("scan-3", "scan-2")
 
 
 def test_without_a_key_column_an_image_is_keyed_by_its_bytes(tmp_path: Path) -> None:

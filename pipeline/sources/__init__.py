@@ -3,6 +3,7 @@ the 2-D picture to embed out. Everything downstream is the same for every format
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import time
 from functools import lru_cache
@@ -29,12 +30,13 @@ __all__ = [
     "SourceError",
     "SourceRow",
     "detect_format",
+    "local_version",
     "open_source",
     "resolve",
     "source_class",
 ]
 
-VERSION_TTL_S = 5.0  # how often a worker looks whether a local dataset's files changed
+VERSION_TTL_S = 5.0  # how often a reference without a version looks whether files changed
 
 
 # format -> "module:class"; imported on demand (nibabel and pydicom load only where needed).
@@ -92,24 +94,30 @@ def resolve(
 
 
 def open_source(ref: SourceRef) -> Source:
-    """One open dataset per worker process and source, reused by every job, and opened anew
-    when its local files change (fixed images sent again by `medindex retry`)."""
-    return _open_source(ref, _local_version(ref.dataset, int(time.monotonic() // VERSION_TTL_S)))
+    """One open dataset per process and source, reused by every job. A job's reference names
+    the version of the files its producer saw, so a job sent after they changed (fixed images
+    sent again by `medindex retry`) opens them anew; a reference without one (the page's
+    thumbnails) looks at the files once per period."""
+    period = int(time.monotonic() // VERSION_TTL_S)
+    return _open_source(ref, ref.version or _timed_version(ref.dataset, period))
 
 
 @lru_cache(maxsize=8)
-def _open_source(ref: SourceRef, version: tuple) -> Source:
+def _open_source(ref: SourceRef, version: str | None) -> Source:
     return source_class(ref.format)(ref)
 
 
 @lru_cache(maxsize=64)
-def _local_version(dataset: str, _period: int) -> tuple:
-    """Sizes and times of a local dataset's files (a table file: those of its folder, where
-    its images are), looked at once per period; () for hub ids (they change by revision)."""
+def _timed_version(dataset: str, _period: int) -> str | None:
+    return local_version(dataset)
+
+
+def local_version(dataset: str) -> str | None:
+    """A digest of the sizes and times of a local dataset's files (a table file: those of its
+    folder, where its images are); None for hub ids (they change by revision)."""
     path = Path(dataset)
     folder = path if path.is_dir() else path.parent
     if not path.exists():
-        return ()
-    return tuple(
-        sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
-    )
+        return None
+    files = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    return hashlib.sha1(repr(files).encode()).hexdigest()[:16]
