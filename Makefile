@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up page test chaos cluster capacity bench bench-formats lint format clean
+.PHONY: help install browser demo up page test chaos cluster capacity bench bench-formats bench-cpu lint format clean
 
 help:
 	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
@@ -18,6 +18,7 @@ help:
 	@echo "make capacity the capacity model (docs/capacity.md) from measured inputs"
 	@echo "make bench   pipeline vs the seed's loop vs the hardware's ceilings (BENCHMARKS.md)"
 	@echo "make bench-formats per data format: images/s, reading+decoding vs embedding"
+	@echo "make bench-cpu the CPU's ceilings side by side: one process of threads vs a process a core"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove the virtual environment and local state"
 
@@ -65,6 +66,11 @@ bench: install
 # Per format (skin, X-ray, brain MRI, DICOM): pipeline images/s and read+decode vs embed time.
 bench-formats: install
 	$(BIN)/python docs/formats_bench.py
+
+# The forward pass in one process of threads vs one single-thread process per core, with and
+# without the embed step's reading and decoding (what (c)/(b) can reach on a CPU).
+bench-cpu: install
+	$(BIN)/python docs/cpu_ceiling.py
 
 lint: install
 	$(BIN)/ruff check .
