@@ -118,14 +118,13 @@ def _run(
     from pipeline.model import Kernels, get_embedder
     from pipeline.schemas import EmbedJob
     from pipeline.settings import get_settings
-    from pipeline.sources import local_version, open_source, resolve
+    from pipeline.sources import open_source, resolve
 
     torch.set_num_threads(threads)
     settings = get_settings().model_copy(update={"preprocessing": "fast"})
     decoder = ThreadPoolExecutor(settings.embed_decode_threads, "decode")
     embedder = get_embedder(model, "cpu", "mean", "fast", Kernels("float32"))
     ref = resolve(data)
-    ref = ref.model_copy(update={"version": local_version(ref.dataset)})
     starts = range(part * JOB, len(open_source(ref)) - JOB + 1, parts * JOB)  # this process'
     jobs = [
         EmbedJob(job_id="ceiling", collection="-", source=ref, model=model,

@@ -22,9 +22,9 @@ from pipeline.sources import (
     Source,
     SourceError,
     detect_format,
-    local_version,
     resolve,
     source_class,
+    versioned,
 )
 from producers.schema import collection_schema
 
@@ -192,7 +192,7 @@ def enqueue(
     shard_rows: list[list[int]],
 ) -> None:
     # Stamped now, not when the job began: rows sent again after a fix must read the fix.
-    ref = ref.model_copy(update={"version": local_version(ref.dataset)})
+    ref = versioned(ref)
     with app.producer_or_acquire() as producer:
         for rows in shard_rows:
             job = EmbedJob(

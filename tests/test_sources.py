@@ -17,9 +17,9 @@ from pipeline.sources import (
     DatasetSource,
     SourceError,
     detect_format,
-    local_version,
     open_source,
     resolve,
+    versioned,
 )
 
 COLUMNS = ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization"]
@@ -136,11 +136,10 @@ def test_a_job_sent_after_its_files_change_reads_the_change_at_once(tmp_path: Pa
     """`medindex retry` right after fixing files: a worker that opened the dataset moments
     before must not serve the old rows from its cache (the chaos run's lost retries)."""
     folder = write_typed(tmp_path / "fixed", list(range(6)))
-    ref = resolve(str(folder))
-    before = ref.model_copy(update={"version": local_version(ref.dataset)})
+    before = versioned(resolve(str(folder)))
     (old,) = open_source(before).read([3], 1 << 20)
     write_typed(folder, [5, 4, 3, 2, 1, 0])  # the same folder rewritten, within a second
-    after = ref.model_copy(update={"version": local_version(ref.dataset)})
+    after = versioned(before)
     assert after.version != before.version
     (new,) = open_source(after).read([3], 1 << 20)
     assert (old.key, new.key) == ("scan-3", "scan-2")

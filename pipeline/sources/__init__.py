@@ -30,10 +30,10 @@ __all__ = [
     "SourceError",
     "SourceRow",
     "detect_format",
-    "local_version",
     "open_source",
     "resolve",
     "source_class",
+    "versioned",
 ]
 
 VERSION_TTL_S = 5.0  # how often a reference without a version looks whether files changed
@@ -119,5 +119,11 @@ def local_version(dataset: str) -> str | None:
     folder = path if path.is_dir() else path.parent
     if not path.exists():
         return None
-    files = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    stats = ((str(p), p.stat()) for p in folder.rglob("*"))  # one stat a file: folders are big
+    files = sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
     return hashlib.sha1(repr(files).encode()).hexdigest()[:16]
+
+
+def versioned(ref: SourceRef) -> SourceRef:
+    """`ref` naming the version its local files have now: what a job carries to its worker."""
+    return ref.model_copy(update={"version": local_version(ref.dataset)})
