@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = True
     # Sign-in attempts per client address and minute: guesses at the key are bounded.
     login_attempts_per_minute: int = Field(10, ge=1, le=1000)
+    # Seconds the page's embedding map of a version is served before a version that has grown
+    # (or shrunk) since gets a new one: polling the map asks a worker at most this often.
+    map_refresh_s: float = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _writes_end_before_redelivery(self) -> Settings:

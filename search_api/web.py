@@ -37,7 +37,14 @@ from pipeline.errors import MedindexError
 from pipeline.images import ImageError
 from pipeline.picture import picture_of
 from pipeline.progress import connect_redis
-from pipeline.projection import MAP_TASK, MapVersion, cached_map, claim_map, map_state
+from pipeline.projection import (
+    MAP_TASK,
+    MapVersion,
+    cached_map,
+    claim_map,
+    map_due,
+    map_state,
+)
 from pipeline.settings import get_settings
 from pipeline.sources import SourceError
 from search_api.deps import client, read_upload, unavailable
@@ -290,16 +297,20 @@ def _point(version: str, point: str) -> dict:
 
 @router.get("/collections/{collection}/map")
 def embedding_map(collection: str) -> JSONResponse:
-    """The map when made (200); otherwise it is asked for once and the page polls (202)."""
-    version = MapVersion.of(client().store, version_of(collection))
+    """The version's map when made (200; while a newer one is made, the one kept); otherwise
+    it is asked for once and the page polls (202)."""
+    name = version_of(collection)
+    info = client().store.collection_info(name)
+    version = MapVersion(name, info["metadata"].get("created_at"))
     redis = _redis()
-    found = cached_map(redis, version)
-    if found is not None:
-        return JSONResponse(found | {"state": "ready"})
-    if claim_map(redis, version):
+    kept = cached_map(redis, version)
+    due = map_due(kept, info["points"], get_settings().map_refresh_s)
+    if due and claim_map(redis, version):
         from pipeline.celery_app import EMBED_QUEUE, app  # celery: slow to import
 
         app.send_task(MAP_TASK, kwargs=asdict(version), queue=EMBED_QUEUE)
+    if kept is not None:
+        return JSONResponse(kept | {"state": "ready"})
     return JSONResponse({"state": map_state(redis, version) or "computing"}, 202)
 
 
