@@ -2,12 +2,12 @@
 results with their pictures, the closest case per label, the embedding map.
 
 Server-rendered (Jinja2) with one static script; every asset ships in the package. When
-MEDINDEX_API_KEY is set, every route but /healthz, /login and /static needs it: the header
-`X-API-Key`, or the cookie of a session the login form opened (kept in Redis, it expires and
-sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost; sign-in attempts are
-bounded per client). Pictures are made only
-from a point's own recorded source (never a path from a request), with validators: a point's
-picture does not change within a collection version.
+MEDINDEX_API_KEY is set, every route but /healthz, /login, /logout and /static needs it: the
+header `X-API-Key`, or the cookie of a session the login form opened (kept in Redis: it
+expires, and sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost; sign-in
+attempts are bounded per client). Pictures are made only from a point's own recorded source
+(never a path from a request), with validators: a point's picture does not change within a
+collection version.
 """
 
 from __future__ import annotations
