@@ -1,13 +1,16 @@
 """The embedding map: a 2-D t-SNE projection (openTSNE) of a sample of a collection.
 
-Computed once per collection version (and point count) by a worker (`medindex.project_map`),
-kept in Redis; the search page draws it. The sample: the first `MAP_MAX_POINTS` points in id
-order (`pipeline.catalog.first_points`).
+Computed once per collection version by a worker (`medindex.project_map`), kept in Redis; the
+search page draws it. A version that grows (an ingest into it) keeps its map until the map is
+MEDINDEX_MAP_REFRESH_S old, then gets one new map (`map_due`): polling the page never asks a
+worker once per point count. The sample: the first `MAP_MAX_POINTS` points in id order
+(`pipeline.catalog.first_points`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,25 +30,21 @@ _PAGE = 1000  # points per retrieve call
 @dataclass(frozen=True)
 class MapVersion:
     """Which map: one per collection version (never an alias), as made (`created_at`: a
-    name made again is another version) and as full (`points`: one being filled grows)."""
+    name made again is another version), however many points it holds."""
 
     collection: str
-    points: int
     made: float | None
-
-    @classmethod
-    def of(cls, reader: AnyReader, collection: str) -> MapVersion:
-        info = reader.collection_info(collection)
-        return cls(collection, info["points"], info["metadata"].get("created_at"))
 
     @property
     def key(self) -> str:
-        return f"{_MAP_KEY}{self.collection}:{self.made}:{self.points}"
+        return f"{_MAP_KEY}{self.collection}:{self.made}"
 
 
 @dataclass(frozen=True)
 class EmbeddingMap:
     version: MapVersion
+    points: int  # the version's points when the map was made
+    made_at: float  # epoch seconds
     ids: list[str]
     x: list[float]
     y: list[float]
@@ -56,6 +55,7 @@ def make_map(
     reader: AnyReader, version: MapVersion, max_points: int = MAP_MAX_POINTS
 ) -> EmbeddingMap:
     collection = version.collection
+    points = reader.collection_info(collection)["points"]
     sample = first_points(reader, collection, max_points)
     ids = [hit["id"] for hit in sample]
     xy = project(_vectors(reader, collection, ids))
@@ -63,11 +63,22 @@ def make_map(
     keywords = [f.name for f in schema.fields if f.type == "keyword"]
     return EmbeddingMap(
         version=version,
+        points=points,
+        made_at=time.time(),
         ids=ids,
         x=[round(float(v), 4) for v in xy[:, 0]],
         y=[round(float(v), 4) for v in xy[:, 1]],
         fields={name: [h["payload"].get(name) for h in sample] for name in keywords},
     )
+
+
+def map_due(kept: dict | None, points: int, refresh_s: float) -> bool:
+    """Whether a worker is to make the version's map: none is kept, or the kept one is at least
+    `refresh_s` old and the version's count has changed since (a version being filled gets a
+    new map at most that often, whatever its count does meanwhile)."""
+    if kept is None:
+        return True
+    return kept["points"] != points and time.time() - kept["made_at"] >= refresh_s
 
 
 def project(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -110,8 +121,8 @@ def keep_map(client: redis.Redis, embedding_map: EmbeddingMap) -> None:
 
 
 def claim_map(client: redis.Redis, version: MapVersion, again: bool = False) -> bool:
-    """Whether this caller is the one to ask for the map (no one did in the last 15 minutes);
-    `again`: the worker making it renews the claim."""
+    """Whether this caller is the one to ask for the map (no one did in the last 15 minutes,
+    or it was made since); `again`: the worker making it renews the claim."""
     state = version.key + ":state"
     return bool(client.set(state, "computing", nx=not again, ex=_STATE_TTL_S))
 
@@ -121,5 +132,6 @@ def map_failed(client: redis.Redis, version: MapVersion, reason: str) -> None:
 
 
 def map_state(client: redis.Redis, version: MapVersion) -> str | None:
-    """ "computing", "failed: <reason>", or None (never asked, or asked over an hour ago)."""
+    """ "computing", "failed: <reason>", or None (not asked since the last map was made, or
+    asked over 15 minutes ago)."""
     return client.get(version.key + ":state")

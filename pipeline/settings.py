@@ -141,6 +141,16 @@ class Settings(BaseSettings):
     # The search page and the JSON API (`medindex serve`): when set, every request but
     # /healthz needs it, as the `X-API-Key` header or the page's login cookie.
     api_key: SecretStr | None = None
+    # The page's sign-in: a session lasts `session_ttl_s` from sign-in (kept in Redis; sign-out
+    # or a new key ends it). Its cookie is `Secure` (sent over HTTPS only, as behind a TLS
+    # ingress) unless the page is asked for on localhost; false: never (plain HTTP elsewhere).
+    session_ttl_s: int = Field(8 * 3600, ge=1, le=30 * 24 * 3600)
+    session_cookie_secure: bool = True
+    # Sign-in attempts per client address and minute: guesses at the key are bounded.
+    login_attempts_per_minute: int = Field(10, ge=1, le=1000)
+    # Seconds the page's embedding map of a version is served before a version that has grown
+    # (or shrunk) since gets a new one: polling the map asks a worker at most this often.
+    map_refresh_s: float = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _writes_end_before_redelivery(self) -> Settings:

@@ -62,6 +62,7 @@ SCHEMA_TYPES = {
     "datetime": edge.PayloadSchemaType.Datetime,
     "uuid": edge.PayloadSchemaType.Uuid,
 }
+GROUP_READS = 5  # the server's bound: reads to find groups, and again to fill them
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
@@ -107,6 +108,60 @@ def _group_values(payload: dict, key: str) -> list | None:
     if not values or any(type(v) not in (str, int) for v in values):
         return None
     return list(dict.fromkeys(values))
+
+
+def _by_type(values: list) -> list[list]:
+    """Group values as a filter takes them: strings and integers in separate lists."""
+    kinds = [[v for v in values if isinstance(v, kind)] for kind in (str, int)]
+    return [kind for kind in kinds if kind]
+
+
+class _Grouping:
+    """Hits gathered into groups in score order, as the server's aggregator gathers them:
+    reads come in falling score (each read's candidates are a subset of the one before), so
+    a group's place is its first hit's and its hits are its best."""
+
+    def __init__(self, key: str, limit: int, size: int) -> None:
+        self.key, self.limit, self.size = key, limit, size
+        self.page = limit * size
+        self.groups: dict[Any, list[Hit]] = {}
+        self.seen: list[str] = []  # ids read so far: never read again
+
+    def add(self, points: list) -> None:
+        for point in points:
+            self.seen.append(str(point.id))
+            for value in _group_values(point.payload or {}, self.key) or ():
+                hits = self.groups.setdefault(value, [])
+                if len(hits) < self.size:
+                    hits.append(to_hit(point))
+
+    def best(self) -> list[tuple[Any, list[Hit]]]:
+        return list(self.groups.items())[: self.limit]
+
+    @property
+    def complete(self) -> bool:
+        best = self.best()
+        return len(best) == self.limit and all(len(hits) == self.size for _, hits in best)
+
+    def outside_full_groups(self) -> list[dict]:
+        full = [value for value, hits in self.groups.items() if len(hits) == self.size]
+        return [{"key": self.key, "match": {"except": values}} for values in _by_type(full)]
+
+    def within_open_groups(self) -> list[dict] | None:
+        """None: no group among the best is still open, nothing to fill."""
+        open_ = [value for value, hits in self.best() if len(hits) < self.size]
+        if not open_:
+            return None
+        return [{"should": [{"key": self.key, "match": {"any": v}} for v in _by_type(open_)]}]
+
+    def read_filter(self, caller: dict | None, where: list[dict]) -> dict:
+        """The caller's filter, a value to group by, `where`, and no hit read before."""
+        must = [*([caller] if caller else []), *where]
+        excluded = [
+            {"is_empty": {"key": self.key}},
+            *([{"has_id": self.seen}] if self.seen else []),
+        ]
+        return {"must": must, "must_not": excluded} if must else {"must_not": excluded}
 
 
 class EdgeStore(Store):
@@ -302,26 +357,26 @@ class EdgeStore(Store):
         group_size: int = 1,
         filter: dict | None = None,
     ) -> list[dict]:
-        """Edge's binding has no query_groups: hits in score order, grouped the way the server
-        groups them, reading more hits until the first `limit` groups are full or none are
-        left (further hits could only join other groups or full ones)."""
+        """Edge's binding has no query_groups: the server's own algorithm over plain queries.
+        Each read takes the next `limit * group_size` hits outside the full groups (and the
+        hits already read); `GROUP_READS` reads look for groups, as many again fill the best
+        ones. Bounded like the server's, whatever the collection's size: with fewer values
+        than `limit`, a read or two, and the groups found."""
         shard = self._shard(name)
-        fetch = max(64, 4 * limit * group_size)
-        while True:
-            request = self._query(vector, filter, fetch, None, True, False)
-            with self._errors():
-                points = shard.query(request)
-            groups: dict[Any, list[Hit]] = {}
-            for point in points:
-                for value in _group_values(point.payload or {}, group_by) or ():
-                    hits = groups.setdefault(value, [])
-                    if len(hits) < group_size:
-                        hits.append(to_hit(point))
-            first = list(groups.items())[:limit]
-            full = len(first) == limit and all(len(hits) == group_size for _, hits in first)
-            if full or len(points) < fetch:
-                return [{"group": value, "hits": hits} for value, hits in first]
-            fetch *= 4
+        found = _Grouping(group_by, limit, group_size)
+        for narrowing in (found.outside_full_groups, found.within_open_groups):
+            for _ in range(GROUP_READS):
+                if found.complete or (where := narrowing()) is None:
+                    break
+                request = self._query(
+                    vector, found.read_filter(filter, where), found.page, None, True
+                )
+                with self._errors():
+                    points = shard.query(request)
+                if not points:
+                    break
+                found.add(points)
+        return [{"group": value, "hits": hits} for value, hits in found.best()]
 
     def recommend(
         self,

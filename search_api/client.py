@@ -14,6 +14,7 @@ from PIL import Image
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb, to_rgb
 from pipeline.remote_store import open_reader
+from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.store import Hit, parse_filter
 
@@ -42,8 +43,8 @@ class Query:
 
 # What a query image may be: the formats scanners and viewers export, nothing exotic.
 QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-# Readers asked first whether an upload is theirs (`sniff`), then for its picture.
-MEDICAL_READERS = ("pipeline.sources.dicom", "pipeline.sources.nifti")
+# Readers asked first whether an upload is theirs (`sniff`), then for its picture: by format.
+MEDICAL_READERS = {"dicom": "pipeline.sources.dicom", "nifti": "pipeline.sources.nifti"}
 
 
 class SearchClient:
@@ -140,7 +141,7 @@ class SearchClient:
         embedder = self.embedder_for(collection)
         try:
             with self._decoding:  # bounded: each decode may hold a large picture
-                picture = medical_picture(data, self.settings) or decode_rgb(
+                picture = self.medical_picture(collection, data) or decode_rgb(
                     data,
                     self.settings.query_max_image_pixels,
                     self.settings.max_image_bytes,
@@ -150,6 +151,26 @@ class SearchClient:
                 return picture, embedder.embed([picture])[0].tolist()
         except ImageError as exc:
             raise QueryError(f"query image refused: {exc}") from exc
+
+    def medical_picture(self, collection: str, data: bytes) -> Image.Image | None:
+        """An uploaded DICOM or NIfTI file's picture, made by its reader's own code with the
+        read options the collection's points record (the same window, slice choice and crop
+        as at ingest); None: neither format, an ordinary image."""
+        for fmt, module in MEDICAL_READERS.items():
+            reader = importlib.import_module(module)  # pydicom, nibabel: loaded when asked
+            if reader.sniff(data):
+                options = self.read_options(collection, fmt)
+                return to_rgb(reader.query_picture(data, options))
+        return None
+
+    def read_options(self, collection: str, fmt: str) -> ReadOptions:
+        """How the collection's points of format `fmt` were read: the options their `source`
+        records (the first such point's, in id order); the settings' where it holds none."""
+        of_format = {"must": [{"key": "source.format", "match": {"value": fmt}}]}
+        found = self.store.scroll(collection, filter=of_format, limit=1)["points"]
+        if not found:
+            return self.settings.read_options()
+        return ReadOptions(**found[0]["payload"]["source"].get("options", {}))
 
     def _request(self, collection: str, query: Query) -> dict:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]
@@ -168,16 +189,6 @@ class SearchClient:
             "score_threshold": query.score_threshold,
             "with_payload": query.with_payload,
         }
-
-
-def medical_picture(data: bytes, settings: Settings) -> Image.Image | None:
-    """An uploaded DICOM or NIfTI file's picture, made by its reader's own code (the same
-    window, slice choice and crop as at ingest); None: neither format, an ordinary image."""
-    for module in MEDICAL_READERS:
-        reader = importlib.import_module(module)  # pydicom, nibabel: loaded when asked
-        if reader.sniff(data):
-            return to_rgb(reader.query_picture(data, settings.read_options()))
-    return None
 
 
 def _filter(value: dict | None) -> dict | None:

@@ -1,14 +1,20 @@
 """What the JSON API (search_api.http) and the page (search_api.web) share: one search client
-per process, and the bounded reading of an uploaded query file."""
+per process, the bounded reading of an uploaded query file, and the answer to an outage."""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
-from fastapi import HTTPException, UploadFile
+from fastapi import HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
 
+from pipeline.errors import mask_url
 from pipeline.settings import get_settings
 from search_api.client import SearchClient
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "search is unavailable for now (its broker or store is down); try again later"
 
 # Counted on the bytes received (a chunked body declares no length), with room for the
 # form's other fields: an oversized upload is refused before it is spooled.
@@ -27,3 +33,10 @@ def read_upload(image: UploadFile) -> bytes:
     if len(data) > max_bytes:
         raise HTTPException(413, f"upload larger than {max_bytes} bytes")
     return data
+
+
+def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """An outage is not the caller's mistake, and its details (addresses, the store's own
+    answer) are for the operator: the server log has them, the caller a generic reason."""
+    log.error("%s %s: %s", request.method, request.url.path, mask_url(str(exc)))
+    return JSONResponse({"detail": UNAVAILABLE}, status_code=503)

@@ -8,7 +8,6 @@ query image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_QUERY_MAX_IMAGE_PIXELS).
 from __future__ import annotations
 
 import json
-import logging
 from typing import Annotated, Any
 
 import redis
@@ -19,12 +18,10 @@ from pydantic import BaseModel, Field
 from pipeline.errors import MedindexError, mask_url
 from search_api import web
 from search_api.client import MAX_LIMIT, Query
-from search_api.deps import MAX_BODY_BYTES, client, read_upload
+from search_api.deps import MAX_BODY_BYTES, client, read_upload, unavailable
 
 app = FastAPI(title="medindex search", version="1", max_body_size=MAX_BODY_BYTES)
 web.install(app)
-log = logging.getLogger(__name__)
-UNAVAILABLE = "search is unavailable for now (its broker or store is down); try again later"
 
 
 class SearchBody(BaseModel):
@@ -60,21 +57,14 @@ class RecommendBody(BaseModel):
 
 @app.exception_handler(MedindexError)
 async def _user_error(request: Request, exc: MedindexError) -> JSONResponse:
-    # An outage is not the caller's mistake, and its details (addresses, the store's own
-    # answer) are for the operator: the server log has them, the caller a generic reason.
     if getattr(exc, "transient", False):
-        return _unavailable(request, exc)
+        return unavailable(request, exc)
     return JSONResponse({"detail": mask_url(str(exc))}, status_code=400)
 
 
 @app.exception_handler(redis.RedisError)
 async def _broker_lost(request: Request, exc: redis.RedisError) -> JSONResponse:
-    return _unavailable(request, exc)
-
-
-def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s: %s", request.method, request.url.path, mask_url(str(exc)))
-    return JSONResponse({"detail": UNAVAILABLE}, status_code=503)
+    return unavailable(request, exc)
 
 
 @app.get("/healthz")

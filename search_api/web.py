@@ -2,10 +2,12 @@
 results with their pictures, the closest case per label, the embedding map.
 
 Server-rendered (Jinja2) with one static script; every asset ships in the package. When
-MEDINDEX_API_KEY is set, every route but /healthz, /login and /static needs it: the header
-`X-API-Key`, or the login form's cookie (HttpOnly, SameSite=Strict). Pictures are made only
-from a point's own recorded source (never a path from a request), with validators: a point's
-picture does not change within a collection version.
+MEDINDEX_API_KEY is set, every route but /healthz, /login, /logout and /static needs it: the
+header `X-API-Key`, or the cookie of a session the login form opened (kept in Redis: it
+expires, and sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost; sign-in
+attempts are bounded per client). Pictures are made only from a point's own recorded source
+(never a path from a request), with validators: a point's picture does not change within a
+collection version.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import io
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -23,19 +26,28 @@ from typing import Annotated, Literal
 
 import redis
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 
 from pipeline.catalog import collection_rows
+from pipeline.errors import MedindexError
 from pipeline.images import ImageError
 from pipeline.picture import picture_of
 from pipeline.progress import connect_redis
-from pipeline.projection import MAP_TASK, MapVersion, cached_map, claim_map, map_state
+from pipeline.projection import (
+    MAP_TASK,
+    MapVersion,
+    cached_map,
+    claim_map,
+    map_due,
+    map_state,
+)
 from pipeline.settings import get_settings
 from pipeline.sources import SourceError
-from search_api.deps import client, read_upload
+from search_api.deps import client, read_upload, unavailable
 from search_api.facets import collection_view, version_of
 
 HERE = Path(__file__).parent
@@ -44,8 +56,11 @@ templates.env.filters["when"] = lambda t: t and time.strftime("%Y-%m-%d %H:%M", 
 router = APIRouter()
 
 COOKIE = "medindex_session"
+SESSION_KEY = "medindex:session:"  # + the hash of a session's token -> the key's mark
+LOGIN_KEY = "medindex:login:"  # + a client's address -> its sign-in attempts this minute
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 KEY_HEADER = "X-API-Key"
-OPEN_PATHS = ("/healthz", "/login", "/static/")
+OPEN_PATHS = ("/healthz", "/login", "/logout", "/static/")  # sign-out: even an expired one
 THUMB_PX = 256
 # Scripts and styles from this origin only (no inline script), pictures also as data: URLs
 # (the query picture) and blob: (a dropped file's preview); never framed, no plugins.
@@ -63,40 +78,45 @@ def install(app: FastAPI) -> None:
     app.middleware("http")(_guard)
 
 
-# --- the key -----------------------------------------------------------------------------
-
-
-def session_token(key: str) -> str:
-    """The cookie's value: derived from the key (a new key ends every session), not the key."""
-    return hmac.new(key.encode(), b"medindex search page", hashlib.sha256).hexdigest()
+# --- the key and the page's sessions ------------------------------------------------------
 
 
 def _authorised(request: Request, key: str) -> bool:
     given = request.headers.get(KEY_HEADER)
     if given is not None:
         return hmac.compare_digest(given.encode(), key.encode())
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), session_token(key).encode())
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return False
+    opened_with = _redis().get(_session_key(token))
+    return opened_with is not None and hmac.compare_digest(opened_with, _key_mark(key))
 
 
 async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    key = get_settings().api_key
-    path = request.url.path
-    response: Response
-    if key and not path.startswith(OPEN_PATHS) and not _authorised(request, key.get_secret_value()):
-        if request.method == "GET" and path == "/":
-            response = RedirectResponse("/login", status_code=303)
-        else:
-            response = JSONResponse(
-                {"detail": f"missing or wrong API key (header {KEY_HEADER})"}, status_code=401
-            )
-    else:
-        response = await call_next(request)
-    if not path.startswith(("/docs", "/redoc")):  # FastAPI's own docs load their scripts
+    response = await _allowed(request, call_next)
+    if not request.url.path.startswith(("/docs", "/redoc")):  # FastAPI's docs load scripts
         response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+async def _allowed(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    key = get_settings().api_key
+    path = request.url.path
+    if not key or path.startswith(OPEN_PATHS):
+        return await call_next(request)
+    try:  # a session is looked up in Redis: off the event loop
+        allowed = await run_in_threadpool(_authorised, request, key.get_secret_value())
+    except (MedindexError, redis.RedisError) as exc:  # the app's handlers do not reach here
+        return unavailable(request, exc)
+    if allowed:
+        return await call_next(request)
+    if request.method == "GET" and path == "/":
+        return RedirectResponse("/login", status_code=303)
+    return JSONResponse({"detail": f"missing or wrong API key (header {KEY_HEADER})"}, 401)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -106,28 +126,78 @@ def login_form(request: Request) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, api_key: Annotated[str, Form()]) -> Response:
-    key = get_settings().api_key
-    if key and not hmac.compare_digest(api_key.encode(), key.get_secret_value().encode()):
-        return templates.TemplateResponse(
-            request, "login.html", {"error": "wrong API key"}, status_code=401
-        )
+    settings = get_settings()
+    if settings.api_key is None:
+        return RedirectResponse("/", status_code=303)
+    key = settings.api_key.get_secret_value()
+    if wait := _login_wait(request, settings.login_attempts_per_minute):  # before the key
+        error = f"too many sign-in attempts: try again in {wait} s"
+        return _login_page(request, error, 429, {"Retry-After": str(wait)})
+    if not hmac.compare_digest(api_key.encode(), key.encode()):
+        return _login_page(request, "wrong API key", 401)
     response = RedirectResponse("/", status_code=303)
-    if key:
-        response.set_cookie(
-            COOKIE,
-            session_token(key.get_secret_value()),
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+    response.set_cookie(
+        COOKIE,
+        _open_session(key, settings.session_ttl_s),
+        max_age=settings.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    """Ends the session itself, not only the browser's copy of its cookie."""
+    if token := request.cookies.get(COOKIE):
+        _redis().delete(_session_key(token))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=_secure(request))
     return response
+
+
+def _login_page(
+    request: Request, error: str, status: int, headers: dict[str, str] | None = None
+) -> Response:
+    return templates.TemplateResponse(
+        request, "login.html", {"error": error}, status_code=status, headers=headers
+    )
+
+
+def _key_mark(key: str) -> str:
+    """What a session records of the key it was opened with: a new key ends every session."""
+    return hmac.new(key.encode(), b"medindex search page", hashlib.sha256).hexdigest()
+
+
+def _session_key(token: str) -> str:
+    """The Redis key of a session: its token's hash (Redis never holds a usable cookie)."""
+    return SESSION_KEY + hashlib.sha256(token.encode()).hexdigest()
+
+
+def _open_session(key: str, ttl_s: int) -> str:
+    """A new session, kept in Redis for `ttl_s` seconds from now: its cookie's value."""
+    token = secrets.token_urlsafe(32)
+    _redis().set(_session_key(token), _key_mark(key), ex=ttl_s)
+    return token
+
+
+def _login_wait(request: Request, per_minute: int) -> int:
+    """Seconds until this client may try to sign in again (0: now), counting this attempt:
+    at most `per_minute` attempts per client address in each minute."""
+    counter = LOGIN_KEY + (request.client.host if request.client else "unknown")
+    with _redis().pipeline() as pipe:
+        pipe.set(counter, 0, ex=60, nx=True)  # the minute starts at its first attempt
+        pipe.incr(counter)
+        pipe.ttl(counter)
+        _, attempts, left = pipe.execute()
+    return 0 if attempts <= per_minute else max(int(left), 1)
+
+
+def _secure(request: Request) -> bool:
+    """The cookie goes over HTTPS only, except to a page asked for on localhost (browsers and
+    API clients there speak plain HTTP) or where MEDINDEX_SESSION_COOKIE_SECURE is false."""
+    return get_settings().session_cookie_secure and request.url.hostname not in LOCAL_HOSTS
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -227,16 +297,20 @@ def _point(version: str, point: str) -> dict:
 
 @router.get("/collections/{collection}/map")
 def embedding_map(collection: str) -> JSONResponse:
-    """The map when made (200); otherwise it is asked for once and the page polls (202)."""
-    version = MapVersion.of(client().store, version_of(collection))
+    """The version's map when made (200; while a newer one is made, the one kept); otherwise
+    it is asked for once and the page polls (202)."""
+    name = version_of(collection)
+    info = client().store.collection_info(name)
+    version = MapVersion(name, info["metadata"].get("created_at"))
     redis = _redis()
-    found = cached_map(redis, version)
-    if found is not None:
-        return JSONResponse(found | {"state": "ready"})
-    if claim_map(redis, version):
+    kept = cached_map(redis, version)
+    due = map_due(kept, info["points"], get_settings().map_refresh_s)
+    if due and claim_map(redis, version):
         from pipeline.celery_app import EMBED_QUEUE, app  # celery: slow to import
 
         app.send_task(MAP_TASK, kwargs=asdict(version), queue=EMBED_QUEUE)
+    if kept is not None:
+        return JSONResponse(kept | {"state": "ready"})
     return JSONResponse({"state": map_state(redis, version) or "computing"}, 202)
 
 

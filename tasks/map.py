@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=MAP_TASK)
-def project_map(collection: str, points: int, made: float | None) -> None:
+def project_map(collection: str, made: float | None) -> None:
     redis = tracker().redis
-    version = MapVersion(collection, points, made)
+    version = MapVersion(collection, made)
     claim_map(redis, version, again=True)  # the claim's time runs from now: it is being made
     try:
         keep_map(redis, make_map(open_reader(get_settings()), version))

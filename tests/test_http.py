@@ -149,3 +149,75 @@ def test_an_outage_is_a_503_that_never_shows_a_password(stack: Stack) -> None:
             "search", "--collection", "skin", "--vector", "[0.1]", env=stack.env | env
         )
         assert cli.returncode != 0 and "s3cr3t" not in cli.stderr + cli.stdout
+
+
+# --- the page's sessions ------------------------------------------------------------------
+
+KEY = "session-test-key-5d2b"
+TTL_S = 3
+ATTEMPTS = 5  # sign-ins per client and minute
+
+
+@pytest.fixture(scope="module")
+def keyed(stack: Stack) -> Iterator[httpx.Client]:
+    env = stack.env | {
+        "MEDINDEX_API_KEY": KEY,
+        "MEDINDEX_SESSION_TTL_S": str(TTL_S),
+        "MEDINDEX_LOGIN_ATTEMPTS_PER_MINUTE": str(ATTEMPTS),
+    }
+    with serving(env, "serve-sessions.log") as client:
+        yield client
+
+
+def client_at(server: httpx.Client, address: str) -> httpx.Client:
+    """A client whose connections come from `address` (any 127.x.y.z is this machine's): a
+    client of its own to the server, which tells clients apart by address."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(base_url=server.base_url, transport=transport, timeout=60)
+
+
+def sign_in(client: httpx.Client, key: str = KEY, **headers: str) -> httpx.Response:
+    return client.post("/login", data={"api_key": key}, headers=headers)
+
+
+def with_session(client: httpx.Client, token: str) -> int:
+    return client.get("/openapi.json", headers={"Cookie": f"medindex_session={token}"}).status_code
+
+
+def test_sessions_expire_and_sign_out_ends_them(keyed: httpx.Client) -> None:
+    browser = client_at(keyed, "127.0.0.3")
+    signed_in = sign_in(browser)
+    assert signed_in.status_code == 303, signed_in.text
+    token = signed_in.cookies["medindex_session"]
+    assert KEY not in token and with_session(browser, token) == 200
+    signed_out = browser.post("/logout", headers={"Cookie": f"medindex_session={token}"})
+    assert signed_out.status_code == 303
+    assert with_session(browser, token) == 401  # a copy of the cookie is no use after sign-out
+    signed_in = sign_in(browser)
+    assert f"Max-Age={TTL_S}" in signed_in.headers["set-cookie"]  # the browser forgets it too
+    token = signed_in.cookies["medindex_session"]
+    assert with_session(browser, token) == 200
+    time.sleep(TTL_S + 0.5)
+    assert with_session(browser, token) == 401  # expired
+    assert with_session(browser, "forged") == 401
+    assert browser.get("/openapi.json", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_the_cookie_is_secure_beyond_localhost(keyed: httpx.Client) -> None:
+    """Behind a TLS ingress the server sees plain HTTP and the page's public host name."""
+    client = client_at(keyed, "127.0.0.4")
+    public = sign_in(client, host="search.hospital.example").headers["set-cookie"]
+    local = sign_in(client).headers["set-cookie"]
+    assert "secure" in public.lower() and "httponly" in public.lower()
+    assert "secure" not in local.lower()  # plain HTTP on this machine: the cookie must come back
+
+
+def test_sign_in_attempts_are_bounded_per_client(keyed: httpx.Client) -> None:
+    guesser, other = client_at(keyed, "127.0.0.5"), client_at(keyed, "127.0.0.6")
+    for _ in range(ATTEMPTS):
+        assert sign_in(guesser, "guess").status_code == 401
+    refused = sign_in(guesser)  # the right key, but too many tries this minute
+    assert refused.status_code == 429 and "too many sign-in attempts" in refused.text
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "medindex_session" not in refused.cookies
+    assert sign_in(other).status_code == 303  # another client is not held back

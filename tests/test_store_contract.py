@@ -257,3 +257,44 @@ def test_an_acknowledged_write_survives_a_killed_process(tmp_path: Path) -> None
         "i": 999
     }
     reopened.close()
+
+
+class CountingShard:
+    """An Edge shard that counts the points its queries return (everything else passes)."""
+
+    def __init__(self, shard: object) -> None:
+        self.shard, self.points_read = shard, 0
+
+    def query(self, request: object) -> list:
+        points = self.shard.query(request)
+        self.points_read += len(points)
+        return points
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.shard, name)
+
+
+def test_groups_read_a_bounded_part_of_the_collection(tmp_path: Path) -> None:
+    """Fewer values than groups asked for (the page asks for 100): the groups found, from a
+    read or two, not the whole collection with its payloads."""
+    n = 3000
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    ids = [point_id("groups", "train", f"img-{i}") for i in range(n)]
+    labels = [DXS[i % 3] for i in range(n)]
+    query = vectors[0]
+    scores = vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query)
+    rare = int(np.argmin(scores))  # a fourth value, on the point farthest from the query
+    labels[rare] = "rare"
+    store = EdgeStore(tmp_path / "edge")
+    store.ensure_collection("g", SPEC)
+    store.upsert("g", ids, vectors, [{"dx": label} for label in labels])
+    shard = store._shards["g"] = CountingShard(store._shards["g"])
+    groups = store.groups("g", query.tolist(), "dx", limit=100, group_size=1)
+    best = {label: max(np.flatnonzero(np.array(labels) == label), key=scores.__getitem__)
+            for label in set(labels)}  # fmt: skip
+    expected = sorted(best, key=lambda label: -scores[best[label]])
+    assert [g["group"] for g in groups] == expected
+    assert [g["hits"][0]["id"] for g in groups] == [ids[best[label]] for label in expected]
+    assert shard.points_read <= 101 < n, shard.points_read  # 100 hits, then the rare one
+    store.close()

@@ -304,13 +304,14 @@ def sniff(data: bytes) -> bool:
 
 
 def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
-    """An uploaded NIfTI file's picture: no mask comes with it, so its middle axial slice,
-    windowed as at ingest. (No reading option applies to a single unmasked volume; `options`
-    is the readers' common signature.)"""
+    """An uploaded NIfTI file's picture: no mask comes with it, so the slice ingest makes of a
+    case without one (the middle, or the central one of `options.nifti_unmasked_slices`
+    spaced slices), windowed as at ingest."""
+    parts = options.nifti_unmasked_slices
     with _reading("uploaded file"):
         image = _load(data)
         geometry = _geometry(image)
-        return _picture(image, geometry, geometry.depth // 2, None)
+        return _picture(image, geometry, _spaced(geometry.depth, (parts - 1) // 2, parts), None)
 
 
 def _list_entries(root: Path, unmasked_slices: int) -> list[_Entry]:

@@ -314,7 +314,7 @@ async function loadMap() {
     ...Object.keys(map.fields).map((name) => new Option(name, name, false, name === page.labelField)),
   );
   $("#map-status").textContent =
-    `${map.ids.length} of ${map.version.points} points (t-SNE of a sample of ${map.version.collection})`;
+    `${map.ids.length} of ${map.points} points (t-SNE of a sample of ${map.version.collection})`;
   drawMap();
 }
 
