@@ -29,11 +29,12 @@ from conftest import Stack
 from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.remote_store import open_store
+from pipeline.remote_store import RemoteStore, open_store
 from pipeline.samples import skin, write_sample_dataset
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
+from pipeline.store import StoreError
 from producers.ingest import enqueue, wait
 from tasks.upsert import upsert
 
@@ -229,6 +230,29 @@ def test_writes_to_an_unavailable_store_are_retried_until_it_returns(
         assert progress.indexed == 0 and progress.failed == 0
     # Back before the retry budget (15 s) ran out: the write went through, nothing failed.
     assert_all_indexed(finish(ingest), store, "outage", small)
+
+
+def test_a_store_call_whose_caller_gave_up_is_refused_not_run_late(
+    stack: Stack, tracker: JobTracker, store: object
+) -> None:
+    """Issue 21, item 7: the store worker runs one call at a time, so a management call waits
+    behind a write that retries; its caller gives up, yet it used to run once the write ended
+    (a reindex's delete after the reindex had failed). It carries its deadline now, and past it
+    the store worker refuses it."""
+    store.ensure_collection("late_victim", {"dim": 4})
+    store.ensure_collection("late_write", AS_INGEST_MAKES_IT)
+    tracker.create("late", 16, {"collection": "late_write"})
+    impatient = RemoteStore(get_settings().model_copy(update={"store_call_timeout_s": 2}))
+    failed_tries = log(stack).count("points failed (try 1)")
+    with locked_store("late_write"):
+        send_points(point_message("late", "late_write", range(16)))
+        wait_for_log(stack, "points failed (try 1)", failed_tries)  # the store worker is busy
+        with pytest.raises(StoreError, match="no store worker answered within 2s"):
+            impatient.delete_collection("late_victim")
+    wait_for(tracker, "late", lambda p: p.indexed == 16)  # the write went through
+    # Answered after the late call (one store worker, one call at a time, in order).
+    assert "late_victim" in store.collections()
+    assert "store call delete_collection refused: its caller gave up" in log(stack)
 
 
 def test_writes_failing_past_the_budget_are_kept_shown_failed_and_retried(
