@@ -163,7 +163,15 @@ class RemoteReader:
             "reply_to": reply_to,
             "deadline": time.time() + timeout,
         }
-        app.send_task(task, kwargs=call, queue=STORE_QUEUE, expires=timeout)
+        app.send_task(
+            task,
+            kwargs=call,
+            queue=STORE_QUEUE,
+            expires=timeout,
+            # What Flower shows and keeps: never filters, point ids or specs.
+            argsrepr="()",
+            kwargsrepr=f"{method}({args[0]!r})" if args else f"{method}()",
+        )
         answer = self.redis.blpop([reply_to], timeout=timeout)
         if answer is None:
             raise StoreError(
