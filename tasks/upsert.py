@@ -115,8 +115,12 @@ class PointBatches(RestartableBatches):
             log.error("job=%s: point message %s refused: %s", job_id, request.id, unwritable)
         else:
             log.error("message %s %s, dropped", request.id, unwritable)
-        refuse = partial(ledger.refuse, unwritable=unwritable)
-        self._finish(request, lambda: refuse(tracker()), "task-failed", exception=str(unwritable))
+        self._finish(
+            request,
+            lambda: ledger.refuse(tracker(), unwritable),
+            "task-failed",
+            exception=str(unwritable),
+        )
         return False
 
     def _send(self, in_call: list[Any], spans: list[tuple[int, int]]) -> Any:
@@ -171,8 +175,13 @@ class PointBatches(RestartableBatches):
                 "(the call raised, or its process died)"
             )
             log.error("job=%s: point message %s parked: %s", batch["job_id"], request.id, reason)
-            park = partial(ledger.park, batch=PointBatch.model_validate(batch), reason=reason)
-            self._finish(request, lambda: park(tracker()), "task-failed", exception=reason)
+            kept = PointBatch.model_validate(batch)
+            self._finish(
+                request,
+                lambda: ledger.park(tracker(), kept, reason),
+                "task-failed",
+                exception=reason,
+            )
             return
         send_again = partial(
             upsert.apply_async,
