@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.progress import JobTracker
+from pipeline.schemas import PointBatch, UnwritablePoints
 from pipeline.writer import Span, WriteReport
 
 
@@ -20,6 +21,19 @@ def record(tracker: JobTracker, report: WriteReport) -> None:
         tracker.park(job_id, kept, failures(span, reason))
     for call in report.calls:
         tracker.record_write(call.collection, call.points, call.seconds)
+
+
+def refuse(tracker: JobTracker, unwritable: UnwritablePoints) -> None:
+    """A point message no write can take: the rows it names failed with the reason (an embed
+    step that sends them again, after `medindex retry`, sends a good message)."""
+    if unwritable.named:
+        rows, reason = unwritable.named.rows, f"unwritable point message: {unwritable}"
+        tracker.fail_rows(unwritable.named.job_id, rows, reason)
+
+
+def park(tracker: JobTracker, batch: PointBatch, reason: str) -> None:
+    """A message's points kept whole for `medindex retry`, as the writer parks them."""
+    record(tracker, WriteReport(parked=[(Span(batch, 0, len(batch)), reason)]))
 
 
 def failures(span: Span, reason: str) -> list[dict]:

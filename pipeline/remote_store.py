@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -153,8 +154,24 @@ class RemoteReader:
         # The answer comes back on a reply list of its own: no result backend to keep.
         timeout = self.settings.store_call_timeout_s
         reply_to = REPLY_PREFIX + uuid.uuid4().hex
-        call = {"method": method, "args": list(args), "kwargs": {}, "reply_to": reply_to}
-        app.send_task(task, kwargs=call, queue=STORE_QUEUE, expires=timeout)
+        # Past its deadline (wall-clock: the store worker may be another host) the call is
+        # refused: it may have waited behind a long write, and its caller has given up.
+        call = {
+            "method": method,
+            "args": list(args),
+            "kwargs": {},
+            "reply_to": reply_to,
+            "deadline": time.time() + timeout,
+        }
+        app.send_task(
+            task,
+            kwargs=call,
+            queue=STORE_QUEUE,
+            expires=timeout,
+            # What Flower shows and keeps: never filters, point ids or specs.
+            argsrepr="()",
+            kwargsrepr=f"{method}({args[0]!r})" if args else f"{method}()",
+        )
         answer = self.redis.blpop([reply_to], timeout=timeout)
         if answer is None:
             raise StoreError(
@@ -215,14 +232,21 @@ def answer_store_call(
     method: str,
     args: list,
     kwargs: dict,
+    deadline: float | None = None,
 ) -> None:
     """Run one remote call on the store this process owns; a refusal travels back as text
-    with its kind (`transient`: an outage, worth retrying; otherwise the caller's mistake)."""
+    with its kind (`transient`: an outage, worth retrying; otherwise the caller's mistake).
+    A call past its `deadline` (`time.time()`) is refused: its caller stopped waiting."""
     if not isinstance(reply_to, str) or not REPLY_KEY.fullmatch(reply_to):
         log.error("store call %s refused: reply key %.80r is not a reply key", method, reply_to)
         return
+    late = time.time() - deadline if deadline is not None else 0
     if method not in allowed:
         answer: dict = {"error": f"store call {method!r} is not allowed on this path"}
+    elif late > 0:
+        refusal = f"store call {method} refused: its caller gave up {late:.1f}s ago"
+        log.warning("%s (the store worker was busy, or the clocks disagree)", refusal)
+        answer = {"error": refusal, "transient": True}
     else:
         try:
             answer = {"value": getattr(store, method)(*args, **kwargs)}

@@ -6,10 +6,11 @@ import uuid
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Fixed namespace: the same source and key give the same point id on every machine, forever.
 POINT_NAMESPACE = uuid.UUID("6f1d3c1e-4a53-5b0e-9c36-6d6564696e64")
+MAX_DIM = 65_536  # Qdrant's largest vector
 
 
 def point_id(source_name: str, split: str, key: str) -> str:
@@ -78,7 +79,22 @@ class PointBatch(BaseModel):
     rows: list[int]
     payloads: list[dict]
     vectors: bytes  # float32, row-major, len(ids) x dim
-    dim: int
+    dim: int = Field(ge=0, le=MAX_DIM)
+
+    @model_validator(mode="after")
+    def _one_of_each_per_point(self) -> PointBatch:
+        """An id, a row, a payload and `dim` floats for every point: what writing (and
+        splitting) a batch relies on."""
+        points = len(self.ids)
+        if (len(self.rows), len(self.payloads)) != (points, points):
+            raise ValueError(f"{points} ids, {len(self.rows)} rows, {len(self.payloads)} payloads")
+        if points and not self.dim:
+            raise ValueError(f"{points} points of dim 0")
+        if len(self.vectors) != 4 * points * self.dim:
+            raise ValueError(
+                f"vectors hold {len(self.vectors)} bytes, not {points} x {self.dim} float32"
+            )
+        return self
 
     @classmethod
     def build(
@@ -123,3 +139,48 @@ class PointBatch(BaseModel):
 
     def matrix(self) -> np.ndarray:
         return np.frombuffer(self.vectors, dtype=np.float32).reshape(len(self.ids), self.dim)
+
+
+class UnwritablePoints(ValueError):
+    """A point message that no write can take, with the job and rows it names (if it does)."""
+
+    def __init__(self, reason: str, named: NamedRows | None = None) -> None:
+        super().__init__(reason)
+        self.named = named
+
+
+class NamedRows(BaseModel):
+    """What even a malformed point batch may tell: whose rows it holds."""
+
+    job_id: str
+    rows: list[int]
+
+
+def read_points(message: object) -> PointBatch:
+    """The point batch an upsert message carries, checked whole when it arrives: its schema,
+    one of each per point, finite vectors. Raises UnwritablePoints with the first problem."""
+    batch = message.get("batch") if isinstance(message, dict) else None
+    if not isinstance(batch, dict):
+        raise UnwritablePoints("holds no point batch")
+    try:
+        points = PointBatch.model_validate(batch)
+    except ValidationError as exc:
+        raise UnwritablePoints(_first_problem(exc), _named_rows(batch)) from exc
+    if not np.isfinite(points.matrix()).all():
+        named = NamedRows(job_id=points.job_id, rows=points.rows)
+        raise UnwritablePoints("vectors hold NaN or infinite values", named)
+    return points
+
+
+def _named_rows(batch: dict) -> NamedRows | None:
+    try:
+        return NamedRows.model_validate(batch)
+    except ValidationError:
+        return None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    problem = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {problem}" if where else problem

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # Deliveries of one job whose worker died on it (OOM-killed, crashed) before its rows are
     # recorded as failed with the reason: a poisonous job must not come back forever.
     embed_max_lost: int = Field(3, ge=1, le=20)
+    # Times a point message whose write call failed (the call raised, or its process died) is
+    # sent again before its points are parked with the reason: it must not come back forever.
+    upsert_max_retries: int = Field(3, ge=0, le=10)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
     # Seconds a killed reindex keeps its alias locked (a running one renews its lock); a second

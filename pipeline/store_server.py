@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import numpy as np
 from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
@@ -47,6 +48,15 @@ SCHEMA_TYPES = {
     "datetime": models.PayloadSchemaType.DATETIME,
     "uuid": models.PayloadSchemaType.UUID,
 }
+# gRPC answers worth retrying (as REST's 5xx and 429): the server down or restarting, too slow,
+# or overloaded. Any other status is the request's fault and would fail again.
+TRANSIENT_GRPC = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 class ServerStore(Store):
@@ -313,7 +323,7 @@ class ServerStore(Store):
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """Turn qdrant-client's and httpx's exceptions into one readable StoreError."""
+        """Turn qdrant-client's, httpx's and gRPC's exceptions into one readable StoreError."""
         where = self.description
         try:
             yield
@@ -326,8 +336,21 @@ class ServerStore(Store):
             )
             message = f"Qdrant ({where}) answered {exc.status_code}: {detail}"
             raise StoreError(message, transient=transient) from exc
+        except grpc.RpcError as exc:
+            raise _grpc_error(exc, where) from exc
         except (ResponseHandlingException, OSError, TimeoutError) as exc:
             message = f"cannot reach Qdrant at {where}: {first_line(exc)}"
             raise StoreError(message, transient=True) from exc
         except (ValueError, ValidationError) as exc:
             raise StoreError(f"Qdrant ({where}) refused the request: {first_line(exc)}") from exc
+
+
+def _grpc_error(exc: grpc.RpcError, where: str) -> StoreError:
+    """The call's status code decides: an outage (worth retrying) or a refusal."""
+    call = exc if isinstance(exc, grpc.Call) else None  # what qdrant-client's calls raise
+    code = call.code() if call else grpc.StatusCode.UNKNOWN
+    detail = (call.details() or "")[:300] if call else ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return StoreError(f"cannot reach Qdrant at {where} (gRPC {code.name}): {detail}", True)
+    message = f"Qdrant ({where}) answered gRPC {code.name}: {detail}"
+    return StoreError(message, transient=code in TRANSIENT_GRPC)

@@ -15,10 +15,18 @@ from tasks.worker_state import store, tracker
 
 
 @app.task(name=QUERY_TASK)
-def store_query(method: str, args: list, kwargs: dict, reply_to: str) -> None:
-    answer_store_call(store(), tracker().redis, QUERY_CALLS, reply_to, method, args, kwargs)
+def store_query(
+    method: str, args: list, kwargs: dict, reply_to: str, deadline: float | None = None
+) -> None:
+    answer_store_call(
+        store(), tracker().redis, QUERY_CALLS, reply_to, method, args, kwargs, deadline
+    )
 
 
 @app.task(name=MANAGE_TASK)
-def store_manage(method: str, args: list, kwargs: dict, reply_to: str) -> None:
-    answer_store_call(store(), tracker().redis, MANAGE_CALLS, reply_to, method, args, kwargs)
+def store_manage(
+    method: str, args: list, kwargs: dict, reply_to: str, deadline: float | None = None
+) -> None:
+    answer_store_call(
+        store(), tracker().redis, MANAGE_CALLS, reply_to, method, args, kwargs, deadline
+    )

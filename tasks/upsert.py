@@ -1,27 +1,34 @@
 """medindex.upsert: point messages buffered by celery-batches, written 1,000 points a call.
 
-celery-batches hands buffered messages to the pool as one call. `PointBatches` decides which
-points go into that call (see `pipeline.batching`) and acknowledges a message only after the
-call that wrote its last point succeeded; a failed call requeues its messages.
+celery-batches hands buffered messages to the pool as one call. `PointBatches` reads each
+message once, as it arrives (one that no write can take is refused alone, its rows failed with
+the reason), decides which points go into that call (see `pipeline.batching`) and acknowledges
+a message only after the call that wrote its last point succeeded. A failed call sends its
+messages again, their retries counted; past the limit a message's points are parked.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import redis
 from celery.utils.log import get_task_logger
 from celery_batches import SimpleRequest
 from celery_batches.trace import apply_batches_task
+from kombu.exceptions import OperationalError
 
 from pipeline import ledger
 from pipeline.batching import plan_flush
-from pipeline.celery_app import app
+from pipeline.celery_app import UPSERT_QUEUE, app
 from pipeline.logs import bind_job
-from pipeline.schemas import PointBatch
+from pipeline.progress import BrokerError
+from pipeline.schemas import PointBatch, UnwritablePoints, read_points
 from pipeline.settings import get_settings
 from pipeline.writer import Span
 from tasks.batches import RestartableBatches
@@ -29,6 +36,10 @@ from tasks.worker_state import tracker, writer
 
 log = get_task_logger(__name__)
 settings = get_settings()
+
+# Redis out of reach while a message's fate is recorded: it stays unacknowledged, and Redis
+# hands it out again after the visibility timeout.
+BROKER_LOST = (redis.RedisError, OperationalError, BrokerError)
 
 
 def _size(request: Any) -> int:
@@ -65,8 +76,11 @@ class PointBatches(RestartableBatches):
     def flush(self, requests: list[Any]) -> Any:
         kept = requests
         try:
+            kept = requests = [request for request in requests if self._admitted(request)]
+            if not requests:
+                return None
             now = time.monotonic()
-            states = [self._deliveries.setdefault(r, _Delivery(now)) for r in requests]
+            states = [self._deliveries[r] for r in requests]
             sizes = [_size(r) for r in requests]
             skip = states[0].written
             quiet = now - max(state.first_seen for state in states) >= self.quiet_s
@@ -82,6 +96,32 @@ class PointBatches(RestartableBatches):
             return self._send(in_call, spans)
         finally:
             self._keep(kept)  # whatever happens, nothing drained is forgotten
+
+    def _admitted(self, request: Any) -> bool:
+        """Whether a buffered message goes on to a write. Each is read once, as it arrives:
+        one that no write can take (no point batch, sizes that disagree, NaN vectors) is
+        refused alone, never joining a call beside good messages."""
+        if request in self._deliveries:
+            return True
+        try:
+            read_points(request.kwargs)
+        except UnwritablePoints as exc:
+            unwritable = exc
+        else:
+            self._deliveries[request] = _Delivery(time.monotonic())
+            return True
+        if unwritable.named:
+            job_id = unwritable.named.job_id
+            log.error("job=%s: point message %s refused: %s", job_id, request.id, unwritable)
+        else:
+            log.error("message %s %s, dropped", request.id, unwritable)
+        self._finish(
+            request,
+            lambda: ledger.refuse(tracker(), unwritable),
+            "task-failed",
+            exception=str(unwritable),
+        )
+        return False
 
     def _send(self, in_call: list[Any], spans: list[tuple[int, int]]) -> Any:
         for request, (_, stop) in zip(in_call, spans, strict=True):
@@ -108,7 +148,7 @@ class PointBatches(RestartableBatches):
 
     def _settle(self, in_call: list[Any], result: Any) -> None:
         """In the consumer, once a pool call ended: a message is acknowledged when every call
-        holding its points succeeded, and requeued whole if any failed."""
+        holding its points succeeded, and tried again whole if any failed."""
         ok = isinstance(result, dict) and "written" in result
         for request in in_call:
             state = self._deliveries[request]
@@ -118,11 +158,53 @@ class PointBatches(RestartableBatches):
                 continue
             del self._deliveries[request]
             if state.failed:
-                request.reject(requeue=True)
-                request.send_event("task-failed", exception="write failed; requeued")
+                self._try_again(request)
             else:
                 request.acknowledge()
                 request.send_event("task-succeeded", result=repr(result), runtime=0)
+
+    def _try_again(self, request: Any) -> None:
+        """What `Task.retry` does, as the embed step does it: a copy of the message, one retry
+        further, then the original acknowledged. One that has used its retries has its
+        points parked with the reason instead, never to come round again."""
+        retries = int((request.request_dict or {}).get("retries") or 0)
+        batch = request.kwargs["batch"]  # read whole when it arrived
+        if retries >= settings.upsert_max_retries:
+            reason = (
+                f"the write of these points failed {retries + 1} times "
+                "(the call raised, or its process died)"
+            )
+            log.error("job=%s: point message %s parked: %s", batch["job_id"], request.id, reason)
+            kept = PointBatch.model_validate(batch)
+            self._finish(
+                request,
+                lambda: ledger.park(tracker(), kept, reason),
+                "task-failed",
+                exception=reason,
+            )
+            return
+        send_again = partial(
+            upsert.apply_async,
+            kwargs=request.kwargs,
+            task_id=request.id,
+            retries=retries + 1,
+            queue=UPSERT_QUEUE,
+            argsrepr="()",
+            kwargsrepr=f"job {batch['job_id']}: {len(batch['ids'])} points, retry {retries + 1}",
+        )
+        self._finish(request, send_again, "task-retried", exception="write failed")
+
+    def _finish(self, request: Any, act: Callable[[], object], event: str, **fields: str) -> None:
+        """`act` (record the message's fate in its job's state, or send it again), then the
+        message acknowledged. Without Redis it stays unacknowledged: Redis hands it out again
+        after the visibility timeout."""
+        try:
+            act()
+        except BROKER_LOST as exc:
+            log.warning("message %s: lost Redis (%s); left to come back", request.id, exc)
+            return
+        request.acknowledge()
+        request.send_event(event, **fields)
 
 
 def _apply_write(

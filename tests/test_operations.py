@@ -8,13 +8,17 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import ARTIFACTS, N_IMAGES, Stack
 
+from pipeline.celery_app import app
 from pipeline.logs import JobContext, configure
+from pipeline.remote_store import MANAGE_TASK, QUERY_TASK, RemoteStore
+from pipeline.schemas import point_id
 from pipeline.settings import get_settings
 from search_api import SearchClient
 
@@ -52,6 +56,53 @@ def test_no_payload_value_reaches_flower(ingested: dict, dataset: Path) -> None:
         text = json.dumps([task.get("args"), task.get("kwargs"), task.get("result")])
         assert "payloads" not in text and not any(v in text for v in values), text[:300]
     assert any("points" in str(task.get("kwargs")) for task in shown.values())
+
+
+def test_no_store_call_argument_reaches_flower(stack: Stack) -> None:
+    """Issue 21, item 14: the store calls' filters, point ids and specs were in their task
+    events, which Flower shows and keeps in flower.db; a call shows as its method and
+    collection only."""
+    store = RemoteStore(get_settings())
+    secret = f"flower-secret-{time.time_ns()}"
+    point = point_id("flower", "train", secret)
+
+    def calls() -> None:
+        store.ensure_collection("flower_calls", {"dim": 4, "model": secret})
+        store.retrieve("flower_calls", [point])
+        store.count("flower_calls", {"must": [{"key": "image_id", "match": {"value": secret}}]})
+
+    events = store_call_events(calls, expected=3)
+    for event in events:
+        assert secret not in json.dumps(event) and point not in json.dumps(event), event
+    sent = {e["uuid"]: e["kwargs"] for e in events if e["type"] == "task-sent"}
+    assert sorted(sent.values()) == [
+        "count('flower_calls')", "ensure_collection('flower_calls')", "retrieve('flower_calls')"
+    ]  # fmt: skip
+    deadline = time.monotonic() + 30
+    for uuid, kwargs in sent.items():  # what Flower lists, and keeps in flower.db
+        while (answer := flower(f"/api/task/info/{uuid}")).status_code == 404:
+            assert time.monotonic() < deadline, f"Flower does not know task {uuid}"
+            time.sleep(0.2)
+        assert answer.json()["kwargs"] == kwargs
+
+
+def store_call_events(calls: Callable[[], None], expected: int) -> list[dict]:
+    """The task events of the `expected` store calls that `calls` makes, as Flower receives
+    them, once each of them has succeeded."""
+    events: list[dict] = []
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        capture = receiver.itercapture(wakeup=False)
+        next(capture)  # listening from here on
+        calls()
+        deadline = time.monotonic() + 30
+        while True:
+            ours = {e["uuid"] for e in events if e.get("name") in (QUERY_TASK, MANAGE_TASK)}
+            done = {e["uuid"] for e in events if e["type"] == "task-succeeded"}
+            if len(ours) == expected and ours <= done:
+                return [e for e in events if e.get("uuid") in ours]
+            assert time.monotonic() < deadline, f"store call events missing: {events}"
+            next(capture)
 
 
 def test_flower_dashboard_in_headless_chromium(ingested: dict) -> None:

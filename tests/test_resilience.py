@@ -26,15 +26,17 @@ import yaml
 from chaos import fix_bad_images, indexed_keys, kill_and_wait_for_restart, write_laced_dataset
 from conftest import Stack
 
-from pipeline.celery_app import EMBED_QUEUE, app
+from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.remote_store import open_store
+from pipeline.remote_store import RemoteStore, open_store
 from pipeline.samples import skin, write_sample_dataset
-from pipeline.schemas import SourceRef
+from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
+from pipeline.store import StoreError
 from producers.ingest import enqueue, wait
+from tasks.upsert import upsert
 
 ROOT = Path(__file__).resolve().parent.parent
 N_SMALL = 240
@@ -125,6 +127,33 @@ def log(stack: Stack) -> str:
     return stack.log.read_text(errors="replace")
 
 
+def point_message(job_id: str, collection: str, rows: range) -> dict:
+    """What the embed step sends for a job's rows: 384-d points keyed `{job_id}-{row}`."""
+    ref = SourceRef(dataset=job_id, name=job_id)
+    job = EmbedJob(job_id=job_id, collection=collection, source=ref, model="m", rows=list(rows))
+    keys = [f"{job_id}-{row}" for row in rows]
+    ids = [point_id(job_id, "train", key) for key in keys]
+    payloads = [{"image_id": key, "source": {"key": key}} for key in keys]
+    vectors = np.random.default_rng(rows[0]).normal(size=(len(rows), 384)).astype(np.float32)
+    batch = PointBatch.build(job, ids, list(rows), payloads, vectors)
+    return {"batch": batch.model_dump(), "ends_job": True}
+
+
+def send_points(message: dict, **options: object) -> None:
+    """Sent as the embed step sends it."""
+    upsert.apply_async(
+        kwargs=message, queue=UPSERT_QUEUE, argsrepr="()", kwargsrepr="test points", **options
+    )
+
+
+def wait_for_log(stack: Stack, text: str, seen_before: int, timeout_s: float = 60) -> None:
+    """Until `text` appears in the stack's log once more than `seen_before` times."""
+    deadline = time.monotonic() + timeout_s
+    while log(stack).count(text) <= seen_before:
+        assert time.monotonic() < deadline, f"{text!r} not logged again in {timeout_s:.0f}s"
+        time.sleep(0.1)
+
+
 @contextmanager
 def locked_store(collection: str) -> Iterator[None]:
     """Another process holds the collection's shard (the store worker has not opened it since
@@ -203,6 +232,29 @@ def test_writes_to_an_unavailable_store_are_retried_until_it_returns(
     assert_all_indexed(finish(ingest), store, "outage", small)
 
 
+def test_a_store_call_whose_caller_gave_up_is_refused_not_run_late(
+    stack: Stack, tracker: JobTracker, store: object
+) -> None:
+    """Issue 21, item 7: the store worker runs one call at a time, so a management call waits
+    behind a write that retries; its caller gives up, yet it used to run once the write ended
+    (a reindex's delete after the reindex had failed). It carries its deadline now, and past it
+    the store worker refuses it."""
+    store.ensure_collection("late_victim", {"dim": 4})
+    store.ensure_collection("late_write", AS_INGEST_MAKES_IT)
+    tracker.create("late", 16, {"collection": "late_write"})
+    impatient = RemoteStore(get_settings().model_copy(update={"store_call_timeout_s": 2}))
+    failed_tries = log(stack).count("points failed (try 1)")
+    with locked_store("late_write"):
+        send_points(point_message("late", "late_write", range(16)))
+        wait_for_log(stack, "points failed (try 1)", failed_tries)  # the store worker is busy
+        with pytest.raises(StoreError, match="no store worker answered within 2s"):
+            impatient.delete_collection("late_victim")
+    wait_for(tracker, "late", lambda p: p.indexed == 16)  # the write went through
+    # Answered after the late call (one store worker, one call at a time, in order).
+    assert "late_victim" in store.collections()
+    assert "store call delete_collection refused: its caller gave up" in log(stack)
+
+
 def test_writes_failing_past_the_budget_are_kept_shown_failed_and_retried(
     stack: Stack, small: Path, tracker: JobTracker, store: object
 ) -> None:
@@ -268,6 +320,59 @@ def test_bad_images_fail_alone_with_their_reason_and_are_indexed_once_fixed(
     assert retried.returncode == 0, retried.stderr
     assert (retried.json()["indexed"], retried.json()["failed"]) == (len(everything), 0)
     assert_exactly_indexed(store, "laced", everything)
+
+
+def test_unwritable_point_messages_fail_alone_and_the_rest_is_written(
+    stack: Stack, tmp_path: Path, tracker: JobTracker, store: object
+) -> None:
+    """Issue 21, item 2: one point message that cannot be written raised in every write call
+    it joined (or in the consumer's flush, for one without ids) and came back with the good
+    messages beside it forever: nothing was indexed. Each is now refused when it arrives, its
+    rows failed with the reason, and the images beside it are indexed."""
+    data = write_sample_dataset(tmp_path / "beside", 32, seed=13)
+    store.ensure_collection("beside_bad", AS_INGEST_MAKES_IT)
+    tracker.create("bad-points", 64, {"collection": "beside_bad"})
+    bad = [point_message("bad-points", "beside_bad", range(at, at + 16)) for at in (0, 16, 32, 48)]
+    bad[0]["batch"]["dim"] = 383  # 16 x 384 floats
+    del bad[1]["batch"]["ids"]
+    bad[2]["batch"]["vectors"] = np.full((16, 384), np.nan, np.float32).tobytes()
+    bad[3]["batch"]["payloads"].pop()
+    for message in [*bad, {"batch": "no batch at all"}]:
+        send_points(message)
+    assert_all_indexed(finish(start_ingest(stack, data, "beside_bad", "beside-bad"), 120),
+                       store, "beside_bad", data)  # fmt: skip
+    reasons = {f["row"]: f["reason"] for f in tracker.failures("bad-points")}
+    assert sorted(reasons) == list(range(64))
+    for rows, why in zip(range(0, 64, 16), ("vectors", "ids", "NaN", "payloads"), strict=True):
+        assert all(why in reasons[row] for row in range(rows, rows + 16)), reasons[rows]
+    assert "holds no point batch, dropped" in log(stack)
+
+
+def test_a_point_message_whose_write_keeps_failing_is_parked_after_its_tries(
+    stack: Stack, tracker: JobTracker, store: object
+) -> None:
+    """Issue 21, item 2: a message whose write call fails (the call raised, or its process
+    died) is sent again with its retries counted, as the embed step's jobs are; past
+    MEDINDEX_UPSERT_MAX_RETRIES its points are parked with the reason instead of going round
+    again. Here the message has used its retries, and the store worker's pool process is
+    SIGKILLed in the middle of its write."""
+    retries = get_settings().upsert_max_retries
+    store.ensure_collection("tries", AS_INGEST_MAKES_IT)
+    tracker.create("tries", 16, {"collection": "tries"})
+    failed_tries = log(stack).count("points failed (try 1)")
+    with locked_store("tries"):
+        send_points(point_message("tries", "tries", range(16)), retries=retries)
+        wait_for_log(stack, "points failed (try 1)", failed_tries)
+        store_worker = next(p for p in psutil.Process(stack.process.pid).children()
+                            if "upsert,store" in p.cmdline())  # fmt: skip
+        store_worker.children()[0].kill()
+        progress = wait_for(tracker, "tries", lambda p: p.failed == 16)
+    assert progress.indexed == 0 and len(tracker.parked("tries")) == 1
+    reasons = {f["reason"] for f in tracker.failures("tries")}
+    assert reasons == {
+        f"the write of these points failed {retries + 1} times (the call raised, or its process "
+        "died); points kept, `medindex retry tries` writes them"
+    }
 
 
 def scroll_all(store: object, collection: str) -> list[dict]:
