@@ -124,7 +124,8 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     to the writer, the other images (unreadable then, perhaps fixed since) through embedding.
 
     Returns (images embedded again, points written again). An image that still fails is
-    recorded again, with its reason.
+    recorded again, with its reason. Only failed rows are sent: a cancelled job stays
+    cancelled, and the rows its cancel skipped stay pending (`ingest --job-id` resumes them).
     """
     tracker = JobTracker(connect_redis(settings.broker_url))
     meta = tracker.progress(job_id).meta
@@ -135,7 +136,6 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     to_embed = [row for row in failed if row not in parked_rows]
     # Pending again from here; should sending fail, `ingest --job-id` finds them unfinished.
     tracker.clear_failures(job_id, failed)
-    tracker.resume(job_id)
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(
@@ -152,7 +152,8 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
 
 
 def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
-    """Enqueue again every row of a stalled job that is neither indexed nor failed, when no
+    """Enqueue again every row of a stalled job that is neither indexed nor failed (of a
+    cancelled job, only those `retry` sent: the rows the cancel skipped stay skipped), when no
     message can still be carrying it (none queued, none delivered and unacknowledged: those
     come back by themselves); returns how many (0: other messages are still out).
 
@@ -162,8 +163,11 @@ def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
     if tracker.redis.hlen(UNACKED) or any(map(tracker.redis.llen, (EMBED_QUEUE, UPSERT_QUEUE))):
         return 0
     progress = tracker.progress(job_id)
-    done = tracker.done_rows(job_id)
-    pending = [row for row in range(progress.total) if row not in done]
+    if progress.cancelled:
+        pending = tracker.retrying(job_id)
+    else:
+        done = tracker.done_rows(job_id)
+        pending = [row for row in range(progress.total) if row not in done]
     _enqueue_rows(job_id, progress.meta, pending, settings)
     tracker.record_resent(job_id, len(pending))
     return len(pending)
