@@ -26,7 +26,7 @@ from pipeline.sources import (
     source_class,
     versioned,
 )
-from producers.schema import collection_schema
+from producers.schema import SchemaError, collection_schema
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,17 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     """
     ref = source_ref(request)
     source = source_class(ref.format)(ref)
+    store = open_store(settings)
+    recorded = _recorded_schema(request, store)
+    ref, source = _keyed_as_recorded(request, ref, source, recorded)
     total = len(source)
     if problem := source.keys.describe(source.schema.key_field or "key"):
         log.warning("%s %s: %s", ref.dataset, ref.split, problem)
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
-    store = open_store(settings)
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
-    store.ensure_collection(request.collection, spec | _schema_spec(request, source, store))
+    store.ensure_collection(request.collection, spec | _schema_spec(request, source, recorded))
     meta = _meta(request, ref, model) | {"pooling": pooling}
     dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
     job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
@@ -103,11 +105,10 @@ def source_ref(request: IngestRequest) -> SourceRef:
     return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
 
 
-def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dict:
-    """The collection's schema and payload indexes: the source's, with the user's overrides,
-    merged into what the collection already records."""
+def _recorded_schema(request: IngestRequest, store: AnyStore) -> dict | None:
+    """The schema the collection records; for one recording none yet, `schema_from`'s."""
     names = set(store.collections()) | set(store.aliases())
-    recorded = next(
+    return next(
         (
             schema
             for name in (request.collection, request.schema_from)
@@ -115,6 +116,31 @@ def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dic
         ),
         None,
     )
+
+
+def _keyed_as_recorded(
+    request: IngestRequest, ref: SourceRef, source: Source, recorded: dict | None
+) -> tuple[SourceRef, Source]:
+    """A source holding the collection's recorded key field is keyed by it, whatever its key
+    column would be detected as today (other distinct counts): another key gives every image a
+    new id, and doubles it. `--key-column` naming another is refused. A source without that
+    field is other data, keyed its own way."""
+    key = (recorded or {}).get("key_field")
+    fields = {field.name for field in source.schema.fields}
+    if key is None or source.schema.key_field == key or key not in fields:
+        return ref, source
+    if asked := request.options.key_column:
+        raise SchemaError(
+            f"collection {request.collection!r} keys its images by {key!r}: --key-column "
+            f"{asked!r} would give each a new id (use --key-column {key}, or another collection)"
+        )
+    ref = ref.model_copy(update={"options": ref.options.model_copy(update={"key_column": key})})
+    return ref, source_class(ref.format)(ref)
+
+
+def _schema_spec(request: IngestRequest, source: Source, recorded: dict | None) -> dict:
+    """The collection's schema and payload indexes: the source's, with the user's overrides,
+    merged into what the collection already records."""
     schema = collection_schema(source.schema, request.label_field, dict(request.indexes), recorded)
     return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
 
