@@ -449,6 +449,7 @@ def _reindex(args: argparse.Namespace) -> int:
         )
         + f", {summary['seconds']}s"
         + (f"; deleted {', '.join(summary['deleted'])}" if summary["deleted"] else "")
+        + (f"; abandoned {summary['abandoned']}" if "abandoned" in summary else "")
     )
     if args.json:
         print(json.dumps(summary))

@@ -62,7 +62,8 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     """Check everything a worker will need, then enqueue.
 
     Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
-    only the shards that still hold rows neither indexed nor failed.
+    only the shards that still hold rows neither indexed nor failed; one started over other
+    data or options is refused (`JobChanged`).
     """
     ref = source_ref(request)
     source = source_class(ref.format)(ref)
@@ -300,17 +301,25 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
     return None
 
 
+class JobChanged(MedindexError):
+    """The job to resume was started over other data or with other options; `reason` says
+    which (a reindex abandons its version on it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}: start a new job (without --job-id/--resume)")
+        self.reason = reason
+
+
 def _check_same_job(tracker: JobTracker, job_id: str, meta: dict, dataset_now: dict) -> None:
     known = tracker.progress(job_id).meta
     for key in ("dataset", "split", "collection", "model", "source_name", "format", "options"):
         if known.get(key, meta[key]) != meta[key]:
-            raise MedindexError(
+            raise JobChanged(
                 f"job {job_id} was started with {key}={known.get(key)!r}, not {meta[key]!r}"
             )
     # Rows are resumed by index: the same index must still name the same image.
     if known.get("fingerprint", dataset_now["fingerprint"]) != dataset_now["fingerprint"]:
-        raise MedindexError(
+        raise JobChanged(
             f"dataset {meta['dataset']} ({meta['split']}) changed since job {job_id} started "
-            f"({known['rows']} rows then, {dataset_now['rows']} now, or other keys): "
-            "start a new job (without --job-id/--resume)"
+            f"({known['rows']} rows then, {dataset_now['rows']} now, or other keys)"
         )

@@ -8,6 +8,7 @@ a collection per version, HNSW deferred during the bulk load, an alias switch.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import threading
@@ -25,7 +26,9 @@ from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import source_class
-from producers.ingest import IngestRequest, source_ref, start_ingest, wait
+from producers.ingest import IngestRequest, JobChanged, source_ref, start_ingest, wait
+
+log = logging.getLogger(__name__)
 
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
 LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
@@ -137,22 +140,31 @@ def _reindex(
     spec |= {"dataset": ref.dataset, "split": ref.split}
     origin = spec | {"source_name": ref.identity}
 
-    pending = _pending(redis, request.alias, origin, names, serving)
-    if pending:
-        collection, job_id = pending["collection"], pending.get("job_id")
-    else:
+    def new_version() -> dict:
         number = max((n for n, _ in versions(names, request.alias)), default=0) + 1
-        collection, job_id = version_name(request.alias, number), None
+        collection = version_name(request.alias, number)
         store.ensure_collection(collection, spec, bulk=True)
         # Recorded at once: an interruption from here on is resumed, not left as an orphan.
         _record_pending(redis, request.alias, origin | {"collection": collection})
-    job_id, total, _ = start_ingest(
-        replace(
-            ingest, collection=collection, job_id=job_id, format=ref.format, schema_from=serving
-        ),
-        settings,
-    )
-    _record_pending(redis, request.alias, origin | {"collection": collection, "job_id": job_id})
+        return origin | {"collection": collection}
+
+    def start(pending: dict) -> tuple[str, int, int]:
+        version = {"collection": pending["collection"], "job_id": pending.get("job_id")}
+        return start_ingest(
+            replace(ingest, **version, format=ref.format, schema_from=serving), settings
+        )
+
+    pending = _pending(redis, request.alias, origin, names, serving) or new_version()
+    abandoned = None
+    try:
+        job_id, total, _ = start(pending)
+    except JobChanged as changed:  # killed, then rerun over changed data: that job is void
+        abandoned = _abandon(store, tracker, pending, changed.reason)
+        pending = new_version()
+        job_id, total, _ = start(pending)
+    pending["job_id"] = job_id
+    _record_pending(redis, request.alias, pending)
+    collection = pending["collection"]
     progress = wait(tracker, job_id, on_progress, settings=settings)
     if progress.cancelled:
         raise MedindexError(f"reindex job {job_id} was cancelled; run the same command to resume")
@@ -167,6 +179,8 @@ def _reindex(
         "indexed": progress.indexed,
         "failed": progress.failed,
     }
+    if abandoned:
+        summary["abandoned"] = abandoned
     try:
         _verify(store, collection, progress, ref, settings.max_image_bytes)
         label = label_field(store.metadata(collection))
@@ -227,6 +241,16 @@ def _pending(
 
 def _record_pending(redis: Redis, alias: str, pending: dict) -> None:
     redis.set(PENDING + alias, json.dumps(pending))
+
+
+def _abandon(store: AnyStore, tracker: JobTracker, pending: dict, reason: str) -> str:
+    """Drop an interrupted reindex's version that cannot be resumed: its job is cancelled (its
+    queued shards are skipped), its collection deleted. Returns what was dropped and why."""
+    collection, job_id = pending["collection"], pending["job_id"]
+    tracker.cancel(job_id)
+    store.delete_collection(collection)
+    log.warning("abandoned %s (job %s): %s; building a new version", collection, job_id, reason)
+    return f"{collection} (job {job_id}): {reason}"
 
 
 def _verify(

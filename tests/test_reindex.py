@@ -32,12 +32,33 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample_dataset(tmp_path_factory.mktemp("reindex") / "skin", N, seed=11)
 
 
-def reindex(stack: Stack, dataset: Path, *extra: str) -> dict:
+def reindex(stack: Stack, dataset: Path, *extra: str, alias: str = ALIAS) -> dict:
     result = stack.medindex(
-        "reindex", "--alias", ALIAS, "--dataset", str(dataset), "--json", *extra
+        "reindex", "--alias", alias, "--dataset", str(dataset), "--json", *extra
     )
     assert result.returncode == 0, result.stderr
     return result.json()
+
+
+def kill_mid_reindex(stack: Stack, dataset: Path, alias: str) -> str:
+    """`reindex --alias` killed (SIGKILL) once its job embeds; returns the version it built."""
+    argv = [sys.executable, "-m", "pipeline.cli", "reindex", "--alias", alias, "--dataset",
+            str(dataset), "--json"]  # fmt: skip
+    producer = subprocess.Popen(argv, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tracker = JobTracker(connect_redis(get_settings().broker_url))
+    deadline = time.monotonic() + 120
+    while not (jobs := tracker.recent_jobs(limit=1)) or not _embedding(tracker, jobs[0], alias):
+        assert time.monotonic() < deadline, "the reindex's job did not start"
+        time.sleep(0.2)
+    os.kill(producer.pid, signal.SIGKILL)  # the producer dies mid-reindex
+    producer.wait()
+    return tracker.progress(jobs[0]).meta["collection"]
+
+
+def _embedding(tracker: JobTracker, job_id: str, alias: str) -> bool:
+    progress = tracker.progress(job_id)
+    building = progress.meta["collection"].startswith(f"{alias}__v")
+    return building and progress.embedded > 0 and not progress.finished
 
 
 def serving() -> str:
@@ -116,21 +137,7 @@ def test_an_interrupted_reindex_resumes_to_the_exact_count(
     stack: Stack, small_dataset: Path
 ) -> None:
     was = serving()
-    argv = [sys.executable, "-m", "pipeline.cli", "reindex", "--alias", ALIAS, "--dataset",
-            str(small_dataset), "--json"]  # fmt: skip
-    producer = subprocess.Popen(argv, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tracker = JobTracker(connect_redis(get_settings().broker_url))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        jobs = tracker.recent_jobs(limit=1)
-        if jobs and tracker.progress(jobs[0]).meta["collection"].startswith(f"{ALIAS}__v"):
-            progress = tracker.progress(jobs[0])
-            if progress.embedded > 0 and not progress.finished:
-                break
-        time.sleep(0.2)
-    os.kill(producer.pid, signal.SIGKILL)  # the producer dies mid-reindex
-    producer.wait()
-    interrupted = tracker.progress(jobs[0]).meta["collection"]
+    interrupted = kill_mid_reindex(stack, small_dataset, ALIAS)
     assert serving() == was  # nothing switched
     resumed = reindex(stack, small_dataset)
     assert resumed["collection"] == interrupted  # the same version, continued
@@ -182,6 +189,24 @@ def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
         assert_one_line_error(result, "another reindex of 'lesions' is running")
     finally:
         running.release()
+
+
+def test_a_reindex_rerun_over_changed_data_starts_a_new_version(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 21, item 5: a reindex killed, then run again after its dataset changed, abandons
+    (deletes) the version it was building, says so, and builds a new one."""
+    data = write_sample_dataset(tmp_path / "release", N, seed=13)
+    interrupted = kill_mid_reindex(stack, data, "release")
+    write_sample_dataset(data, N + 16, seed=14)  # the next release, in the same folder
+    summary = reindex(stack, data, alias="release")
+    assert summary["abandoned"].startswith(f"{interrupted} (job ")
+    assert "changed since job" in summary["abandoned"]
+    assert summary["collection"] != interrupted and summary["indexed"] == N + 16
+    store = SearchClient().store
+    assert interrupted not in store.collections()
+    assert store.aliases()["release"] == summary["collection"]
+    assert store.count("release") == N + 16
 
 
 def test_the_documented_ingest_then_weekly_reindex(stack: Stack, small_dataset: Path) -> None:
