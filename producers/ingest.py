@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kombu import Producer
+from redis import Redis, RedisError
 
 from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 EMBED_TASK = "medindex.embed"
 UPSERT_TASK = "medindex.upsert"
+LOCK = "medindex:reindex-lock:"  # an alias -> held by a reindex of it, or an ingest into it
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
 
     Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
     only the shards that still hold rows neither indexed nor failed; one started over other
-    data or options is refused (`JobChanged`).
+    data or options is refused (`JobChanged`). The collection's name lock (`alias_lock`) is
+    held from the collection's update to the last shard sent: an ingest waits for a reindex.
     """
     ref = source_ref(request)
     source = source_class(ref.format)(ref)
@@ -77,21 +82,61 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
-    store.ensure_collection(request.collection, spec | _schema_spec(request, source, recorded))
-    meta = _meta(request, ref, model) | {"pooling": pooling}
-    dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
-    job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
-    if job_id and tracker.exists(job_id):
-        _check_same_job(tracker, job_id, meta, dataset_now)
-        tracker.resume(job_id)
-        done = tracker.done_rows(job_id)
-    else:
-        job_id = job_id or uuid.uuid4().hex[:12]
-        tracker.create(job_id, total, meta | dataset_now)
-        done = set()
-    todo = [rows for rows in shards(range(total), settings.job_size) if not done.issuperset(rows)]
-    enqueue(job_id, request.collection, ref, model, pooling, todo)
+    name = _lock_name(request.collection, store)
+    busy = f"{name!r} is being reindexed (or another ingest into it starts): run this again later"
+    with alias_lock(tracker.redis, name, settings.reindex_lock_s, busy):
+        store.ensure_collection(request.collection, spec | _schema_spec(request, source, recorded))
+        meta = _meta(request, ref, model) | {"pooling": pooling}
+        dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
+        job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
+        if job_id and tracker.exists(job_id):
+            _check_same_job(tracker, job_id, meta, dataset_now)
+            tracker.resume(job_id)
+            done = tracker.done_rows(job_id)
+        else:
+            job_id = job_id or uuid.uuid4().hex[:12]
+            tracker.create(job_id, total, meta | dataset_now)
+            done = set()
+        todo = [r for r in shards(range(total), settings.job_size) if not done.issuperset(r)]
+        enqueue(job_id, request.collection, ref, model, pooling, todo)
     return job_id, total, len(todo)
+
+
+@contextmanager
+def alias_lock(redis: Redis, name: str, lifetime: int, busy: str) -> Iterator[None]:
+    """The lock of an alias (or of a collection a reindex may adopt): held by a reindex of it
+    for its whole run, and by an ingest into it while it starts. Renewed by a thread while
+    held; after a kill, it lapses `lifetime` seconds later, so the next holder waits up to that
+    long (and says so) before it gives up with `busy`."""
+    lock = redis.lock(LOCK + name, timeout=lifetime, thread_local=False)  # renewed elsewhere
+    if not lock.acquire(blocking=False):
+        wait_s = lifetime + 5
+        log.warning("%r is being reindexed or written: waiting up to %ds", name, wait_s)
+        if not lock.acquire(blocking=True, blocking_timeout=wait_s):
+            raise MedindexError(busy)
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lifetime / 3):
+            with suppress(RedisError):  # Redis restarting: the next renewal catches up
+                lock.reacquire()
+
+    renewer = threading.Thread(target=renew, name=f"alias-lock-{name}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+        with suppress(RedisError):  # lapsed meanwhile (Redis lost it): nothing to free
+            lock.release()
+
+
+def _lock_name(collection: str, store: AnyStore) -> str:
+    """Whose lock a write into `collection` takes: the alias serving it, else its own name (an
+    alias, or a plain collection that a reindex of that name would adopt)."""
+    serving = {target: alias for alias, target in store.aliases().items()}
+    return serving.get(collection, collection)
 
 
 def source_ref(request: IngestRequest) -> SourceRef:

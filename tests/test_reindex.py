@@ -3,6 +3,7 @@ quality guards, rollback, resuming an interrupted reindex, and model mismatches 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pipeline.progress import JobTracker, connect_redis
 from pipeline.samples import write_sample_dataset
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.settings import get_settings
+from producers.reindex import versions
 from search_api import Query, SearchClient
 
 N = 240
@@ -38,6 +40,11 @@ def reindex(stack: Stack, dataset: Path, *extra: str, alias: str = ALIAS) -> dic
     )
     assert result.returncode == 0, result.stderr
     return result.json()
+
+
+def ingest(stack: Stack, dataset: Path, collection: str, *extra: str) -> None:
+    result = stack.medindex("ingest", "--dataset", str(dataset), "--collection", collection, *extra)
+    assert result.returncode == 0, result.stderr
 
 
 def kill_mid_reindex(stack: Stack, dataset: Path, alias: str) -> str:
@@ -189,6 +196,71 @@ def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
         assert_one_line_error(result, "another reindex of 'lesions' is running")
     finally:
         running.release()
+
+
+def test_an_ingest_into_an_alias_waits_for_its_reindex(
+    stack: Stack, small_dataset: Path, first: dict, tmp_path: Path
+) -> None:
+    """Issue 21, item 4: an ingest into the alias, or into the version it serves, takes the
+    reindex's lock: it waits, says so, and gives up on one line if the reindex goes on."""
+    redis = connect_redis(get_settings().broker_url)
+    running = redis.lock(f"medindex:reindex-lock:{ALIAS}", timeout=120)  # a reindex running
+    assert running.acquire(blocking=False)
+    log = tmp_path / "ingest.err"
+    try:
+        result = stack.medindex(
+            "ingest", "--dataset", str(small_dataset), "--collection", serving()
+        )
+        assert_one_line_error(result, f"'{ALIAS}' is being reindexed")
+        argv = ["ingest", "--dataset", str(small_dataset), "--collection", ALIAS, "--json"]
+        with log.open("w") as err:
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *argv],
+                env=stack.env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        deadline = time.monotonic() + 60
+        while "waiting up to" not in log.read_text():
+            assert waiting.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        running.release()  # the reindex ends: the waiting ingest goes on
+    out, _ = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, log.read_text()
+    assert json.loads(out.splitlines()[-1])["indexed"] == N
+    assert SearchClient().count(ALIAS) == N  # the same points, rewritten
+
+
+def test_a_reindex_refuses_to_drop_another_datasets_points(
+    stack: Stack, small_dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 21, item 4: a collection holding another dataset too is not replaced by a version
+    built from one of them: refused before anything is built, the collection untouched."""
+    other = write_sample_dataset(tmp_path / "other", 24, seed=12)
+    for data in (small_dataset, other):
+        ingest(stack, data, "mixed")
+    result = stack.medindex("reindex", "--alias", "mixed", "--dataset", str(small_dataset))
+    assert_one_line_error(result, "mixed holds 24 points not from", "nothing was built")
+    store = SearchClient().store
+    assert "mixed" not in store.aliases() and store.count("mixed") == N + 24
+    assert not versions(store.collections(), "mixed")
+
+
+def test_a_reindex_refuses_to_drop_points_written_since_it_started(
+    stack: Stack, small_dataset: Path
+) -> None:
+    """Issue 21, item 4: points that reach the serving collection while a reindex is
+    interrupted (its lock lapsed) are not in the new version: the switch is refused."""
+    ingest(stack, small_dataset, "grown")
+    kill_mid_reindex(stack, small_dataset, "grown")
+    # The same files under another source name: new ids, the same `source.dataset`.
+    ingest(stack, small_dataset, "grown", "--source-name", "grown-again")
+    result = stack.medindex("reindex", "--alias", "grown", "--dataset", str(small_dataset))
+    assert_one_line_error(result, f"grown took {N} points since this reindex started")
+    store = SearchClient().store
+    assert "grown" not in store.aliases() and store.count("grown") == 2 * N
 
 
 def test_a_reindex_rerun_over_changed_data_starts_a_new_version(
