@@ -13,13 +13,14 @@ from PIL import Image
 
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb, to_rgb
+from pipeline.model_info import default_pooling
 from pipeline.remote_store import open_reader
 from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.store import Hit, parse_filter
 
 if TYPE_CHECKING:
-    from pipeline.model import Embedder
+    from pipeline.embedder import Embedder
 
 MAX_LIMIT = 1000
 
@@ -57,9 +58,9 @@ class SearchClient:
         self.store = open_reader(self.settings)
 
     def embedder_for(self, collection: str) -> Embedder:
-        """The model and pooling that made the collection's vectors (loaded on the first image
-        query only: torch is slow to import)."""
-        from pipeline.model import default_pooling, get_embedder
+        """The model and pooling that made the collection's vectors, loaded on the first image
+        query: searches by point id or vector never import torch."""
+        from pipeline.embedder import get_embedder  # torch: slow to import
 
         recorded = self.store.metadata(collection)
         model = recorded.get("model") or self.model or self.settings.model
