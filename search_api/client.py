@@ -3,7 +3,6 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pipeline.model_info import default_pooling
 from pipeline.remote_store import open_reader
 from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
+from pipeline.sources import source_class, upload_format
 from pipeline.store import Hit, parse_filter
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ class Query:
 
 # What a query image may be: the formats scanners and viewers export, nothing exotic.
 QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-# Readers asked first whether an upload is theirs (`sniff`), then for its picture: by format.
-MEDICAL_READERS = {"dicom": "pipeline.sources.dicom", "nifti": "pipeline.sources.nifti"}
 
 
 class SearchClient:
@@ -157,12 +155,11 @@ class SearchClient:
         """An uploaded DICOM or NIfTI file's picture, made by its reader's own code with the
         read options the collection's points record (the same window, slice choice and crop
         as at ingest); None: neither format, an ordinary image."""
-        for fmt, module in MEDICAL_READERS.items():
-            reader = importlib.import_module(module)  # pydicom, nibabel: loaded when asked
-            if reader.sniff(data):
-                options = self.read_options(collection, fmt)
-                return to_rgb(reader.query_picture(data, options))
-        return None
+        fmt = upload_format(data)
+        if fmt is None:
+            return None
+        options = self.read_options(collection, fmt)
+        return to_rgb(source_class(fmt).query_picture(data, options))
 
     def read_options(self, collection: str, fmt: str) -> ReadOptions:
         """How the collection's points of format `fmt` were read: the options their `source`

@@ -139,6 +139,14 @@ class DicomSource(Source):
         files = islice((p for p in path.rglob("*") if p.is_file()), DETECT_SAMPLE)
         return any(p.suffix.lower() == ".dcm" or _has_preamble(p) for p in files)
 
+    @staticmethod
+    def sniff(data: bytes) -> bool:
+        return sniff(data)  # the module's, below
+
+    @staticmethod
+    def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
+        return query_picture(data, options)
+
     def __len__(self) -> int:
         return len(self.instances)
 

@@ -212,6 +212,14 @@ class NiftiSource(Source):
                 return False
         return False
 
+    @staticmethod
+    def sniff(data: bytes) -> bool:
+        return sniff(data)  # the module's, below
+
+    @staticmethod
+    def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
+        return query_picture(data, options)
+
     def __len__(self) -> int:
         return len(self.entries)
 
