@@ -1,5 +1,5 @@
 """What made a collection's vectors, read from the model's two config files alone: no torch,
-no transformers, no weights, so that producers and `medindex status` start at once.
+no transformers, no weights, so that producers and `medindex status` never import them.
 
 A model is a local folder or a hub id (its files from huggingface_hub's cache, downloaded when
 missing). The values are those transformers reads from the same files: `describe` records
@@ -38,8 +38,9 @@ KNOWN_POOLING = {
 TRIVIAL_MODEL = "medindex/trivial"
 TRIVIAL_DIM = 384
 
-# The processor that reads a bare number as `size` (older configs) as a square; many others
-# (ConvNext, CLIP, BiT) read it as the shortest edge, which the fast path cannot reproduce.
+# The processor known to read a bare number as `size` (older configs) as a square; many others
+# (ConvNext, CLIP, BiT) read it as the shortest edge, so any other's bare size is recorded as
+# one the fast path cannot reproduce: exact preprocessing.
 SQUARE_SIZED = "ViTImageProcessor"
 COMMIT_FOLDER = re.compile(r"snapshots/([0-9a-f]{40})/")  # huggingface_hub's cache layout
 
