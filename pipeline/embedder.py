@@ -1,6 +1,7 @@
 """The embedding model at work: the seed's DINO ViT (or any transformers image model) on the
 worker's device, pictures in, float32 vectors out; the mean of last_hidden_state over all
-tokens by default. Only workers import it (torch); what a model is: pipeline/model_info.py."""
+tokens by default. Only what embeds imports it (workers, image queries, bench: torch); what
+a model is, without torch: pipeline/model_info.py."""
 
 from __future__ import annotations
 
