@@ -20,8 +20,9 @@ one hot voxel cannot ruin it; then 8 bits, mode "L".
 
 Work and memory: a file is read as bytes (at most `max_image_bytes`, like every reader); its
 header is checked before any voxel is read: the volume read (a 4-D file's first) holds at most
-`max_volume_voxels`, reaching its end inflates at most `max_volume_bytes`, and no slice across
-two of its axes exceeds `MAX_PLANE_VOXELS` (a small gzip can declare a huge volume). Voxels are
+`max_volume_voxels`, reaching its end inflates at most `max_volume_bytes`, and no slice held
+at once (an axial one, one of the file's order) exceeds `MAX_PLANE_VOXELS` (a small gzip can
+declare a huge volume). Voxels are
 then read through nibabel's array proxy in slabs of the file's own order, in one forward pass
 whatever the axial axis (a gzipped file cannot seek back); a volume is never in memory whole.
 """
@@ -479,17 +480,20 @@ def _geometry(image: nib.Nifti1Image, bounds: Bounds) -> _Geometry:
     dtype = image.get_data_dtype()
     if dtype.kind not in "biuf":  # RGB or complex voxels are not one intensity each
         raise ImageError(f"voxels of type {dtype} are not intensities")
-    _check_cost(shape, int(image.dataobj.offset), dtype.itemsize, bounds)  # offset as read
+    _check_cost(shape, axis, int(image.dataobj.offset), dtype.itemsize, bounds)  # offset as read
     zooms = image.header.get_zooms()[:3]
     unit = UNIT_MM.get(image.header.get_xyzt_units()[0], 1.0)
     return _Geometry(shape, axis, plane_axes, flips, world, tuple(float(z) * unit for z in zooms))
 
 
-def _check_cost(shape: tuple[int, ...], offset: int, itemsize: int, bounds: Bounds) -> None:
+def _check_cost(
+    shape: tuple[int, ...], axis: int, offset: int, itemsize: int, bounds: Bounds
+) -> None:
     """Whatever the axis order, reading costs one forward pass: bounded by the volume's voxels,
-    the bytes inflated to reach its end, and its largest slice (what one read holds at least)."""
-    largest, second, _ = sorted(shape[:3], reverse=True)
-    if largest * second > MAX_PLANE_VOXELS:
+    the bytes inflated to reach its end, and the slices held at once (an axial one, and one of
+    the file's order: the least a read of the proxy holds)."""
+    axial = math.prod(size for i, size in enumerate(shape[:3]) if i != axis)
+    if max(axial, shape[0] * shape[1]) > MAX_PLANE_VOXELS:
         raise ImageError(f"slices of {list(shape)} exceed {MAX_PLANE_VOXELS} voxels")
     voxels = math.prod(shape[:3])
     if voxels > bounds.voxels:
