@@ -372,11 +372,21 @@ def _dataset(file: BinaryIO, max_bytes: int, **how: bool) -> Dataset:
     Meta header is read by force only when it starts like a dataset and holds an image."""
     if read_preamble(file, force=True) is None:  # no DICM marker: rewound to the start
         return _legacy(file, **how)
-    meta = read_dataset(file, is_implicit_VR=False, is_little_endian=True, stop_when=_past_meta)
-    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+    if (meta := _deflated_meta(file)) is not None:
         return dcmread(_inflated(file, meta, max_bytes), **how)
     file.seek(0)
     return dcmread(file, **how)
+
+
+def _deflated_meta(file: BinaryIO) -> Dataset | None:
+    """The File Meta header after the DICM marker, when it names the deflated transfer syntax;
+    None for any other (pydicom reads those whole, odd headers included)."""
+    try:
+        meta = read_dataset(file, is_implicit_VR=False, is_little_endian=True, stop_when=_past_meta)
+        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except Exception:  # a header pydicom's own reading may still make sense of
+        return None
+    return meta if deflated else None
 
 
 def _past_meta(tag: int, _vr: str | None, _length: int) -> bool:
