@@ -125,7 +125,7 @@ def report(folder: str) -> None:
     for path in sorted(Path(folder).glob("*.dcm")):
         syntax = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
         try:
-            picture = make_picture(path.read_bytes(), ReadOptions(), 10**8)
+            picture = make_picture(path.read_bytes(), ReadOptions(), 10**8, 2**30)
         except ValueError as exc:
             results[syntax]["result"] = str(exc)
             continue

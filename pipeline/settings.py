@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     # would otherwise take about 730 MB).
     query_max_image_pixels: int = Field(16_000_000, ge=1)
     query_decode_concurrency: int = Field(2, ge=1, le=64)
+    # NIfTI volumes, ingested or uploaded: at most this many voxels in the volume read (a 4-D
+    # file's first), and this many bytes inflated to reach its end (a 510 KiB gzip can declare
+    # 512 MiB of voxels). A 512x512x1024 CT fits, in 16 bits (512 MiB) and in float32 (1 GiB).
+    max_volume_voxels: int = Field(256 * 1024 * 1024, ge=1)
+    max_volume_bytes: int = Field(1024 * 1024 * 1024, ge=1)
 
     # Seconds a client waits for the store worker to answer (embedded store only).
     store_call_timeout_s: float = Field(60.0, gt=0)

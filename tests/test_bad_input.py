@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import datasets
 import pytest
 from conftest import Result, Stack, free_port, run_medindex
+from pydicom.data import get_testdata_file
 
+from pipeline.samples.bombs import dicom_deflate_bomb
 from search_api import SearchClient
 
 
@@ -96,3 +99,28 @@ def test_limit_is_bounded(stack: Stack, ingested: dict) -> None:
         "search", "--collection", "skin", "--vector", "[0.1]", "--limit", "5000"
     )
     assert_one_line_error(result, "limit")
+
+
+def test_a_dicom_export_accounts_for_every_file_it_holds(stack: Stack, tmp_path: Path) -> None:
+    """pydicom's own test files (four without the File Meta header, eight DICOMDIRs, READMEs,
+    reports) and a deflated file that inflates to 64 MiB: every file but a DICOMDIR is indexed
+    or failed with its reason, and `ingest` says what it set aside."""
+    export = tmp_path / "export"
+    shutil.copytree(Path(get_testdata_file("CT_small.dcm")).parent, export)
+    (export / "deflated.dcm").write_bytes(dicom_deflate_bomb(64 * 1024 * 1024))
+    files = [path for path in export.rglob("*") if path.is_file()]
+    directories = [path for path in files if path.name.startswith("DICOMDIR")]
+    result = stack.medindex("ingest", "--dataset", str(export), "--collection", "export", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = result.json()
+    assert summary["indexed"] + summary["failed"] == len(files) - len(directories)
+    assert f"{len(files)} files looked at" in result.stderr
+    assert f"{len(directories)} DICOMDIR set aside" in result.stderr
+    report = stack.medindex("report", summary["job_id"], "--json").json()
+    reasons = [failure["reason"] for failure in report["failures"]]
+    # Without the header: two RT plans and a structure set (no image), and no_meta.dcm, whose
+    # dataset starts a byte late, among the files that are no DICOM (READMEs, JSON, dumps).
+    assert sum(reason.endswith("; no File Meta header") for reason in reasons) == 3
+    not_dicom = "not a DICOM file (no File Meta header, and no dataset at its start)"
+    assert reasons.count(not_dicom) == 10
+    assert "deflated dataset inflates to over 33554432 bytes (the limit)" in reasons

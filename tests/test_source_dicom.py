@@ -4,17 +4,25 @@ de-identification (no identifying value in any payload, key or reason; keyed has
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
+import os
 import re
+import resource
+import shutil
+import traceback
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom import Dataset, FileMetaDataset, dcmread
+from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -31,12 +39,13 @@ from pipeline.samples.dicom import identifying_values, write_dicom
 from pipeline.schemas import ReadOptions
 from pipeline.settings import get_settings
 from pipeline.sources import SourceError, resolve
-from pipeline.sources.deid import IDENTIFYING_TAGS
 from pipeline.sources.dicom import DicomSource, age_in_years, query_picture, sniff
 
 MAX_BYTES = 32 * 1024 * 1024
 UID = re.compile(r"\d+(?:\.\d+){3,}")
 SEED = 7
+# What the sample files hold besides names, dates and UIDs that identifies.
+IDENTIFIERS = ("PatientID", "AccessionNumber", "InstitutionName", "InstitutionAddress")
 PRESETS = {"lung": (-600, 1500), "soft_tissue": (40, 400), "bone": (400, 1800), "brain": (40, 80)}
 
 
@@ -270,15 +279,13 @@ def test_a_compressed_file_decodes_where_a_decoder_is_installed(tmp_path: Path) 
 
 
 def recognisable_values(folder: Path) -> set[str]:
-    """Every identifying value the files hold, read back from the files themselves, and
-    every UID in them, with the sample's own list."""
+    """Every identifying value the files hold, read back from the files themselves (names,
+    dates, UIDs, IDs, addresses), with the sample's own list."""
     values = set(identifying_values(SEED))
     for path in folder.rglob("*.dcm"):
-        ds = dcmread(path)
-        for tag in IDENTIFYING_TAGS:
-            if tag in ds and str(ds.data_element(tag).value):
-                values.add(str(ds.data_element(tag).value))
-        values.update(str(e.value) for e in ds.iterall() if e.VR == "UI" and "." in str(e.value))
+        for element in dcmread(path).iterall():
+            if element.VR in ("PN", "DA", "UI") or element.keyword in IDENTIFIERS:
+                values.add(str(element.value))
     values.discard("")
     return {v for v in values if not v.startswith("1.2.840.10008.")}  # DICOM's own classes
 
@@ -309,7 +316,8 @@ def test_no_identifying_value_appears_in_payloads_keys_reasons_or_logs(
         gone.unlink()  # a file lost after listing: its reason must not name its path
         records = source.read(list(range(len(source))), MAX_BYTES)
         gone.write_bytes(data)
-        assert records[0].refusal == "cannot read image file [removed]: No such file or directory"
+        reason = f"cannot read image file {records[0].key}: No such file or directory"
+        assert records[0].refusal == reason  # named by its key, never its path
         written += [json.dumps(r.payload) + r.key + (r.refusal or "") for r in records]
         written.append(json.dumps(source.keys.duplicated) + source.keys.fingerprint)
     # Log lines, and warnings (a worker prints them to its log).
@@ -386,20 +394,24 @@ def test_patient_age_in_years(value: str, years: float | None) -> None:
     assert age_in_years(value) == years
 
 
-def test_a_folder_without_dicom_is_refused_and_other_files_are_counted(
+def test_a_folder_without_dicom_is_refused_and_other_files_fail_with_their_reason(
     sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "readme.txt").write_text("no images here")
     (tmp_path / "fake.dcm").write_bytes(b"\0" * 300)
     with pytest.raises(SourceError, match="no readable DICOM file"):
         open_source(tmp_path)
-    caplog.set_level(logging.INFO)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.dcm").write_bytes(
         (sample / open_source(sample).instances[0].path).read_bytes()
     )
-    assert len(open_source(tmp_path)) == 1
-    assert "2 of 3 files skipped (not DICOM images)" in caplog.text
+    source = open_source(tmp_path, deidentify=False)
+    image, fake, readme = source.read([0, 1, 2], MAX_BYTES)
+    assert (image.key, fake.key, readme.key) == ("a/x.dcm", "fake.dcm", "readme.txt")
+    assert image.refusal is None
+    reason = "not a DICOM file (no File Meta header, and no dataset at its start)"
+    assert fake.refusal == readme.refusal == reason
+    assert "3 files looked at: 3 rows (2 no DICOM image: failed with the reason)" in caplog.text
 
 
 def test_an_uploaded_file_gives_the_ingest_picture(sample: Path) -> None:
@@ -414,3 +426,220 @@ def test_an_uploaded_file_gives_the_ingest_picture(sample: Path) -> None:
     report = next(p for p in sample.rglob("*.dcm") if _modality(p) == "SR")
     with pytest.raises(ImageError, match="no pixel data"):
         query_picture(report.read_bytes(), ReadOptions())
+
+
+# Issue 21, item 12: every text field kept, with identifying values planted in it.
+PLANTED = {  # identifying attributes of the file -> their values
+    "PatientName": "DOE^JANE",
+    "PatientID": "MRN0042",
+    "PatientBirthDate": "19600201",
+    "OtherPatientNames": "ROE^JANET",
+    "OtherPatientIDs": "OTHER-77",
+    "PatientAddress": "12 Elm Street, Springfield",
+    "PatientTelephoneNumbers": "555-0199",
+    "RequestingPhysician": "HOUSE^GREGORY",
+    "PhysiciansOfRecord": "CUDDY^LISA",
+    "AccessionNumber": "ACC123",
+    "InstitutionName": "PRINCETON PLAINSBORO",
+}
+# What a technologist may type into a kept field: every value above, some in another form.
+TYPED = (
+    "JANE DOE",
+    "ROE",
+    "Janet",
+    "House",
+    "Gregory",
+    "CUDDY",
+    "WILSON",  # a name held only inside a sequence of the file
+    "Springfield",
+    "12 Elm Street",
+    "555-0199",
+    "MRN0042",
+    "OTHER-77",
+    "ACC123",
+    "Princeton Plainsboro",
+    "DOB 02/01/1960",
+    "seen 1 Feb 1960",
+    "1960-02-01",
+    "chart 00123456",
+)
+KEPT_TEXT = {  # payload field -> (tag, its value before anything is planted)
+    "modality": ("Modality", "CT"),
+    "body_part_examined": ("BodyPartExamined", "CHEST"),
+    "series_description": ("SeriesDescription", "CT CHEST W/O CONTRAST"),
+    "manufacturer": ("Manufacturer", "ACME MEDICAL"),
+    "patient_sex": ("PatientSex", "F"),
+}
+
+
+def write_planted(path: Path, field: str | None, typed: str = "") -> None:
+    """A CT file holding identifying values; in `field` (None: none) `typed` after its value."""
+    tags = {tag: value for tag, value in KEPT_TEXT.values()} | PLANTED
+    if field is not None:
+        tag, value = KEPT_TEXT[field]
+        tags[tag] = f"{value} {typed}"
+    physician = Dataset()
+    physician.PersonName = "WILSON^JAMES"
+    tags["PhysiciansOfRecordIdentificationSequence"] = [physician]
+    with warnings.catch_warnings():  # pydicom warns of the invalid codes: the export has them
+        warnings.simplefilter("ignore")
+        write_file(path, np.zeros((8, 8), dtype=np.uint16), **tags)
+
+
+def test_identifying_values_typed_into_every_kept_text_field_are_cleaned(tmp_path: Path) -> None:
+    """DICOM PS3.15's Basic Profile on every text attribute the payload keeps: a description
+    is cleaned (its Clean Descriptors Option), a coded value that holds an identifier is no
+    code and is left out, whatever identifying attribute (or sequence) the file holds it in."""
+    write_planted(tmp_path / "control.dcm", None)
+    for field in KEPT_TEXT:
+        for number, typed in enumerate(TYPED):
+            write_planted(tmp_path / field / f"{number:02d}.dcm", field, typed)
+    source = open_source(tmp_path)
+    records = source.read(list(range(len(source))), MAX_BYTES)
+    assert len(records) == 1 + len(KEPT_TEXT) * len(TYPED)
+    control = next(r for r in records if source.instances[r.row].path == "control.dcm")
+    kept = {field: value for field, (_, value) in KEPT_TEXT.items()}
+    assert {field: control.payload.get(field) for field in kept} == kept
+    text = json.dumps([[r.payload.get(field) for field in KEPT_TEXT] for r in records]).lower()
+    words = {v.lower() for v in PLANTED.values()} | {"jane", "doe", "house", "gregory", "wilson"}
+    words |= {"springfield", "elm street", "555-0199", "02/01/1960", "1 feb 1960", "1960-02-01"}
+    assert not sorted(word for word in words if word in text)
+    assert not re.search(r"\d{6,}", text.replace("[removed]", ""))
+    descriptions = {r.payload.get("series_description") for r in records}
+    assert "CT CHEST W/O CONTRAST DOB [removed]" in descriptions
+    assert "CT CHEST W/O CONTRAST [removed] [removed]" in descriptions  # JANE DOE
+    # A coded value with an identifier in it is no code: left out, never half removed.
+    for record in records[1:]:
+        field = source.instances[record.row].path.split("/")[0]
+        if field in ("modality", "body_part_examined", "patient_sex"):
+            assert field not in record.payload, record.payload
+    # Without de-identification the file's text is kept as it is.
+    (clear,) = open_source(tmp_path / "series_description", deidentify=False).read([0], MAX_BYTES)
+    assert clear.payload["series_description"] == "CT CHEST W/O CONTRAST JANE DOE"
+
+
+# Issue 21, item 13: a file that cannot be read is named by its key, never by its path.
+@contextmanager
+def out_of_file_descriptors() -> Iterator[None]:
+    """This process at its limit of open files, as a busy worker can be: the next open fails
+    with EMFILE, a real error of the system (a passing one: worth another try)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    held = []
+    try:
+        with suppress(OSError):  # fill the lower numbers still free
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def assert_names_no_path(exc: BaseException, folder: Path) -> None:
+    """What the embed task records (the first line) and logs (the traceback) hold no path."""
+    logged = "".join(traceback.format_exception(exc))
+    assert str(folder) not in logged and "PAT_" not in logged and "ACC_" not in logged, logged
+
+
+def test_an_io_error_is_raised_naming_the_file_by_its_key(sample: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(sample, folder)  # its paths hold patient IDs and accession numbers
+    source = open_source(folder)
+    key = source.read([0], MAX_BYTES)[0].key
+    with out_of_file_descriptors(), pytest.raises(OSError) as reading:
+        source.read([0], MAX_BYTES)
+    assert reading.value.errno == errno.EMFILE  # raised: the task tries the job again
+    assert str(reading.value) == f"[Errno 24] Too many open files: '{key}'"
+    assert_names_no_path(reading.value, folder)
+    with out_of_file_descriptors(), pytest.raises(OSError) as listing:
+        open_source(folder)  # a worker opening the dataset
+    assert listing.value.errno == errno.EMFILE
+    assert_names_no_path(listing.value, folder)
+    # A file that became a loop of links since the listing fails alone, named by its key.
+    path = folder / source.instances[0].path
+    path.unlink()
+    path.symlink_to(path.name)
+    (record,) = source.read([0], MAX_BYTES)
+    assert record.refusal == f"path {key} is a loop of symbolic links"
+
+
+# Issue 21, item 17: files without the File Meta header, and every other file, are accounted.
+PYDICOM_FILES = Path(get_testdata_file("CT_small.dcm")).parent
+
+
+@contextmanager
+def logged_at_the_root() -> Iterator[list[logging.LogRecord]]:
+    """The records that reach the root logger's handlers (pytest's own capture also listens
+    on loggers that do not propagate)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def test_each_of_pydicoms_own_files_is_a_row_but_the_dicomdirs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pydicom's test files (every one it ships: images, reports, RT objects, a folder of
+    DICOMDIRs, READMEs and JSON): four have no File Meta header and were dropped without a
+    word. Every file but a DICOMDIR is now a row, its picture or its reason: indexed + failed
+    = files looked at, and the listing says what it set aside."""
+    export = tmp_path / "export"
+    shutil.copytree(PYDICOM_FILES, export)
+    files = [p for p in export.rglob("*") if p.is_file()]
+    directories = [p for p in files if p.name.startswith("DICOMDIR")]
+    assert len(files) > 150 and len(directories) == 8
+    with logged_at_the_root() as logged:  # where a worker's handlers are
+        source = open_source(export, deidentify=False)
+        records = {r.key: r for r in source.read(list(range(len(source))), MAX_BYTES)}
+    assert len(source) == len(files) - len(directories)
+    assert all((r.image is None) == bool(r.refusal) for r in records.values())
+    assert records["ExplVR_LitEndNoMeta.dcm"].refusal == records["ExplVR_BigEndNoMeta.dcm"].refusal
+    assert records["ExplVR_BigEndNoMeta.dcm"].refusal == (
+        "no pixel data (a RT Ion Plan Storage without an image); no File Meta header"
+    )
+    assert records["rtstruct.dcm"].refusal == (
+        "no pixel data (a RT Structure Set Storage without an image); no File Meta header"
+    )
+    assert records["no_meta.dcm"].refusal == (  # its dataset starts a byte late
+        "not a DICOM file (no File Meta header, and no dataset at its start)"
+    )
+    assert sum(r.refusal is None for r in records.values()) > 60
+    assert not [r for r in logged if r.name.startswith("pydicom")]  # its decoders' neither
+    assert (
+        f"{len(files)} files looked at: {len(source)} rows (13 no DICOM image: failed with the "
+        f"reason), {len(directories)} DICOMDIR set aside"
+    ) in caplog.text
+
+
+def test_a_file_without_the_file_meta_header_is_read_when_it_holds_an_image(
+    tmp_path: Path,
+) -> None:
+    """Older exports write the dataset alone: read by force, in the transfer syntax its
+    encoding shows, it gives the picture the same file with its header gives, at ingest and
+    uploaded."""
+    original = Path(get_testdata_file("CT_small.dcm"))
+    (tmp_path / "with_meta").mkdir()
+    shutil.copy(original, tmp_path / "with_meta" / "ct.dcm")
+    expected = picture_of(tmp_path / "with_meta")
+    for implicit in (True, False):
+        ds = dcmread(original)
+        ds.file_meta, ds.preamble = FileMetaDataset(), None
+        path = tmp_path / "legacy" / f"{'implicit' if implicit else 'explicit'}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        data = path.read_bytes()
+        assert data[128:132] != b"DICM" and data[:2] == b"\x08\x00" and sniff(data)
+        assert np.array_equal(np.asarray(query_picture(data, ReadOptions())), expected)
+    source = open_source(tmp_path / "legacy")
+    assert len(source) == 2
+    for record in source.read([0, 1], MAX_BYTES):
+        assert record.refusal is None and np.array_equal(np.asarray(record.image), expected)
+        assert record.payload["modality"] == "CT" and record.payload["rows"] == 128

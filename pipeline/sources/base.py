@@ -172,30 +172,51 @@ def key_census(values: list) -> KeyCensus:
     return KeyCensus(keys.count(None), duplicated, digest.hexdigest()[:16])
 
 
-def read_file(path: Path, max_bytes: int) -> bytes:
+def read_file(path: Path, max_bytes: int, name: str | None = None) -> bytes:
     """Look before reading: a multi-GB file or a link to /dev/zero would take the worker's
-    memory, and its job would come back to the next worker forever."""
+    memory, and its job would come back to the next worker forever. `name`: what errors call
+    the file (its path by default; a reader whose paths hold patients' names gives its key)."""
+    name = name or str(path)
     try:
         info = path.stat()  # follows links: what would be read
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise ImageError(f"image file {path} is not a regular file")
-    if info.st_size > max_bytes:
-        raise ImageError(f"image file is {info.st_size} bytes (limit {max_bytes})")
-    try:
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"image file {name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise ImageError(f"image file is {info.st_size} bytes (limit {max_bytes})")
         with path.open("rb") as file:
             return file.read(max_bytes + 1)  # a file grown since stat() stays bounded
-    except PermissionError as exc:
-        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise unreadable(exc, name) from None
 
 
-def inside(root: Path, relative: str) -> Path:
+def unreadable(exc: OSError, name: str) -> Exception:
+    """What reading file `name` raises when the system refuses: a file gone or forbidden fails
+    its row (ImageError); any other error (EIO, ESTALE on network storage: worth another try)
+    is raised again, `renamed`."""
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | PermissionError):
+        return ImageError(f"cannot read image file {name}: {exc.strerror}")
+    return renamed(exc, name)
+
+
+def renamed(exc: OSError, name: str) -> OSError:
+    """The same error (its class and errno) naming the file `name`, never the path it held."""
+    if exc.errno is None:
+        return type(exc)(f"cannot read file {name}")
+    return type(exc)(exc.errno, exc.strerror, name)
+
+
+def inside(root: Path, relative: str, name: str | None = None) -> Path:
     """`root / relative`, refused when it would leave `root` (`..`, an absolute path, a link
-    out): a dataset names files in its own folder, never arbitrary files on the worker."""
-    path = (root / relative).resolve()
+    out): a dataset names files in its own folder, never arbitrary files on the worker.
+    `name`: what errors call the file (`relative` by default)."""
+    try:
+        path = (root / relative).resolve()
+    except RuntimeError:  # a loop of symbolic links (its message holds the path)
+        raise ImageError(f"path {name or repr(relative)} is a loop of symbolic links") from None
+    except OSError as exc:
+        raise unreadable(exc, name or relative) from None
     if not path.is_relative_to(root.resolve()):
-        raise ImageError(f"path {relative!r} is outside the dataset folder")
+        raise ImageError(f"path {name or repr(relative)} is outside the dataset folder")
     return path
 
 

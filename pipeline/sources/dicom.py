@@ -4,27 +4,46 @@ The picture follows the display pipeline of PS3.3 C.11: modality LUT (rescale sl
 intercept: Hounsfield units for CT), then a VOI window (the file's, a named CT preset, or the
 frame's percentiles), MONOCHROME1 inverted; a multi-frame file gives its middle frame.
 
+Every file of the folder is a row but a DICOMDIR (an index of the folder): one that is no DICOM
+image fails with its reason, so indexed + failed = files looked at. Files without the File Meta
+header (older exports) are read when they hold an image; a deflated dataset is inflated to at
+most the bytes a plain file may have (pydicom would inflate all of it).
+
 De-identification is on by default (pipeline/sources/deid.py): payloads come from an
-allow-list of tags, identities and keys are keyed hashes, free text and failure reasons are
-scrubbed of the file's identifying values.
+allow-list of tags, identities and keys are keyed hashes, kept text is cleaned as DICOM PS3.15's
+Basic Profile asks, failure reasons and errors name a file by its key, never its path.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import zlib
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, FileMetaDataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
-from pydicom.uid import MediaStorageDirectoryStorage
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 from pydicom.valuerep import DA
 
 from pipeline.errors import first_line
@@ -41,28 +60,26 @@ from pipeline.sources.base import (
     inside,
     key_census,
     read_file,
+    renamed,
+    unreadable,
 )
-from pipeline.sources.deid import (
-    IDENTIFYING_TAGS,
-    REMOVED,
-    Deidentifier,
-    as_list,
-    quiet_pydicom,
-    scrub,
-)
+from pipeline.sources.deid import Deidentifier, as_list, quiet_pydicom, scrub
 
 log = logging.getLogger(__name__)
 
 DETECT_SAMPLE = 64  # files `detect` looks at before giving up on a folder
 CODECS_HINT = "install the dicom-codecs extra: pip install 'medindex[dicom-codecs]'"
 
-# payload field -> tag, for plain text values.
+# payload field -> tag, for free text (cleaned when de-identifying).
 TEXT_TAGS = {
-    "modality": "Modality",
-    "body_part_examined": "BodyPartExamined",
     "series_description": "SeriesDescription",
     "manufacturer": "Manufacturer",
-    "patient_sex": "PatientSex",
+}
+# payload field -> (tag, its defined terms; None: any code), for coded values (VR CS).
+CODE_TAGS = {
+    "modality": ("Modality", None),
+    "body_part_examined": ("BodyPartExamined", None),
+    "patient_sex": ("PatientSex", frozenset({"M", "F", "O"})),
 }
 # payload field -> (tag, type), for numbers.
 NUMBER_TAGS = {
@@ -77,7 +94,11 @@ IDENTITY_TAGS = {
     "series": "SeriesInstanceUID",
 }
 FIELDS = (
-    *(Field(name, "keyword") for name in TEXT_TAGS),
+    Field("modality", "keyword"),
+    Field("body_part_examined", "keyword"),
+    Field("series_description", "keyword"),
+    Field("manufacturer", "keyword"),
+    Field("patient_sex", "keyword"),
     Field("study_date", "datetime"),
     Field("patient_age", "float"),
     Field("rows", "integer"),
@@ -86,46 +107,45 @@ FIELDS = (
     Field("slice_thickness", "float"),
     *(Field(name, "keyword") for name in IDENTITY_TAGS),
 )
-# Read when the source opens (headers only): the payload, the order within a series, and the
-# identifying values de-identification scrubs from free text.
-HEADER_TAGS = sorted(
-    {
-        *TEXT_TAGS.values(),
-        *(tag for tag, _ in NUMBER_TAGS.values()),
-        *IDENTITY_TAGS.values(),
-        *IDENTIFYING_TAGS,
-        "StudyDate",
-        "PatientAge",
-        "PixelSpacing",
-        "InstanceNumber",
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-    }
-)
+# A dataset without the File Meta header starts with its group 0008 (SOP class, modality...).
+LEGACY_STARTS = (b"\x08\x00", b"\x00\x08")  # little endian, big endian
+# Its transfer syntax, by how pydicom found it encoded: (implicit VR, little endian).
+NATIVE_SYNTAXES = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _DAYS_PER = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One DICOM file as listed: what its row needs without reading the file again."""
+    """One file as listed: what its row needs without reading the file again."""
 
     path: str  # relative to the dataset folder, POSIX
     payload: dict
     series: str  # SeriesInstanceUID (or the folder): in memory only, never written
     order: tuple  # its place in its series
+    refusal: str | None = None  # why the file is no DICOM image (then its series is itself)
+
+    @classmethod
+    def refused(cls, path: str, reason: str) -> Instance:
+        return cls(path, {}, path, (True, 0, 0.0, path), scrub(reason))
 
 
 def sniff(data: bytes) -> bool:
-    """Whether bytes are a DICOM file (Part 10: 128 bytes of preamble, then `DICM`)."""
-    return data[128:132] == b"DICM"
+    """Whether bytes are a DICOM file (Part 10: 128 bytes of preamble, then `DICM`), or a
+    dataset without that header (older exports: it starts with its group 0008)."""
+    return data[128:132] == b"DICM" or data[:2] in LEGACY_STARTS
 
 
 def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
     """An uploaded DICOM file's picture, made as ingest makes it."""
     if not sniff(data):
         raise ImageError("not a DICOM file (no DICM marker after the 128-byte preamble)")
-    return make_picture(data, options, get_settings().query_max_image_pixels)
+    settings = get_settings()
+    return make_picture(data, options, settings.query_max_image_pixels, settings.max_image_bytes)
 
 
 class DicomSource(Source):
@@ -137,7 +157,9 @@ class DicomSource(Source):
         super().__init__(ref)
         self.root = Path(ref.dataset)
         self.deid = _deidentifier(ref.options)
-        self.max_pixels = get_settings().max_image_pixels
+        settings = get_settings()
+        self.max_pixels = settings.max_image_pixels
+        self.max_bytes = settings.max_image_bytes  # a header is read from files of this size
         instances = self._list()
         if ref.options.dicom_unit == "series":
             instances = _middle_of_each_series(instances)
@@ -170,17 +192,17 @@ class DicomSource(Source):
         key = self.keys.key(self._key_of(instance), row)
         payload = {**instance.payload, "source": self.reference(row, key)}
         try:
-            image = self._picture(instance.path, max_bytes)
+            if instance.refusal:
+                raise ImageError(instance.refusal)
+            image = self._picture(instance.path, key, max_bytes)
         except ImageError as exc:
             return SourceRow(row, key, payload, None, refusal=str(exc))
         return SourceRow(row, key, payload, image)
 
-    def _picture(self, relative: str, max_bytes: int) -> Image.Image:
-        try:
-            data = read_file(inside(self.root, relative), max_bytes)
-        except ImageError as exc:  # its message names the file: paths may hold names, UIDs
-            raise ImageError(self.deid.scrub(_unnamed(str(exc), self.root, relative))) from exc
-        return make_picture(data, self.ref.options, self.max_pixels)
+    def _picture(self, relative: str, key: str, max_bytes: int) -> Image.Image:
+        """Errors name the file by its key: paths often hold patients' names and UIDs."""
+        data = read_file(inside(self.root, relative, key), max_bytes, key)
+        return make_picture(data, self.ref.options, self.max_pixels, max_bytes)
 
     def _key_of(self, instance: Instance) -> str:
         """A file's path (paths often hold names and UIDs: hashed when de-identifying); in
@@ -190,34 +212,61 @@ class DicomSource(Source):
         return self.deid.identity("path", instance.path)
 
     def _list(self) -> list[Instance]:
-        """Every DICOM file's header, read once; other files are skipped and counted."""
-        files = sorted(p for p in self.root.rglob("*") if p.is_file())
-        instances = [i for p in files if (i := self._instance(p)) is not None]
-        if not instances:
+        """Every file's header, read once: a row for each but a DICOMDIR."""
+        files = self._files()
+        instances = [i for path in files if (i := self._instance(path)) is not None]
+        refused = sum(i.refusal is not None for i in instances)
+        if refused == len(instances):
             raise SourceError(f"{self.root}: no readable DICOM file ({len(files)} files looked at)")
-        if skipped := len(files) - len(instances):
-            log.info("dicom: %d of %d files skipped (not DICOM images)", skipped, len(files))
+        indexes = len(files) - len(instances)
+        log.log(
+            logging.WARNING if refused or indexes else logging.INFO,
+            "dicom: %d files looked at: %d rows (%d no DICOM image: failed with the reason), "
+            "%d DICOMDIR set aside (an index of the folder)",
+            len(files), len(instances), refused, indexes,
+        )  # fmt: skip
         return instances
 
+    def _files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.root.rglob("*") if p.is_file())
+        except OSError as exc:  # a folder that cannot be listed: its name may hold a patient's
+            raise renamed(exc, self._name(exc.filename)) from None
+
     def _instance(self, path: Path) -> Instance | None:
-        with quiet_pydicom():  # values are converted as they are used: all of it is quiet
-            try:
-                ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            except Exception:  # any file that does not parse as DICOM is skipped
-                return None
-            if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-                return None  # a DICOMDIR: an index of the folder, not an image
-            relative = path.relative_to(self.root).as_posix()
-            series = str(ds.get("SeriesInstanceUID") or Path(relative).parent)
-            return Instance(relative, payload_of(ds, self.deid), series, _order(ds, relative))
+        """A file's row, from its header; None for a DICOMDIR (an index, not an image)."""
+        relative = path.relative_to(self.root).as_posix()
+        name = self._name(path)
+        try:
+            with _reading(), _opened(inside(self.root, relative, name), name, self.max_bytes) as f:
+                ds = _dataset(f, self.max_bytes, stop_before_pixels=True)
+                if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+                    return None
+                series = str(ds.get("SeriesInstanceUID") or Path(relative).parent)
+                return Instance(relative, payload_of(ds, self.deid), series, _order(ds, relative))
+        except ImageError as exc:
+            return Instance.refused(relative, str(exc))
+
+    def _name(self, path: object) -> str:
+        """What errors call a file or folder of the dataset: its key, never its path."""
+        try:
+            relative = Path(str(path)).relative_to(self.root).as_posix()
+        except ValueError:
+            relative = "."
+        return self.deid.identity("path", relative)
 
 
 def payload_of(ds: Dataset, deid: Deidentifier) -> dict:
-    """The payload fields a file's tags give (absent tags stay absent)."""
+    """The payload fields a file's tags give (absent tags stay absent; a coded value that
+    de-identification cannot keep whole is left out)."""
+    clean = deid.cleaner(ds)
     payload: dict = {}
+    for name, (tag, terms) in CODE_TAGS.items():
+        if (value := _text(ds, tag)) and (code := clean.code(value, terms)) is not None:
+            payload[name] = code
     for name, tag in TEXT_TAGS.items():
-        if value := str(ds.get(tag) or "").strip():
-            payload[name] = deid.scrub(value, ds)
+        if value := _text(ds, tag):
+            payload[name] = clean.text(value)
     for name, (tag, kind) in NUMBER_TAGS.items():
         if (value := _number(ds.get(tag), kind)) is not None:
             payload[name] = value
@@ -228,7 +277,7 @@ def payload_of(ds: Dataset, deid: Deidentifier) -> dict:
     if (age := age_in_years(ds.get("PatientAge"))) is not None:
         payload["patient_age"] = age
     for name, tag in IDENTITY_TAGS.items():
-        if value := str(ds.get(tag) or "").strip():
+        if value := _text(ds, tag):
             payload[name] = deid.identity(name, value)
     return payload
 
@@ -241,11 +290,12 @@ def age_in_years(value: object) -> float | None:
     return round(int(match[1]) * _DAYS_PER[match[2]] / _DAYS_PER["Y"], 3)
 
 
-def make_picture(data: bytes, options: ReadOptions, max_pixels: int) -> Image.Image:
+def make_picture(data: bytes, options: ReadOptions, max_pixels: int, max_bytes: int) -> Image.Image:
     """One DICOM file's picture, 8-bit "L" (or "RGB" for colour); ImageError with a reason
-    that quotes no identifying value."""
+    that quotes no identifying value. `max_bytes`: what its dataset may inflate to."""
+    with _reading():
+        ds = _dataset(io.BytesIO(data), max_bytes)
     with quiet_pydicom():
-        ds = _parse(data)
         try:
             return _picture(ds, options.dicom_window, max_pixels)
         except ImageError as exc:
@@ -257,8 +307,7 @@ def make_picture(data: bytes, options: ReadOptions, max_pixels: int) -> Image.Im
 
 def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        kind = ds.get("SOPClassUID")
-        raise ImageError(f"no pixel data (a {kind.name if kind else 'file'} without an image)")
+        raise ImageError(_without_image(ds))
     _check_decoder(ds)
     rows, columns = int(ds.Rows), int(ds.Columns)
     if rows * columns > max_pixels:
@@ -274,6 +323,11 @@ def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:
     return Image.fromarray(grey, "L")
 
 
+def _without_image(ds: Dataset) -> str:
+    kind = ds.get("SOPClassUID")
+    return f"no pixel data (a {kind.name if kind else 'file'} without an image)"
+
+
 def _check_decoder(ds: Dataset) -> None:
     """A compressed file with no decoder fails alone, naming its transfer syntax."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -287,13 +341,95 @@ def _check_decoder(ds: Dataset) -> None:
         raise ImageError(f"transfer syntax {syntax.name}: no decoder installed ({CODECS_HINT})")
 
 
-def _parse(data: bytes) -> Dataset:
+@contextmanager
+def _opened(path: Path, name: str, max_bytes: int) -> Iterator[BinaryIO]:
+    """A file opened for its header, refused over `max_bytes` (what a row may read): a deflated
+    or header-less file is read whole, and none is parsed beyond what its picture could be."""
     try:
-        return dcmread(io.BytesIO(data))
-    except InvalidDicomError as exc:
-        raise ImageError("not a DICOM file") from exc
-    except Exception as exc:  # a truncated or corrupt header, in any form
-        raise ImageError(scrub(f"unreadable DICOM file: {first_line(exc)}")) from exc
+        with path.open("rb") as file:
+            if (size := os.fstat(file.fileno()).st_size) > max_bytes:
+                raise ImageError(f"image file is {size} bytes (limit {max_bytes})")
+            yield file
+    except OSError as exc:
+        raise unreadable(exc, name) from None
+
+
+@contextmanager
+def _reading() -> Iterator[None]:
+    """What pydicom raises on a file that is not (wholly) DICOM becomes the row's reason,
+    quoting no UID; pydicom's own warnings and log lines (which quote values) stay quiet."""
+    with quiet_pydicom():
+        try:
+            yield
+        except (ImageError, OSError):
+            raise
+        except InvalidDicomError as exc:
+            raise ImageError("not a DICOM file") from exc
+        except Exception as exc:  # a truncated or corrupt header, in any form
+            raise ImageError(scrub(f"unreadable DICOM file: {first_line(exc)}")) from exc
+
+
+def _dataset(file: BinaryIO, max_bytes: int, **how: bool) -> Dataset:
+    """pydicom's `dcmread` (`how`: its options) from the start of `file`, bounded where it is
+    not: a deflated dataset is inflated here, to at most `max_bytes` (pydicom would inflate
+    all of it: 510 KiB inflate to 512 MiB, parsed for minutes), and a file without the File
+    Meta header is read by force only when it starts like a dataset and holds an image."""
+    if read_preamble(file, force=True) is None:  # no DICM marker: rewound to the start
+        return _legacy(file, **how)
+    if (meta := _deflated_meta(file)) is not None:
+        return dcmread(_inflated(file, meta, max_bytes), **how)
+    file.seek(0)
+    return dcmread(file, **how)
+
+
+def _deflated_meta(file: BinaryIO) -> Dataset | None:
+    """The File Meta header after the DICM marker, when it names the deflated transfer syntax;
+    None for any other (pydicom reads those whole, odd headers included)."""
+    try:
+        meta = read_dataset(file, is_implicit_VR=False, is_little_endian=True, stop_when=_past_meta)
+        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except Exception:  # a header pydicom's own reading may still make sense of
+        return None
+    return meta if deflated else None
+
+
+def _past_meta(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag >> 16 != 0x0002
+
+
+def _inflated(file: BinaryIO, meta: Dataset, max_bytes: int) -> DicomBytesIO:
+    """The rest of a deflated file inflated to at most `max_bytes` (what a plain file may
+    hold), behind its File Meta header relabelled Explicit VR Little Endian (what it was
+    before deflating)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(file.read(max_bytes), max_bytes + 1)
+    except zlib.error as exc:
+        raise ImageError(f"corrupt deflated dataset ({exc})") from None
+    if len(body) > max_bytes:
+        raise ImageError(f"deflated dataset inflates to over {max_bytes} bytes (the limit)")
+    relabelled = FileMetaDataset(meta)
+    relabelled.TransferSyntaxUID = ExplicitVRLittleEndian
+    relabelled.pop(0x00020000, None)  # its group length, now wrong (pydicom does not need it)
+    out = DicomBytesIO()
+    out.write(bytes(128) + b"DICM")
+    write_file_meta_info(out, relabelled, enforce_standard=False)
+    out.write(body)
+    out.seek(0)
+    return out
+
+
+def _legacy(file: BinaryIO, **how: bool) -> Dataset:
+    """A dataset without the File Meta header, in the transfer syntax its encoding shows."""
+    if file.read(2) not in LEGACY_STARTS:
+        raise ImageError("not a DICOM file (no File Meta header, and no dataset at its start)")
+    file.seek(0)
+    ds = dcmread(file, force=True, **how)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageError(f"{_without_image(ds)}; no File Meta header")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = NATIVE_SYNTAXES[ds.original_encoding[:2]]
+    return ds
 
 
 def _deidentifier(options: ReadOptions) -> Deidentifier:
@@ -346,11 +482,8 @@ def _iso_date(value: object) -> str | None:
         return None
 
 
-def _unnamed(text: str, root: Path, relative: str) -> str:
-    """`text` without the file's path, however it was spelled."""
-    for spelling in (str((root / relative).resolve()), str(root / relative), relative):
-        text = text.replace(spelling, REMOVED)
-    return text
+def _text(ds: Dataset, tag: str) -> str:
+    return str(ds.get(tag) or "").strip()
 
 
 def _has_preamble(path: Path) -> bool:

@@ -18,8 +18,13 @@ without a usable affine is taken as RAS+. Intensities: windowed between the 0.5t
 percentiles of the volume's nonzero voxels, sampled on up to 16 evenly spaced axial slices, so
 one hot voxel cannot ruin it; then 8 bits, mode "L".
 
-Memory: a file is read as bytes (at most `max_image_bytes`, like every reader) and its voxels
-through nibabel's array proxy, a few slices at a time; a volume is never in memory whole.
+Work and memory: a file is read as bytes (at most `max_image_bytes`, like every reader); its
+header is checked before any voxel is read: the volume read (a 4-D file's first) holds at most
+`max_volume_voxels`, reaching its end inflates at most `max_volume_bytes`, and no slice held
+at once (an axial one, one of the file's order) exceeds `MAX_PLANE_VOXELS` (a small gzip can
+declare a huge volume). Voxels are
+then read through nibabel's array proxy in slabs of the file's own order, in one forward pass
+whatever the axial axis (a gzipped file cannot seek back); a volume is never in memory whole.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 import re
 import zlib
@@ -45,6 +51,7 @@ from PIL import Image
 from pipeline.errors import first_line
 from pipeline.images import ImageError
 from pipeline.schemas import ReadOptions, SourceRef
+from pipeline.settings import Settings, get_settings
 from pipeline.sources.base import (
     Field,
     Schema,
@@ -60,8 +67,8 @@ SUFFIXES = (".nii.gz", ".nii")
 MASK_NAMES = frozenset({"seg"})  # the modality name of a case's tumour mask (BraTS: `_seg`)
 WINDOW_PERCENTILES = (0.5, 99.5)
 WINDOW_SAMPLE_SLICES = 16
-SLAB_VOXELS = 4 * 1024 * 1024  # voxels of a mask read at once while measuring its slices
-MAX_PLANE_VOXELS = 1024 * 1024  # a larger axial slice is a decompression bomb, not an MRI
+SLAB_VOXELS = 4 * 1024 * 1024  # voxels read at once (at least one slice of the file's order)
+MAX_PLANE_VOXELS = 1024 * 1024  # a larger slice is a decompression bomb, not an MRI
 DETECT_ENTRIES = 5000  # `detect` looks at this many folder entries before giving up
 GZIP_MAGIC = b"\x1f\x8b"
 HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1's is 348
@@ -128,6 +135,18 @@ class _Entry:
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """What reading one volume may cost: its voxels, and the bytes inflated to reach its end."""
+
+    voxels: int
+    inflated_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Bounds:
+        return cls(settings.max_volume_voxels, settings.max_volume_bytes)
+
+
+@dataclass(frozen=True)
 class _Geometry:
     """Where a volume's axial slices lie among its voxel axes, and how to show one."""
 
@@ -150,12 +169,6 @@ class _Geometry:
     def voxel_area_mm2(self) -> float:
         first, second = self.plane_axes
         return self.voxel_size_mm[first] * self.voxel_size_mm[second]
-
-    def index(self, axial: int | slice) -> tuple:
-        """The proxy index of axial slice(s) `axial` of the first volume."""
-        spatial = [slice(None)] * 3
-        spatial[self.axis] = axial
-        return (*spatial, *([0] * (len(self.shape) - 3)))
 
     def display(self, plane: np.ndarray) -> np.ndarray:
         """A slice as read (its voxel axes in file order) -> rows anterior to posterior,
@@ -193,7 +206,7 @@ def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
     parts = options.nifti_unmasked_slices
     with _reading("uploaded file"):
         image = _load(data)
-        geometry = _geometry(image)
+        geometry = _geometry(image, Bounds.of(get_settings()))
         return _picture(image, geometry, _spaced(geometry.depth, (parts - 1) // 2, parts), None)
 
 
@@ -211,6 +224,7 @@ class NiftiSource(Source):
         if not self.entries:
             raise SourceError(f"{ref.dataset}: no NIfTI images (.nii, .nii.gz) besides masks")
         self.keys = key_census([entry.key for entry in self.entries])
+        self.bounds = Bounds.of(get_settings())
         labels = ref.options.labels_csv
         self.labels = _read_labels(self._labels_path(labels), self.entries) if labels else None
 
@@ -260,7 +274,7 @@ class NiftiSource(Source):
             tumour = self._tumour(entry.mask, tumours, max_bytes) if entry.mask else None
             with _reading(entry.path):
                 image = _load(read_file(inside(self.root, entry.path), max_bytes))
-                geometry = _geometry(image)
+                geometry = _geometry(image, self.bounds)
                 picture, facts = self._slice(entry, image, geometry, tumour)
         except ImageError as exc:
             return SourceRow(row, key, {**payload, **source}, None, refusal=str(exc))
@@ -272,7 +286,8 @@ class NiftiSource(Source):
         if mask not in tumours:
             try:
                 with _reading(mask):
-                    tumours[mask] = _measure(_load(read_file(inside(self.root, mask), max_bytes)))
+                    volume = _load(read_file(inside(self.root, mask), max_bytes))
+                    tumours[mask] = _measure(volume, self.bounds)
             except ImageError as exc:
                 tumours[mask] = ImageError(f"mask {exc}")
         found = tumours[mask]
@@ -456,7 +471,9 @@ def _load(data: bytes) -> nib.Nifti1Image:
     return image
 
 
-def _geometry(image: nib.Nifti1Image) -> _Geometry:
+def _geometry(image: nib.Nifti1Image, bounds: Bounds) -> _Geometry:
+    """Where the axial slices lie, from the header alone; ImageError for a volume that cannot
+    give one, or would cost more than `bounds` to read (checked before any voxel is)."""
     shape = tuple(int(size) for size in image.shape)
     if len(shape) < 3:
         raise ImageError(f"a {len(shape)}-D image {list(shape)}: no axial slices to choose from")
@@ -468,11 +485,26 @@ def _geometry(image: nib.Nifti1Image) -> _Geometry:
     dtype = image.get_data_dtype()
     if dtype.kind not in "biuf":  # RGB or complex voxels are not one intensity each
         raise ImageError(f"voxels of type {dtype} are not intensities")
-    if shape[plane_axes[0]] * shape[plane_axes[1]] > MAX_PLANE_VOXELS:
-        raise ImageError(f"axial slices of {list(shape)} exceed {MAX_PLANE_VOXELS} voxels")
+    _check_cost(shape, axis, int(image.dataobj.offset), dtype.itemsize, bounds)  # offset as read
     zooms = image.header.get_zooms()[:3]
     unit = UNIT_MM.get(image.header.get_xyzt_units()[0], 1.0)
     return _Geometry(shape, axis, plane_axes, flips, world, tuple(float(z) * unit for z in zooms))
+
+
+def _check_cost(
+    shape: tuple[int, ...], axis: int, offset: int, itemsize: int, bounds: Bounds
+) -> None:
+    """Whatever the axis order, reading costs one forward pass: bounded by the volume's voxels,
+    the bytes inflated to reach its end, and the slices held at once (an axial one, and one of
+    the file's order: the least a read of the proxy holds)."""
+    axial = math.prod(size for i, size in enumerate(shape[:3]) if i != axis)
+    if max(axial, shape[0] * shape[1]) > MAX_PLANE_VOXELS:
+        raise ImageError(f"slices of {list(shape)} exceed {MAX_PLANE_VOXELS} voxels")
+    voxels = math.prod(shape[:3])
+    if voxels > bounds.voxels:
+        raise ImageError(f"a volume of {voxels} voxels {list(shape)} (limit {bounds.voxels})")
+    if (end := offset + voxels * itemsize) > bounds.inflated_bytes:
+        raise ImageError(f"reading the volume inflates {end} bytes (limit {bounds.inflated_bytes})")
 
 
 def _orientation(affine: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -487,28 +519,47 @@ def _orientation(affine: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (0, 1, 2), (1, 1, 1)
 
 
-def _measure(mask: nib.Nifti1Image) -> _Tumour:
-    """The axial slice with the largest tumour area (seg > 0) and the tumour's box in it,
-    reading the mask a slab of slices at a time."""
-    geometry = _geometry(mask)
-    plane_size = geometry.shape[geometry.plane_axes[0]] * geometry.shape[geometry.plane_axes[1]]
-    step = max(1, SLAB_VOXELS // plane_size)
-    best, best_area, best_plane = None, 0, None
-    for start in range(0, geometry.depth, step):
-        slab = np.moveaxis(
-            np.asarray(mask.dataobj[geometry.index(slice(start, start + step))]) > 0,
-            geometry.axis,
-            0,
+def _measure(mask: nib.Nifti1Image, bounds: Bounds) -> _Tumour:
+    """The axial slice with the largest tumour area (seg > 0; ties: the lowest slice) and the
+    tumour's box in it: areas in one pass over the mask, that slice in a second."""
+    geometry = _geometry(mask, bounds)
+    areas = np.zeros(geometry.depth, dtype=np.int64)
+    for span, slab in _slabs(mask, geometry):
+        tumour = np.moveaxis(slab > 0, geometry.axis, 0)
+        areas[span] += tumour.reshape(len(tumour), -1).sum(axis=1)
+    if not areas.any():
+        return _Tumour(geometry.shape[:3], geometry.axis, None, 0, None)
+    best = int(areas.argmax())
+    plane = _planes(mask, geometry, {best})[best] > 0
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    return _Tumour(geometry.shape[:3], geometry.axis, best, int(areas[best]), box)
+
+
+def _slabs(image: nib.Nifti1Image, geometry: _Geometry) -> Iterator[tuple[slice, np.ndarray]]:
+    """The first volume in slabs along its last voxel axis (the file's order: a gzipped file is
+    inflated once, forward), each with the axial slices it spans (all of them, when the axial
+    axis is another)."""
+    first, second, last = geometry.shape[:3]
+    step = max(1, SLAB_VOXELS // (first * second))
+    volume = [0] * (len(geometry.shape) - 3)
+    for start in range(0, last, step):
+        slab = np.asarray(
+            image.dataobj[(slice(None), slice(None), slice(start, start + step), *volume)]
         )
-        areas = slab.reshape(len(slab), -1).sum(axis=1)
-        if areas.size and int(areas.max()) > best_area:
-            local = int(areas.argmax())
-            best, best_area, best_plane = start + local, int(areas[local]), slab[local]
-    box = None
-    if best_plane is not None:
-        rows, cols = np.flatnonzero(best_plane.any(axis=1)), np.flatnonzero(best_plane.any(axis=0))
-        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-    return _Tumour(geometry.shape[:3], geometry.axis, best, best_area, box)
+        yield slice(start, start + slab.shape[2]) if geometry.axis == 2 else slice(None), slab
+
+
+def _planes(image: nib.Nifti1Image, geometry: _Geometry, wanted: set[int]) -> dict[int, np.ndarray]:
+    """Axial slices `wanted` (their other two voxel axes in file order), in one pass."""
+    parts: dict[int, list[np.ndarray]] = {z: [] for z in wanted}
+    for span, slab in _slabs(image, geometry):
+        axial = np.moveaxis(slab, geometry.axis, 0)  # a view: slices along its first axis
+        first = span.start or 0
+        for z in wanted:
+            if first <= z < first + len(axial):
+                parts[z].append(axial[z - first].copy())  # not a view: the slab goes
+    return {z: np.concatenate(pieces, axis=-1) for z, pieces in parts.items()}
 
 
 def _widen(box: tuple[slice, slice], margin: int, geometry: _Geometry) -> tuple[slice, slice]:
@@ -531,8 +582,7 @@ def _picture(
     """Axial slice `z` (cropped to `box`), windowed by the volume's percentiles, as 8 bits."""
     count = min(geometry.depth, WINDOW_SAMPLE_SLICES)
     sample = {round(i) for i in np.linspace(0, geometry.depth - 1, count)}
-    # In increasing order: a gzipped file is decompressed once, forward.
-    planes = {i: np.asarray(image.dataobj[geometry.index(i)]) for i in sorted({*sample, z})}
+    planes = _planes(image, geometry, {*sample, z})
     low, high = _window([planes[i] for i in sample])
     plane = planes[z][box] if box else planes[z]
     return Image.fromarray(np.ascontiguousarray(_eight_bits(geometry.display(plane), low, high)))
