@@ -27,13 +27,16 @@ RECONNECT_BACKOFF = {"cap": 2.0, "base": 0.1}
 
 # A row's failure is recorded only where the row is not indexed, in one step: checked and set
 # apart, a write finishing in between (another process) could leave a row indexed and failed.
-# KEYS: indexed set, failed hash, parked list. ARGV: a batch to park (or ""), then row, failure.
+# Either way the row is no longer one `retry` sent again that is still out.
+# KEYS: indexed set, failed hash, parked list, retrying set. ARGV: a batch to park (or ""),
+# then row, failure.
 _FAIL_UNLESS_INDEXED = """
 if ARGV[1] ~= "" then redis.call("RPUSH", KEYS[3], ARGV[1]) end
 for i = 2, #ARGV, 2 do
   if redis.call("SISMEMBER", KEYS[1], ARGV[i]) == 0 then
     redis.call("HSET", KEYS[2], ARGV[i], ARGV[i + 1])
   end
+  redis.call("SREM", KEYS[4], ARGV[i])
 end
 """
 
@@ -55,6 +58,7 @@ class Progress:
     meta: dict
     cancelled: bool = False
     resent: int = 0  # rows sent again after the job stalled (see producers.ingest.wait)
+    retrying: int = 0  # failed rows `retry` sent again, not yet indexed or failed again
 
     @property
     def done(self) -> int:
@@ -62,7 +66,9 @@ class Progress:
 
     @property
     def finished(self) -> bool:
-        return self.cancelled or self.done >= self.total
+        """Every row indexed or failed; or cancelled, with no row `retry` sent still out (the
+        rows the cancel skipped stay pending)."""
+        return self.done >= self.total or (self.cancelled and not self.retrying)
 
     @property
     def state(self) -> str:
@@ -115,7 +121,11 @@ class JobTracker:
         self.redis.hincrby(PREFIX + job_id, "resent", rows)
 
     def resume(self, job_id: str) -> None:
-        self.redis.hdel(PREFIX + job_id, "cancelled")
+        """Every pending row is sent again: none needs letting through a cancel any more."""
+        pipe = self.redis.pipeline()
+        pipe.hdel(PREFIX + job_id, "cancelled")
+        pipe.delete(f"{PREFIX}{job_id}:retrying")
+        pipe.execute()
 
     def cancel(self, job_id: str) -> None:
         """Shards still queued are skipped by the embed workers; written points stay."""
@@ -125,6 +135,17 @@ class JobTracker:
 
     def is_cancelled(self, job_id: str) -> bool:
         return self.redis.hget(PREFIX + job_id, "cancelled") is not None
+
+    def skips(self, job_id: str, rows: list[int]) -> bool:
+        """Whether an embed worker skips these rows: their job is cancelled, and they are not
+        all rows that `retry` sent again (those go through a cancel; the others stay pending)."""
+        if not self.is_cancelled(job_id):
+            return False
+        return not all(self.redis.smismember(f"{PREFIX}{job_id}:retrying", rows))
+
+    def retrying(self, job_id: str) -> list[int]:
+        """Failed rows `retry` sent again that are neither indexed nor failed again yet."""
+        return sorted(int(row) for row in self.redis.smembers(f"{PREFIX}{job_id}:retrying"))
 
     def done_rows(self, job_id: str) -> set[int]:
         """Rows indexed or failed: what a resumed job need not enqueue again."""
@@ -149,6 +170,7 @@ class JobTracker:
         pipe.sadd(f"{PREFIX}{job_id}:indexed", *rows)
         # A row that failed before and was indexed on a retry is no longer a failure.
         pipe.hdel(f"{PREFIX}{job_id}:failed", *rows)
+        pipe.srem(f"{PREFIX}{job_id}:retrying", *rows)
         pipe.execute()
 
     def mark_failed(self, job_id: str, failures: list[dict]) -> None:
@@ -170,7 +192,8 @@ class JobTracker:
         self.mark_failed(job_id, [{"row": row, "key": None, "reason": reason} for row in rows])
 
     def _record_failures(self, job_id: str, failures: list[dict], parked: str) -> None:
-        keys = [f"{PREFIX}{job_id}:{part}" for part in ("indexed", "failed", "parked")]
+        parts = ("indexed", "failed", "parked", "retrying")
+        keys = [f"{PREFIX}{job_id}:{part}" for part in parts]
         pairs = [value for f in failures for value in (f["row"], json.dumps(f))]
         self._fail_unless_indexed(keys=keys, args=[parked, *pairs])
 
@@ -180,7 +203,8 @@ class JobTracker:
         pipe.scard(f"{PREFIX}{job_id}:embedded")
         pipe.scard(f"{PREFIX}{job_id}:indexed")
         pipe.hlen(f"{PREFIX}{job_id}:failed")
-        record, embedded, indexed, failed = pipe.execute()
+        pipe.scard(f"{PREFIX}{job_id}:retrying")
+        record, embedded, indexed, failed, retrying = pipe.execute()
         if not record:
             raise MedindexError(f"no job {job_id!r} is known to {self._where()}")
         return Progress(
@@ -193,6 +217,7 @@ class JobTracker:
             meta=json.loads(record["meta"]),
             cancelled="cancelled" in record,
             resent=int(record.get("resent", 0)),
+            retrying=int(retrying),
         )
 
     def park(self, job_id: str, batch_json: str, failures: list[dict]) -> None:
@@ -208,9 +233,13 @@ class JobTracker:
         self.redis.ltrim(f"{PREFIX}{job_id}:parked", count, -1)
 
     def clear_failures(self, job_id: str, rows: list[int]) -> None:
-        """Rows about to be tried again are pending, no longer failed."""
+        """Rows about to be tried again are pending, no longer failed, and let through a
+        cancel of their job (`skips`) until they are indexed or failed again."""
         if rows:
-            self.redis.hdel(f"{PREFIX}{job_id}:failed", *rows)
+            pipe = self.redis.pipeline()
+            pipe.hdel(f"{PREFIX}{job_id}:failed", *rows)
+            pipe.sadd(f"{PREFIX}{job_id}:retrying", *rows)
+            pipe.execute()
 
     def failures(self, job_id: str) -> list[dict]:
         values = self.redis.hvals(f"{PREFIX}{job_id}:failed")

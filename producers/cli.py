@@ -144,8 +144,14 @@ def _retry(args: argparse.Namespace) -> int:
     started = time.monotonic()
     images, points = retry_failed(args.job_id, settings)
     err.print(f"job {args.job_id}: {images} images to embed again, {points} parked points resent")
-    total = JobTracker(connect_redis(settings.broker_url)).progress(args.job_id).total
-    return _follow(args.job_id, total, started, args)
+    progress = JobTracker(connect_redis(settings.broker_url)).progress(args.job_id)
+    if progress.cancelled:
+        skipped = progress.total - progress.done - progress.retrying
+        err.print(
+            f"job {args.job_id} stays cancelled: only its failed images were sent again; the "
+            f"{skipped} its cancel skipped stay pending (`medindex ingest --job-id` resumes them)"
+        )
+    return _follow(args.job_id, progress.total, started, args, retry=True)
 
 
 def _follow_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -154,8 +160,11 @@ def _follow_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--json", action="store_true", help="last line: a JSON summary")
 
 
-def _follow(job_id: str, total: int, started: float, args: argparse.Namespace) -> int:
-    """Show a job's progress until it ends; exit 0 only when every image is indexed or failed."""
+def _follow(
+    job_id: str, total: int, started: float, args: argparse.Namespace, retry: bool = False
+) -> int:
+    """Show a job's progress until it ends; exit 0 only when every image is indexed or failed
+    (a retry of a cancelled job: every image it sent again)."""
     from producers.ingest import wait
 
     if args.no_wait:
@@ -191,7 +200,7 @@ def _follow(job_id: str, total: int, started: float, args: argparse.Namespace) -
         print(json.dumps(summary))
     if final.cancelled:
         err.print(f"job {job_id} was cancelled")
-    return 0 if final.done >= final.total else 1
+    return 0 if final.done >= final.total or (retry and final.finished) else 1
 
 
 class RateColumn(ProgressColumn):
@@ -440,6 +449,7 @@ def _reindex(args: argparse.Namespace) -> int:
         )
         + f", {summary['seconds']}s"
         + (f"; deleted {', '.join(summary['deleted'])}" if summary["deleted"] else "")
+        + (f"; abandoned {summary['abandoned']}" if "abandoned" in summary else "")
     )
     if args.json:
         print(json.dumps(summary))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kombu import Producer
+from redis import Redis, RedisError
 
 from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
@@ -26,12 +29,13 @@ from pipeline.sources import (
     source_class,
     versioned,
 )
-from producers.schema import collection_schema
+from producers.schema import SchemaError, collection_schema
 
 log = logging.getLogger(__name__)
 
 EMBED_TASK = "medindex.embed"
 UPSERT_TASK = "medindex.upsert"
+LOCK = "medindex:reindex-lock:"  # an alias -> held by a reindex of it, or an ingest into it
 
 
 @dataclass(frozen=True)
@@ -62,33 +66,77 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     """Check everything a worker will need, then enqueue.
 
     Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
-    only the shards that still hold rows neither indexed nor failed.
+    only the shards that still hold rows neither indexed nor failed; one started over other
+    data or options is refused (`JobChanged`). The collection's name lock (`alias_lock`) is
+    held from the collection's update to the last shard sent: an ingest waits for a reindex.
     """
     ref = source_ref(request)
     source = source_class(ref.format)(ref)
+    store = open_store(settings)
+    recorded = _recorded_schema(request, store)
+    ref, source = _keyed_as_recorded(request, ref, source, recorded)
     total = len(source)
     if problem := source.keys.describe(source.schema.key_field or "key"):
         log.warning("%s %s: %s", ref.dataset, ref.split, problem)
     model = request.model or settings.model
     pooling = request.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
-    store = open_store(settings)
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
-    store.ensure_collection(request.collection, spec | _schema_spec(request, source, store))
-    meta = _meta(request, ref, model) | {"pooling": pooling}
-    dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
-    job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
-    if job_id and tracker.exists(job_id):
-        _check_same_job(tracker, job_id, meta, dataset_now)
-        tracker.resume(job_id)
-        done = tracker.done_rows(job_id)
-    else:
-        job_id = job_id or uuid.uuid4().hex[:12]
-        tracker.create(job_id, total, meta | dataset_now)
-        done = set()
-    todo = [rows for rows in shards(range(total), settings.job_size) if not done.issuperset(rows)]
-    enqueue(job_id, request.collection, ref, model, pooling, todo)
+    name = _lock_name(request.collection, store)
+    busy = f"{name!r} is being reindexed (or another ingest into it starts): run this again later"
+    with alias_lock(tracker.redis, name, settings.reindex_lock_s, busy):
+        store.ensure_collection(request.collection, spec | _schema_spec(request, source, recorded))
+        meta = _meta(request, ref, model) | {"pooling": pooling}
+        dataset_now = {"rows": total, "fingerprint": source.keys.fingerprint}
+        job_id = request.job_id or (_unfinished_job(tracker, meta) if request.resume else None)
+        if job_id and tracker.exists(job_id):
+            _check_same_job(tracker, job_id, meta, dataset_now)
+            tracker.resume(job_id)
+            done = tracker.done_rows(job_id)
+        else:
+            job_id = job_id or uuid.uuid4().hex[:12]
+            tracker.create(job_id, total, meta | dataset_now)
+            done = set()
+        todo = [r for r in shards(range(total), settings.job_size) if not done.issuperset(r)]
+        enqueue(job_id, request.collection, ref, model, pooling, todo)
     return job_id, total, len(todo)
+
+
+@contextmanager
+def alias_lock(redis: Redis, name: str, lifetime: int, busy: str) -> Iterator[None]:
+    """The lock of an alias (or of a collection a reindex may adopt): held by a reindex of it
+    for its whole run, and by an ingest into it while it starts. Renewed by a thread while
+    held; after a kill, it lapses `lifetime` seconds later, so the next holder waits up to that
+    long (and says so) before it gives up with `busy`."""
+    lock = redis.lock(LOCK + name, timeout=lifetime, thread_local=False)  # renewed elsewhere
+    if not lock.acquire(blocking=False):
+        wait_s = lifetime + 5
+        log.warning("%r is being reindexed or written: waiting up to %ds", name, wait_s)
+        if not lock.acquire(blocking=True, blocking_timeout=wait_s):
+            raise MedindexError(busy)
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lifetime / 3):
+            with suppress(RedisError):  # Redis restarting: the next renewal catches up
+                lock.reacquire()
+
+    renewer = threading.Thread(target=renew, name=f"alias-lock-{name}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+        with suppress(RedisError):  # lapsed meanwhile (Redis lost it): nothing to free
+            lock.release()
+
+
+def _lock_name(collection: str, store: AnyStore) -> str:
+    """Whose lock a write into `collection` takes: the alias serving it, else its own name (an
+    alias, or a plain collection that a reindex of that name would adopt)."""
+    serving = {target: alias for alias, target in store.aliases().items()}
+    return serving.get(collection, collection)
 
 
 def source_ref(request: IngestRequest) -> SourceRef:
@@ -103,11 +151,10 @@ def source_ref(request: IngestRequest) -> SourceRef:
     return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
 
 
-def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dict:
-    """The collection's schema and payload indexes: the source's, with the user's overrides,
-    merged into what the collection already records."""
+def _recorded_schema(request: IngestRequest, store: AnyStore) -> dict | None:
+    """The schema the collection records; for one recording none yet, `schema_from`'s."""
     names = set(store.collections()) | set(store.aliases())
-    recorded = next(
+    return next(
         (
             schema
             for name in (request.collection, request.schema_from)
@@ -115,6 +162,31 @@ def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dic
         ),
         None,
     )
+
+
+def _keyed_as_recorded(
+    request: IngestRequest, ref: SourceRef, source: Source, recorded: dict | None
+) -> tuple[SourceRef, Source]:
+    """A source holding the collection's recorded key field is keyed by it, whatever its key
+    column would be detected as today (other distinct counts): another key gives every image a
+    new id, and doubles it. `--key-column` naming another is refused. A source without that
+    field is other data, keyed its own way."""
+    key = (recorded or {}).get("key_field")
+    fields = {field.name for field in source.schema.fields}
+    if key is None or source.schema.key_field == key or key not in fields:
+        return ref, source
+    if asked := request.options.key_column:
+        raise SchemaError(
+            f"collection {request.collection!r} keys its images by {key!r}: --key-column "
+            f"{asked!r} would give each a new id (use --key-column {key}, or another collection)"
+        )
+    ref = ref.model_copy(update={"options": ref.options.model_copy(update={"key_column": key})})
+    return ref, source_class(ref.format)(ref)
+
+
+def _schema_spec(request: IngestRequest, source: Source, recorded: dict | None) -> dict:
+    """The collection's schema and payload indexes: the source's, with the user's overrides,
+    merged into what the collection already records."""
     schema = collection_schema(source.schema, request.label_field, dict(request.indexes), recorded)
     return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
 
@@ -124,7 +196,8 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     to the writer, the other images (unreadable then, perhaps fixed since) through embedding.
 
     Returns (images embedded again, points written again). An image that still fails is
-    recorded again, with its reason.
+    recorded again, with its reason. Only failed rows are sent: a cancelled job stays
+    cancelled, and the rows its cancel skipped stay pending (`ingest --job-id` resumes them).
     """
     tracker = JobTracker(connect_redis(settings.broker_url))
     meta = tracker.progress(job_id).meta
@@ -135,7 +208,6 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     to_embed = [row for row in failed if row not in parked_rows]
     # Pending again from here; should sending fail, `ingest --job-id` finds them unfinished.
     tracker.clear_failures(job_id, failed)
-    tracker.resume(job_id)
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(
@@ -152,7 +224,8 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
 
 
 def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
-    """Enqueue again every row of a stalled job that is neither indexed nor failed, when no
+    """Enqueue again every row of a stalled job that is neither indexed nor failed (of a
+    cancelled job, only those `retry` sent: the rows the cancel skipped stay skipped), when no
     message can still be carrying it (none queued, none delivered and unacknowledged: those
     come back by themselves); returns how many (0: other messages are still out).
 
@@ -162,8 +235,11 @@ def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
     if tracker.redis.hlen(UNACKED) or any(map(tracker.redis.llen, (EMBED_QUEUE, UPSERT_QUEUE))):
         return 0
     progress = tracker.progress(job_id)
-    done = tracker.done_rows(job_id)
-    pending = [row for row in range(progress.total) if row not in done]
+    if progress.cancelled:
+        pending = tracker.retrying(job_id)
+    else:
+        done = tracker.done_rows(job_id)
+        pending = [row for row in range(progress.total) if row not in done]
     _enqueue_rows(job_id, progress.meta, pending, settings)
     tracker.record_resent(job_id, len(pending))
     return len(pending)
@@ -270,17 +346,25 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
     return None
 
 
+class JobChanged(MedindexError):
+    """The job to resume was started over other data or with other options; `reason` says
+    which (a reindex abandons its version on it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}: start a new job (without --job-id/--resume)")
+        self.reason = reason
+
+
 def _check_same_job(tracker: JobTracker, job_id: str, meta: dict, dataset_now: dict) -> None:
     known = tracker.progress(job_id).meta
     for key in ("dataset", "split", "collection", "model", "source_name", "format", "options"):
         if known.get(key, meta[key]) != meta[key]:
-            raise MedindexError(
+            raise JobChanged(
                 f"job {job_id} was started with {key}={known.get(key)!r}, not {meta[key]!r}"
             )
     # Rows are resumed by index: the same index must still name the same image.
     if known.get("fingerprint", dataset_now["fingerprint"]) != dataset_now["fingerprint"]:
-        raise MedindexError(
+        raise JobChanged(
             f"dataset {meta['dataset']} ({meta['split']}) changed since job {job_id} started "
-            f"({known['rows']} rows then, {dataset_now['rows']} now, or other keys): "
-            "start a new job (without --job-id/--resume)"
+            f"({known['rows']} rows then, {dataset_now['rows']} now, or other keys)"
         )

@@ -8,14 +8,13 @@ a collection per version, HNSW deferred during the bulk load, an alias switch.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from redis import Redis, RedisError
+from redis import Redis
 
 from pipeline.errors import MedindexError
 from pipeline.model import default_pooling, describe
@@ -25,10 +24,18 @@ from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import source_class
-from producers.ingest import IngestRequest, source_ref, start_ingest, wait
+from producers.ingest import (
+    IngestRequest,
+    JobChanged,
+    alias_lock,
+    source_ref,
+    start_ingest,
+    wait,
+)
+
+log = logging.getLogger(__name__)
 
 PENDING = "medindex:reindex:"  # alias -> the version being built and its job, for resuming
-LOCK = "medindex:reindex-lock:"  # alias -> held by the one reindex of that alias running
 ROUND_TRIP_SAMPLE = 16
 NO_LABEL_NOTE = (
     "quality not computed: the collection has no label field (give one with --label-field); "
@@ -71,37 +78,14 @@ def versions(names: list[str], alias: str) -> list[tuple[int, str]]:
 def reindex(
     request: ReindexRequest, settings: Settings, on_progress: Callable[[Progress], None]
 ) -> dict:
-    """One reindex per alias at a time: concurrent ones would share version numbers, and one
-    could prune the other's version while it is built."""
+    """One reindex per alias at a time, and no ingest into it meanwhile: concurrent reindexes
+    would share version numbers (and one could prune the other's version while it is built),
+    and an ingest would write into the version about to be replaced."""
     redis = connect_redis(settings.broker_url)
-    with _alias_lock(redis, request.alias, settings.reindex_lock_s):
+    alias = request.alias
+    busy = f"another reindex of {alias!r} is running (or an ingest into it); wait for it to end"
+    with alias_lock(redis, alias, settings.reindex_lock_s, busy):
         return _reindex(request, settings, redis, on_progress)
-
-
-@contextmanager
-def _alias_lock(redis: Redis, alias: str, lifetime: int) -> Iterator[None]:
-    """The alias' lock, renewed by a thread while the reindex runs (opening a large source or
-    measuring quality can outlast it); after a kill, it lapses `lifetime` seconds later, and
-    the same command, run again to resume, waits for that."""
-    lock = redis.lock(LOCK + alias, timeout=lifetime, thread_local=False)  # renewed elsewhere
-    if not lock.acquire(blocking=True, blocking_timeout=lifetime + 5):
-        raise MedindexError(f"another reindex of {alias!r} is running; wait for it to end")
-    done = threading.Event()
-
-    def renew() -> None:
-        while not done.wait(lifetime / 3):
-            with suppress(RedisError):  # Redis restarting: the next renewal catches up
-                lock.reacquire()
-
-    renewer = threading.Thread(target=renew, name=f"reindex-lock-{alias}", daemon=True)
-    renewer.start()
-    try:
-        yield
-    finally:
-        done.set()
-        renewer.join()
-        with suppress(RedisError):  # lapsed meanwhile (Redis lost it): nothing to free
-            lock.release()
 
 
 def _reindex(
@@ -136,23 +120,37 @@ def _reindex(
     spec = describe(model, pooling, settings.preprocessing)
     spec |= {"dataset": ref.dataset, "split": ref.split}
     origin = spec | {"source_name": ref.identity}
+    if serving and (reason := _dropped_points(store, serving, ref)):
+        raise MedindexError(f"{reason}; nothing was built")
 
-    pending = _pending(redis, request.alias, origin, names, serving)
-    if pending:
-        collection, job_id = pending["collection"], pending.get("job_id")
-    else:
+    def new_version() -> dict:
         number = max((n for n, _ in versions(names, request.alias)), default=0) + 1
-        collection, job_id = version_name(request.alias, number), None
+        collection = version_name(request.alias, number)
         store.ensure_collection(collection, spec, bulk=True)
         # Recorded at once: an interruption from here on is resumed, not left as an orphan.
-        _record_pending(redis, request.alias, origin | {"collection": collection})
-    job_id, total, _ = start_ingest(
-        replace(
-            ingest, collection=collection, job_id=job_id, format=ref.format, schema_from=serving
-        ),
-        settings,
-    )
-    _record_pending(redis, request.alias, origin | {"collection": collection, "job_id": job_id})
+        # The serving version's size then: points it takes later, this version cannot hold.
+        points = store.count(serving) if serving else None
+        started = {"collection": collection, "serving_points": points}
+        _record_pending(redis, request.alias, origin | started)
+        return origin | started
+
+    def start(pending: dict) -> tuple[str, int, int]:
+        version = {"collection": pending["collection"], "job_id": pending.get("job_id")}
+        return start_ingest(
+            replace(ingest, **version, format=ref.format, schema_from=serving), settings
+        )
+
+    pending = _pending(redis, request.alias, origin, names, serving) or new_version()
+    abandoned = None
+    try:
+        job_id, total, _ = start(pending)
+    except JobChanged as changed:  # killed, then rerun over changed data: that job is void
+        abandoned = _abandon(store, tracker, pending, changed.reason)
+        pending = new_version()
+        job_id, total, _ = start(pending)
+    pending["job_id"] = job_id
+    _record_pending(redis, request.alias, pending)
+    collection = pending["collection"]
     progress = wait(tracker, job_id, on_progress, settings=settings)
     if progress.cancelled:
         raise MedindexError(f"reindex job {job_id} was cancelled; run the same command to resume")
@@ -167,6 +165,8 @@ def _reindex(
         "indexed": progress.indexed,
         "failed": progress.failed,
     }
+    if abandoned:
+        summary["abandoned"] = abandoned
     try:
         _verify(store, collection, progress, ref, settings.max_image_bytes)
         label = label_field(store.metadata(collection))
@@ -177,6 +177,9 @@ def _reindex(
             knn_agreement(store, serving, label, ids=sample)[0] if serving else None
         )
         _guard(request, summary["quality"], summary["previous_quality"], label)
+        then = pending.get("serving_points")
+        if serving and (reason := _dropped_points(store, serving, ref, then)):
+            raise ReindexRefused(reason)
         if label is None:
             summary["quality_note"] = NO_LABEL_NOTE
     except ReindexRefused as refused:
@@ -227,6 +230,40 @@ def _pending(
 
 def _record_pending(redis: Redis, alias: str, pending: dict) -> None:
     redis.set(PENDING + alias, json.dumps(pending))
+
+
+def _abandon(store: AnyStore, tracker: JobTracker, pending: dict, reason: str) -> str:
+    """Drop an interrupted reindex's version that cannot be resumed: its job is cancelled (its
+    queued shards are skipped), its collection deleted. Returns what was dropped and why."""
+    collection, job_id = pending["collection"], pending["job_id"]
+    tracker.cancel(job_id)
+    store.delete_collection(collection)
+    log.warning("abandoned %s (job %s): %s; building a new version", collection, job_id, reason)
+    return f"{collection} (job {job_id}): {reason}"
+
+
+def _dropped_points(
+    store: AnyStore, serving: str, ref: SourceRef, points_then: int | None = None
+) -> str | None:
+    """Why switching away from the serving version would drop points: some are not of the
+    data this reindex reads, or (given its size when the reindex started) some were written
+    since. The new version holds neither; the switch would hide them and `--keep` delete them."""
+    this_data = [
+        {"key": "source.dataset", "match": {"value": ref.dataset}},
+        {"key": "source.split", "match": {"value": ref.split}},
+    ]
+    if other := store.count(serving, {"must_not": [{"must": this_data}]}):
+        return (
+            f"the serving version {serving} holds {other} points not from {ref.dataset} "
+            f"({ref.split}), which a reindex from it would drop"
+        )
+    now = store.count(serving)
+    if points_then is not None and now > points_then:
+        return (
+            f"the serving version {serving} took {now - points_then} points since this reindex "
+            f"started ({points_then} then, {now} now), which it would drop: run it again"
+        )
+    return None
 
 
 def _verify(

@@ -149,7 +149,7 @@ def _parse(request: SimpleRequest) -> Delivery | None:
 def _admit(delivery: Delivery, acks: dict[str, bool]) -> bool:
     """Whether the job is to be embedded: counted as delivered first, so that what remains
     counted is the deliveries whose worker died on these rows (out of memory, killed); past
-    the limit its rows fail, and a cancelled job's rows are skipped."""
+    the limit its rows fail, and a cancelled job's rows are skipped (but those `retry` sent)."""
     job = delivery.job
     bind_job(job.job_id, delivery.id)
     try:
@@ -157,7 +157,7 @@ def _admit(delivery: Delivery, acks: dict[str, bool]) -> bool:
         if lost >= settings.embed_max_lost:
             _fail(job, f"the embed worker was lost {lost} times on these rows (out of memory?)")
             return False
-        if tracker().is_cancelled(job.job_id):
+        if tracker().skips(job.job_id, job.rows):
             log.info("job=%s cancelled: rows %d-%d skipped", job.job_id, job.rows[0], job.rows[-1])
             tracker().end_delivery(job.job_id, job.rows[0])
             return False

@@ -21,6 +21,7 @@ from pipeline.samples import write_sample_dataset
 from pipeline.samples.dicom import write_dicom
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.schemas import point_id
+from pipeline.sources import DatasetSource, resolve
 from search_api import SearchClient
 from search_api.cli import shown_fields
 
@@ -118,6 +119,35 @@ def test_re_sorted_rows_rewrite_the_same_points(stack: Stack, tmp_path: Path) ->
         assert SearchClient().count("resorted") == N
     expected = {point_id(str(folder.resolve()), "train", f"scan-{i}") for i in range(N)}
     assert ids_of("resorted") == expected
+
+
+def test_the_recorded_key_field_keys_later_ingests(stack: Stack, tmp_path: Path) -> None:
+    """Issue 21, item 6: the key column detected at the first ingest keys the later ones, even
+    when the distinct counts that chose it change; another `--key-column` is refused."""
+    folder = tmp_path / "flipping"
+    (folder / "data").mkdir(parents=True)
+    text = datasets.Value("string")
+    features = datasets.Features({"image": datasets.Image(), "file_name": text, "image_id": text})
+
+    def write(file_names: list[str]) -> None:
+        rows = {"image": [png(i) for i in range(N)], "file_name": file_names,
+                "image_id": [f"img-{i}" for i in range(N)]}  # fmt: skip
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            folder / "data" / "train-00000-of-00001.parquet"
+        )
+
+    write([f"f-{i}" for i in range(N - 1)] + ["f-0"])  # fewer distinct names than ids
+    assert DatasetSource(resolve(str(folder))).schema.key_field == "image_id"
+    ingest = ("ingest", "--dataset", str(folder), "--collection", "flipping")
+    assert (result := stack.medindex(*ingest)).returncode == 0, result.stderr
+    write([f"f-{i}" for i in range(N)])  # as many: the first column named like a key wins
+    assert DatasetSource(resolve(str(folder))).schema.key_field == "file_name"
+    assert (result := stack.medindex(*ingest)).returncode == 0, result.stderr
+    expected = {point_id(str(folder.resolve()), "train", f"img-{i}") for i in range(N)}
+    assert ids_of("flipping") == expected  # the same points, none doubled
+    refused = stack.medindex(*ingest, "--key-column", "file_name")
+    assert_one_line_error(refused, "collection 'flipping' keys its images by 'image_id'")
+    assert ids_of("flipping") == expected
 
 
 def test_a_dataset_without_a_key_column_keys_each_image_by_its_bytes(

@@ -11,15 +11,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import datasets
 import httpx
 import pytest
+from badimages import bad_images
+from chaos import fix_bad_images
 from conftest import ARTIFACTS, N_IMAGES, Stack
 
 from pipeline.celery_app import app
 from pipeline.logs import JobContext, configure
+from pipeline.progress import JobTracker, connect_redis
 from pipeline.remote_store import MANAGE_TASK, QUERY_TASK, RemoteStore
+from pipeline.samples import write_sample_dataset
 from pipeline.schemas import point_id
 from pipeline.settings import get_settings
+from producers.ingest import resend_pending
 from search_api import SearchClient
 
 
@@ -150,6 +156,51 @@ def test_status_cancel_and_resume(stack: Stack, dataset: Path) -> None:
     assert resumed.json()["indexed"] == N_IMAGES
     assert SearchClient().count("ops") == N_IMAGES
     assert _status(stack, job_id)["jobs"][0]["state"] == "done"
+
+
+def test_retry_leaves_a_cancelled_job_cancelled(stack: Stack, tmp_path: Path) -> None:
+    """Issue 21, item 3: `retry` sends a cancelled job's failed images again, and only them;
+    the rows its cancel skipped stay pending, and the stall re-send does not send them."""
+    data, bad = write_failing_first(tmp_path, 480)
+    tracker = JobTracker(connect_redis(get_settings().broker_url))
+    argv = ("--dataset", str(data), "--collection", "cancelled", "--job-id", "cancelled")
+    assert stack.medindex("ingest", *argv, "--no-wait").returncode == 0
+    deadline = time.monotonic() + 120
+    while tracker.progress("cancelled").failed < len(bad):  # the first job is done
+        assert time.monotonic() < deadline, "the bad images were not failed"
+        time.sleep(0.02)
+    assert stack.medindex("cancel", "cancelled").returncode == 0
+    _until_queues_drain(stack, "cancelled")
+    before = tracker.progress("cancelled")
+    skipped = before.total - before.done
+    assert before.failed == len(bad) and skipped > 0, before
+
+    fix_bad_images(data, bad)
+    retried = stack.medindex("retry", "cancelled", "--json", "--timeout", "30")
+    assert retried.returncode == 0, retried.stderr
+    said = " ".join(retried.stderr.split())  # wrapped by the console
+    assert f"stays cancelled: only its failed images were sent again; the {skipped}" in said
+    after = tracker.progress("cancelled")
+    assert after.state == "cancelled" and after.total - after.done == skipped
+    assert (after.indexed, after.failed) == (before.indexed + len(bad), 0)
+    # What a producer waiting on a stalled job would send: nothing the cancel skipped.
+    assert resend_pending(tracker, "cancelled", get_settings()) == 0
+    assert SearchClient().count("cancelled") == after.indexed
+
+
+def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:
+    """Sample images whose first rows are bad ones (the first job fails them), in
+    `folder/failing`; returns it and {bad image key: reason}, as `chaos.write_laced_dataset`."""
+    table = datasets.load_dataset(str(write_sample_dataset(folder / "base", n)), split="train")
+    rows = table.to_list()
+    bad = {}
+    for row, (name, (data, reason)) in zip(rows, bad_images().items(), strict=False):
+        row |= {"image_id": f"bad_{name}", "image": {"bytes": data, "path": None}}
+        bad[row["image_id"]] = reason
+    out = folder / "failing" / "data" / "train-00000-of-00001.parquet"
+    out.parent.mkdir(parents=True)
+    datasets.Dataset.from_list(rows, features=table.features).to_parquet(str(out))
+    return folder / "failing", bad
 
 
 def _status(stack: Stack, job_id: str) -> dict:

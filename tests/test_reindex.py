@@ -3,6 +3,7 @@ quality guards, rollback, resuming an interrupted reindex, and model mismatches 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pipeline.progress import JobTracker, connect_redis
 from pipeline.samples import write_sample_dataset
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.settings import get_settings
+from producers.reindex import versions
 from search_api import Query, SearchClient
 
 N = 240
@@ -32,12 +34,38 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample_dataset(tmp_path_factory.mktemp("reindex") / "skin", N, seed=11)
 
 
-def reindex(stack: Stack, dataset: Path, *extra: str) -> dict:
+def reindex(stack: Stack, dataset: Path, *extra: str, alias: str = ALIAS) -> dict:
     result = stack.medindex(
-        "reindex", "--alias", ALIAS, "--dataset", str(dataset), "--json", *extra
+        "reindex", "--alias", alias, "--dataset", str(dataset), "--json", *extra
     )
     assert result.returncode == 0, result.stderr
     return result.json()
+
+
+def ingest(stack: Stack, dataset: Path, collection: str, *extra: str) -> None:
+    result = stack.medindex("ingest", "--dataset", str(dataset), "--collection", collection, *extra)
+    assert result.returncode == 0, result.stderr
+
+
+def kill_mid_reindex(stack: Stack, dataset: Path, alias: str) -> str:
+    """`reindex --alias` killed (SIGKILL) once its job embeds; returns the version it built."""
+    argv = [sys.executable, "-m", "pipeline.cli", "reindex", "--alias", alias, "--dataset",
+            str(dataset), "--json"]  # fmt: skip
+    producer = subprocess.Popen(argv, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tracker = JobTracker(connect_redis(get_settings().broker_url))
+    deadline = time.monotonic() + 120
+    while not (jobs := tracker.recent_jobs(limit=1)) or not _embedding(tracker, jobs[0], alias):
+        assert time.monotonic() < deadline, "the reindex's job did not start"
+        time.sleep(0.2)
+    os.kill(producer.pid, signal.SIGKILL)  # the producer dies mid-reindex
+    producer.wait()
+    return tracker.progress(jobs[0]).meta["collection"]
+
+
+def _embedding(tracker: JobTracker, job_id: str, alias: str) -> bool:
+    progress = tracker.progress(job_id)
+    building = progress.meta["collection"].startswith(f"{alias}__v")
+    return building and progress.embedded > 0 and not progress.finished
 
 
 def serving() -> str:
@@ -116,21 +144,7 @@ def test_an_interrupted_reindex_resumes_to_the_exact_count(
     stack: Stack, small_dataset: Path
 ) -> None:
     was = serving()
-    argv = [sys.executable, "-m", "pipeline.cli", "reindex", "--alias", ALIAS, "--dataset",
-            str(small_dataset), "--json"]  # fmt: skip
-    producer = subprocess.Popen(argv, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tracker = JobTracker(connect_redis(get_settings().broker_url))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        jobs = tracker.recent_jobs(limit=1)
-        if jobs and tracker.progress(jobs[0]).meta["collection"].startswith(f"{ALIAS}__v"):
-            progress = tracker.progress(jobs[0])
-            if progress.embedded > 0 and not progress.finished:
-                break
-        time.sleep(0.2)
-    os.kill(producer.pid, signal.SIGKILL)  # the producer dies mid-reindex
-    producer.wait()
-    interrupted = tracker.progress(jobs[0]).meta["collection"]
+    interrupted = kill_mid_reindex(stack, small_dataset, ALIAS)
     assert serving() == was  # nothing switched
     resumed = reindex(stack, small_dataset)
     assert resumed["collection"] == interrupted  # the same version, continued
@@ -182,6 +196,89 @@ def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
         assert_one_line_error(result, "another reindex of 'lesions' is running")
     finally:
         running.release()
+
+
+def test_an_ingest_into_an_alias_waits_for_its_reindex(
+    stack: Stack, small_dataset: Path, first: dict, tmp_path: Path
+) -> None:
+    """Issue 21, item 4: an ingest into the alias, or into the version it serves, takes the
+    reindex's lock: it waits, says so, and gives up on one line if the reindex goes on."""
+    redis = connect_redis(get_settings().broker_url)
+    running = redis.lock(f"medindex:reindex-lock:{ALIAS}", timeout=120)  # a reindex running
+    assert running.acquire(blocking=False)
+    log = tmp_path / "ingest.err"
+    try:
+        result = stack.medindex(
+            "ingest", "--dataset", str(small_dataset), "--collection", serving()
+        )
+        assert_one_line_error(result, f"'{ALIAS}' is being reindexed")
+        argv = ["ingest", "--dataset", str(small_dataset), "--collection", ALIAS, "--json"]
+        with log.open("w") as err:
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *argv],
+                env=stack.env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        deadline = time.monotonic() + 60
+        while "waiting up to" not in log.read_text():
+            assert waiting.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        running.release()  # the reindex ends: the waiting ingest goes on
+    out, _ = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, log.read_text()
+    assert json.loads(out.splitlines()[-1])["indexed"] == N
+    assert SearchClient().count(ALIAS) == N  # the same points, rewritten
+
+
+def test_a_reindex_refuses_to_drop_another_datasets_points(
+    stack: Stack, small_dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 21, item 4: a collection holding another dataset too is not replaced by a version
+    built from one of them: refused before anything is built, the collection untouched."""
+    other = write_sample_dataset(tmp_path / "other", 24, seed=12)
+    for data in (small_dataset, other):
+        ingest(stack, data, "mixed")
+    result = stack.medindex("reindex", "--alias", "mixed", "--dataset", str(small_dataset))
+    assert_one_line_error(result, "mixed holds 24 points not from", "nothing was built")
+    store = SearchClient().store
+    assert "mixed" not in store.aliases() and store.count("mixed") == N + 24
+    assert not versions(store.collections(), "mixed")
+
+
+def test_a_reindex_refuses_to_drop_points_written_since_it_started(
+    stack: Stack, small_dataset: Path
+) -> None:
+    """Issue 21, item 4: points that reach the serving collection while a reindex is
+    interrupted (its lock lapsed) are not in the new version: the switch is refused."""
+    ingest(stack, small_dataset, "grown")
+    kill_mid_reindex(stack, small_dataset, "grown")
+    # The same files under another source name: new ids, the same `source.dataset`.
+    ingest(stack, small_dataset, "grown", "--source-name", "grown-again")
+    result = stack.medindex("reindex", "--alias", "grown", "--dataset", str(small_dataset))
+    assert_one_line_error(result, f"grown took {N} points since this reindex started")
+    store = SearchClient().store
+    assert "grown" not in store.aliases() and store.count("grown") == 2 * N
+
+
+def test_a_reindex_rerun_over_changed_data_starts_a_new_version(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 21, item 5: a reindex killed, then run again after its dataset changed, abandons
+    (deletes) the version it was building, says so, and builds a new one."""
+    data = write_sample_dataset(tmp_path / "release", N, seed=13)
+    interrupted = kill_mid_reindex(stack, data, "release")
+    write_sample_dataset(data, N + 16, seed=14)  # the next release, in the same folder
+    summary = reindex(stack, data, alias="release")
+    assert summary["abandoned"].startswith(f"{interrupted} (job ")
+    assert "changed since job" in summary["abandoned"]
+    assert summary["collection"] != interrupted and summary["indexed"] == N + 16
+    store = SearchClient().store
+    assert interrupted not in store.collections()
+    assert store.aliases()["release"] == summary["collection"]
+    assert store.count("release") == N + 16
 
 
 def test_the_documented_ingest_then_weekly_reindex(stack: Stack, small_dataset: Path) -> None:
