@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from pipeline.model import build_random_vit
+    from pipeline.random_models import build_random_vit
     from pipeline.samples import write_sample_dataset
 
     home = Path(tempfile.mkdtemp(prefix="medindex-cpu-ceiling-"))
@@ -115,7 +115,7 @@ def _run(
     import torch
 
     from pipeline.embed import embed_jobs
-    from pipeline.model import Kernels, get_embedder
+    from pipeline.embedder import Kernels, get_embedder
     from pipeline.schemas import EmbedJob
     from pipeline.settings import get_settings
     from pipeline.sources import open_source, resolve

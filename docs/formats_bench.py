@@ -24,8 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.model import build_random_vit, default_pooling, get_embedder
+from pipeline.embedder import get_embedder
+from pipeline.model_info import default_pooling
 from pipeline.picture import to_picture
+from pipeline.random_models import build_random_vit
 from pipeline.settings import get_settings
 from pipeline.sources import detect_format, open_source, resolve
 from pipeline.sources.base import SourceRow

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.embedder import Embedder, TrivialEmbedder, is_jpeg
 from pipeline.images import ImageError
-from pipeline.model import Embedder, TrivialEmbedder, is_jpeg
 from pipeline.picture import to_picture
 from pipeline.schemas import EmbedJob, PointBatch, point_id
 from pipeline.settings import Settings

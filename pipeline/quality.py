@@ -10,10 +10,12 @@ the same sample.
 from __future__ import annotations
 
 from statistics import fmean
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.store import Store
+if TYPE_CHECKING:
+    from pipeline.store import Store
 
 
 def label_field(metadata: dict) -> str | None:

@@ -35,11 +35,13 @@ from qdrant_client import QdrantClient, models
 from transformers import AutoImageProcessor, ViTModel
 
 from pipeline.celery_app import app
+from pipeline.embedder import Embedder, Kernels
 from pipeline.errors import MedindexError
 from pipeline.images import decode_rgb
-from pipeline.model import TRIVIAL_MODEL, Embedder, Kernels, build_random_vit
+from pipeline.model_info import TRIVIAL_MODEL
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
+from pipeline.random_models import build_random_vit
 from pipeline.remote_store import RemoteStore
 from pipeline.samples import sample_metadata, skin, write_sample_dataset
 from pipeline.schemas import point_id

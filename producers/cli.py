@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import time
@@ -57,8 +58,6 @@ def register_sample_data(commands: argparse._SubParsersAction) -> None:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    import importlib
-
     if args.n < 1:
         raise SystemExit("medindex sample-data: error: --n must be at least 1")
     module, function = SAMPLE_KINDS[args.kind]
@@ -83,7 +82,7 @@ def register_make_model(commands: argparse._SubParsersAction) -> None:
 
 
 def _make_model(args: argparse.Namespace) -> int:
-    from pipeline.model import build_random_resnet50, build_random_vit
+    from pipeline.random_models import build_random_resnet50, build_random_vit  # torch
 
     if args.arch == "resnet50":
         build_random_resnet50(args.out)
@@ -107,7 +106,7 @@ def register_ingest(commands: argparse._SubParsersAction) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from producers.ingest import IngestRequest, start_ingest  # torch: slow to import
+    from producers.ingest import IngestRequest, start_ingest  # datasets, qdrant-client: slow
 
     settings = get_settings()
     request = IngestRequest(
@@ -138,7 +137,7 @@ def register_retry(commands: argparse._SubParsersAction) -> None:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from producers.ingest import retry_failed  # torch: slow to import
+    from producers.ingest import retry_failed  # datasets, qdrant-client: slow to import
 
     settings = get_settings()
     started = time.monotonic()
@@ -415,7 +414,7 @@ def register_reindex(commands: argparse._SubParsersAction) -> None:
 
 
 def _reindex(args: argparse.Namespace) -> int:
-    from producers.reindex import ReindexRequest, reindex  # torch: slow to import
+    from producers.reindex import ReindexRequest, reindex  # datasets, qdrant-client: slow
 
     request = ReindexRequest(
         alias=args.alias,

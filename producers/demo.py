@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
@@ -81,8 +82,6 @@ MRI_MODALITY = "modality"
 
 def _sample(folder: Path, kind: str, n: int, what: str) -> Path:
     """`medindex sample-data --kind KIND`'s writer, once: the folder is reused."""
-    import importlib
-
     from producers.cli import SAMPLE_KINDS
 
     done = folder / ".written"
@@ -120,7 +119,7 @@ def _choose_resnet(home: Path) -> str:
     ResNet-50 of its shape saved locally (`medindex make-model --arch resnet50`)."""
     if _hub_reachable():
         return "microsoft/resnet-50"
-    from pipeline.model import build_random_resnet50
+    from pipeline.random_models import build_random_resnet50  # torch: only when offline
 
     local = home / "models" / "resnet50-random"
     if not (local / "config.json").exists():
@@ -131,7 +130,7 @@ def _choose_resnet(home: Path) -> str:
 def _choose_model(settings: Settings, home: Path) -> str:
     if Path(settings.model).exists() or _hub_reachable():
         return settings.model
-    from pipeline.model import build_random_vit
+    from pipeline.random_models import build_random_vit  # torch: only when offline
 
     local = home / "models" / "vit-s16-random"
     if not (local / "config.json").exists():

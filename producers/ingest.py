@@ -16,7 +16,7 @@ from redis import Redis, RedisError
 
 from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
 from pipeline.errors import MedindexError
-from pipeline.model import default_pooling, describe
+from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from redis import Redis
 
 from pipeline.errors import MedindexError
-from pipeline.model import default_pooling, describe
+from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.quality import knn_agreement, label_field
 from pipeline.remote_store import AnyStore, open_store

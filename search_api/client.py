@@ -3,7 +3,6 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,15 @@ from PIL import Image
 
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb, to_rgb
+from pipeline.model_info import default_pooling
 from pipeline.remote_store import open_reader
 from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
+from pipeline.sources import source_class, upload_format
 from pipeline.store import Hit, parse_filter
 
 if TYPE_CHECKING:
-    from pipeline.model import Embedder
+    from pipeline.embedder import Embedder
 
 MAX_LIMIT = 1000
 
@@ -43,8 +44,6 @@ class Query:
 
 # What a query image may be: the formats scanners and viewers export, nothing exotic.
 QUERY_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-# Readers asked first whether an upload is theirs (`sniff`), then for its picture: by format.
-MEDICAL_READERS = {"dicom": "pipeline.sources.dicom", "nifti": "pipeline.sources.nifti"}
 
 
 class SearchClient:
@@ -57,9 +56,9 @@ class SearchClient:
         self.store = open_reader(self.settings)
 
     def embedder_for(self, collection: str) -> Embedder:
-        """The model and pooling that made the collection's vectors (loaded on the first image
-        query only: torch is slow to import)."""
-        from pipeline.model import default_pooling, get_embedder
+        """The model and pooling that made the collection's vectors, loaded on the first image
+        query: searches by point id or vector never import torch."""
+        from pipeline.embedder import get_embedder  # torch: slow to import
 
         recorded = self.store.metadata(collection)
         model = recorded.get("model") or self.model or self.settings.model
@@ -156,12 +155,11 @@ class SearchClient:
         """An uploaded DICOM or NIfTI file's picture, made by its reader's own code with the
         read options the collection's points record (the same window, slice choice and crop
         as at ingest); None: neither format, an ordinary image."""
-        for fmt, module in MEDICAL_READERS.items():
-            reader = importlib.import_module(module)  # pydicom, nibabel: loaded when asked
-            if reader.sniff(data):
-                options = self.read_options(collection, fmt)
-                return to_rgb(reader.query_picture(data, options))
-        return None
+        fmt = upload_format(data)
+        if fmt is None:
+            return None
+        options = self.read_options(collection, fmt)
+        return to_rgb(source_class(fmt).query_picture(data, options))
 
     def read_options(self, collection: str, fmt: str) -> ReadOptions:
         """How the collection's points of format `fmt` were read: the options their `source`

@@ -29,9 +29,9 @@ from pydantic import ValidationError
 
 from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
 from pipeline.embed import EmbedResult, embed_jobs
+from pipeline.embedder import Kernels, get_embedder, share_cpu
 from pipeline.errors import MedindexError, first_line
 from pipeline.logs import bind_job
-from pipeline.model import Kernels, get_embedder, share_cpu
 from pipeline.schemas import EmbedJob
 from pipeline.settings import get_settings
 from tasks.batches import RestartableBatches

@@ -173,8 +173,8 @@ def kill_and_wait_for_restart(up: psutil.Process, victim: str, timeout_s: float 
 def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figures:
     env = chaos_env(workdir, layers)
     os.environ.update(env)  # this process reads the same settings as the stack
-    from pipeline.model import build_random_vit
     from pipeline.progress import JobTracker, connect_redis
+    from pipeline.random_models import build_random_vit
     from pipeline.remote_store import open_store
     from pipeline.settings import get_settings
     from producers.harness import start_stack

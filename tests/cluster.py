@@ -283,8 +283,8 @@ def run(n_valid: int, seed: int, workdir: Path, layers: int, store_down_s: float
 def _run(
     cluster: Cluster, n_valid: int, seed: int, layers: int, store_down_s: float
 ) -> ClusterFigures:
-    from pipeline.model import build_random_vit
     from pipeline.progress import JobTracker, connect_redis
+    from pipeline.random_models import build_random_vit
     from pipeline.settings import get_settings
 
     started = time.monotonic()

@@ -47,8 +47,8 @@ os.environ.update(
     MEDINDEX_DEID_KEY="test-deid-key",
 )
 
-from pipeline.model import build_random_vit  # noqa: E402  (after the environment above)
 from pipeline.progress import JobTracker, connect_redis  # noqa: E402
+from pipeline.random_models import build_random_vit  # noqa: E402  (after the environment above)
 from pipeline.samples import write_sample_dataset  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
 from producers.harness import Result, run_medindex, start_stack  # noqa: E402, F401

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, ViTModel
 
+from pipeline.embedder import Embedder
 from pipeline.images import decode_rgb
-from pipeline.model import Embedder, describe
+from pipeline.model_info import describe
 from pipeline.quality import embedding_parity
 from pipeline.schemas import point_id
 

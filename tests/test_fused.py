@@ -19,8 +19,9 @@ from chaos import kill_and_wait_for_restart
 from conftest import ARTIFACTS, N_IMAGES, free_port
 
 from pipeline.embed import embed_job, embed_jobs
+from pipeline.embedder import DeviceJpeg, Embedder, Kernels
 from pipeline.images import decode_rgb
-from pipeline.model import DeviceJpeg, Embedder, Kernels, ModelError
+from pipeline.model_info import ModelError
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.schemas import EmbedJob, PointBatch

@@ -12,7 +12,8 @@ from conftest import run_medindex
 from PIL import Image
 from test_bad_input import assert_one_line_error
 
-from pipeline.model import Embedder, describe
+from pipeline.embedder import Embedder
+from pipeline.model_info import describe
 
 
 def test_a_random_resnet50_embeds_pooled_2048_d_vectors(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from conftest import Stack, run_medindex
 from datasets import load_dataset
 from test_bad_input import assert_one_line_error
 
-from pipeline.model import build_random_vit
 from pipeline.progress import JobTracker, connect_redis
+from pipeline.random_models import build_random_vit
 from pipeline.samples import write_sample_dataset
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.settings import get_settings

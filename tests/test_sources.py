@@ -9,18 +9,23 @@ import math
 from pathlib import Path
 
 import datasets
+import nibabel as nib
+import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.schemas import ReadOptions
 from pipeline.sources import (
-    DatasetSource,
     SourceError,
     detect_format,
     open_source,
     resolve,
+    source_class,
+    upload_format,
     versioned,
 )
+from pipeline.sources import nifti as nifti_reader
+from pipeline.sources.hf import DatasetSource
 
 COLUMNS = ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization"]
 
@@ -188,3 +193,17 @@ def test_a_folder_no_reader_recognises_is_named(tmp_path: Path) -> None:
     for folder in ("empty", "blobs"):
         with pytest.raises(SourceError, match="no reader recognises it"):
             detect_format(str(tmp_path / folder))
+
+
+def test_an_uploaded_file_is_read_by_the_reader_that_knows_it() -> None:
+    """The search API asks the registry whose an uploaded query file is (`sniff`), then that
+    reader for its picture (`query_picture`); an ordinary image is no reader's."""
+    volume = np.arange(8 * 8 * 3, dtype=np.int16).reshape(8, 8, 3)
+    nifti = nib.Nifti1Image(volume, np.eye(4)).to_bytes()
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    assert upload_format(bytes(128) + b"DICM" + bytes(64)) == "dicom"
+    assert upload_format(nifti) == "nifti"
+    assert upload_format(png.getvalue()) is None
+    picture = source_class("nifti").query_picture(nifti, ReadOptions())
+    assert picture.tobytes() == nifti_reader.query_picture(nifti, ReadOptions()).tobytes()

@@ -18,11 +18,9 @@ from pipeline.sources.base import (
     SourceError,
     SourceRow,
 )
-from pipeline.sources.hf import DatasetSource
 
 __all__ = [
     "READERS",
-    "DatasetSource",
     "Field",
     "KeyCensus",
     "Schema",
@@ -33,13 +31,15 @@ __all__ = [
     "open_source",
     "resolve",
     "source_class",
+    "upload_format",
     "versioned",
 ]
 
 VERSION_TTL_S = 5.0  # how often a reference without a version looks whether files changed
 
 
-# format -> "module:class"; imported on demand (nibabel and pydicom load only where needed).
+# format -> "module:class"; imported on demand (datasets, nibabel and pydicom load only where
+# needed: `medindex status` and the search API start without them).
 READERS = {
     "hf": "pipeline.sources.hf:DatasetSource",
     "table": "pipeline.sources.table:TableSource",
@@ -68,6 +68,12 @@ def detect_format(dataset: str) -> str:
         if source_class(fmt).detect(path):
             return fmt
     raise SourceError(f"{dataset}: no reader recognises it (formats: {', '.join(READERS)})")
+
+
+def upload_format(data: bytes) -> str | None:
+    """The format of an uploaded query file whose reader makes its picture (`query_picture`):
+    a DICOM or NIfTI file; None for an ordinary image. Each reader is asked (`sniff`)."""
+    return next((fmt for fmt in DETECTION_ORDER if source_class(fmt).sniff(data)), None)
 
 
 def resolve(

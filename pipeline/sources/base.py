@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError
-from pipeline.schemas import SourceRef
+from pipeline.schemas import ReadOptions, SourceRef
 
 FieldType = Literal["keyword", "integer", "float", "datetime", "bool"]
 
@@ -94,6 +94,18 @@ class Source(ABC):
     @abstractmethod
     def detect(cls, path: Path) -> bool:
         """Whether a local path looks like this format (used when `--format` is absent)."""
+
+    @staticmethod
+    def sniff(data: bytes) -> bool:
+        """Whether an uploaded query file is of this format: its reader then makes the file's
+        picture (`query_picture`). Formats whose files are not uploaded say no."""
+        return False
+
+    @staticmethod
+    def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
+        """An uploaded file's picture, made as ingest makes it with the read options given;
+        asked only of a reader whose `sniff` said yes."""
+        raise NotImplementedError
 
     @abstractmethod
     def __len__(self) -> int: ...

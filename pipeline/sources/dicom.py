@@ -116,6 +116,18 @@ class Instance:
     order: tuple  # its place in its series
 
 
+def sniff(data: bytes) -> bool:
+    """Whether bytes are a DICOM file (Part 10: 128 bytes of preamble, then `DICM`)."""
+    return data[128:132] == b"DICM"
+
+
+def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
+    """An uploaded DICOM file's picture, made as ingest makes it."""
+    if not sniff(data):
+        raise ImageError("not a DICOM file (no DICM marker after the 128-byte preamble)")
+    return make_picture(data, options, get_settings().query_max_image_pixels)
+
+
 class DicomSource(Source):
     """A folder of DICOM files; `options.dicom_unit`: a row per instance or per series."""
 
@@ -138,6 +150,10 @@ class DicomSource(Source):
             return False
         files = islice((p for p in path.rglob("*") if p.is_file()), DETECT_SAMPLE)
         return any(p.suffix.lower() == ".dcm" or _has_preamble(p) for p in files)
+
+    # An uploaded query file (the search API's), read by the functions above.
+    sniff = staticmethod(sniff)
+    query_picture = staticmethod(query_picture)
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -237,18 +253,6 @@ def make_picture(data: bytes, options: ReadOptions, max_pixels: int) -> Image.Im
         except Exception as exc:  # decoders raise many kinds on corrupt data
             reason = f"cannot decode the pixel data: {first_line(exc)}"
             raise ImageError(scrub(reason, ds)) from exc
-
-
-def sniff(data: bytes) -> bool:
-    """Whether bytes are a DICOM file (Part 10: 128 bytes of preamble, then `DICM`)."""
-    return data[128:132] == b"DICM"
-
-
-def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
-    """An uploaded DICOM file's picture, made as ingest makes it."""
-    if not sniff(data):
-        raise ImageError("not a DICOM file (no DICM marker after the 128-byte preamble)")
-    return make_picture(data, options, get_settings().query_max_image_pixels)
 
 
 def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:

@@ -181,6 +181,22 @@ class _Tumour:
     box: tuple[slice, slice] | None  # the tumour's box in that slice, in file order
 
 
+def sniff(data: bytes) -> bool:
+    """Whether `data` is a NIfTI-1 or NIfTI-2 file, gzipped or not."""
+    return _kind(_header_block(data)) is not None
+
+
+def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
+    """An uploaded NIfTI file's picture: no mask comes with it, so the slice ingest makes of a
+    case without one (the middle, or the central one of `options.nifti_unmasked_slices`
+    spaced slices), windowed as at ingest."""
+    parts = options.nifti_unmasked_slices
+    with _reading("uploaded file"):
+        image = _load(data)
+        geometry = _geometry(image)
+        return _picture(image, geometry, _spaced(geometry.depth, (parts - 1) // 2, parts), None)
+
+
 class NiftiSource(Source):
     """A folder of BraTS-style NIfTI cases: a row per case and modality (and spaced slice)."""
 
@@ -211,6 +227,10 @@ class NiftiSource(Source):
             if seen > DETECT_ENTRIES:
                 return False
         return False
+
+    # An uploaded query file (the search API's), read by the functions above.
+    sniff = staticmethod(sniff)
+    query_picture = staticmethod(query_picture)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -296,22 +316,6 @@ class NiftiSource(Source):
     def _labels_path(self, labels: str) -> Path:
         path = Path(labels).expanduser()
         return path if path.is_absolute() else self.root / path
-
-
-def sniff(data: bytes) -> bool:
-    """Whether `data` is a NIfTI-1 or NIfTI-2 file, gzipped or not."""
-    return _kind(_header_block(data)) is not None
-
-
-def query_picture(data: bytes, options: ReadOptions) -> Image.Image:
-    """An uploaded NIfTI file's picture: no mask comes with it, so the slice ingest makes of a
-    case without one (the middle, or the central one of `options.nifti_unmasked_slices`
-    spaced slices), windowed as at ingest."""
-    parts = options.nifti_unmasked_slices
-    with _reading("uploaded file"):
-        image = _load(data)
-        geometry = _geometry(image)
-        return _picture(image, geometry, _spaced(geometry.depth, (parts - 1) // 2, parts), None)
 
 
 def _list_entries(root: Path, unmasked_slices: int) -> list[_Entry]:

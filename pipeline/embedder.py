@@ -1,4 +1,7 @@
-"""The embedding model: the seed's DINO ViT, mean of last_hidden_state over all tokens."""
+"""The embedding model at work: the seed's DINO ViT (or any transformers image model) on the
+worker's device, pictures in, float32 vectors out; the mean of last_hidden_state over all
+tokens by default. Only what embeds imports it (workers, image queries, bench: torch); what
+a model is, without torch: pipeline/model_info.py."""
 
 from __future__ import annotations
 
@@ -7,90 +10,25 @@ import logging
 import os
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, ViTConfig, ViTModel
+from transformers import AutoImageProcessor, AutoModel
 
-from pipeline.errors import MedindexError, first_line
+from pipeline.errors import first_line
 from pipeline.images import ImageError
+from pipeline.model_info import (
+    POOLINGS,
+    TRIVIAL_DIM,
+    TRIVIAL_MODEL,
+    ModelError,
+    fixed_input_size,
+    hidden_size,
+)
 from pipeline.settings import PREPROCESSINGS, Settings
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-class ModelError(MedindexError):
-    """A model that cannot be loaded; the message is meant for the user, on one line."""
-
-
-# How each known image model's output becomes one vector. Any other transformers image model
-# works too, with the pooling stated (`--pooling`; "mean" when not).
-POOLINGS = ("mean", "cls", "pooler")
-KNOWN_POOLING = {
-    "facebook/dino-vits16": "mean",  # the seed's: mean of last_hidden_state, 384-d
-    "facebook/dino-vitb16": "mean",  # 768-d
-    "microsoft/resnet-50": "pooler",  # global average pool, 2048-d
-}
-
-
-# Not a model: a stand-in that skips decoding and inference, so that `medindex bench` can
-# measure what Redis, Celery and the store move on their own (the orchestration ceiling).
-TRIVIAL_MODEL = "medindex/trivial"
-TRIVIAL_DIM = 384
-
-
-class TrivialEmbedder:
-    needs_pixels = False
-    draft_size = None
-    dim = TRIVIAL_DIM
-
-    def embed(self, images: list) -> np.ndarray:
-        return np.ones((len(images), self.dim), dtype=np.float32)
-
-
-def default_pooling(model_name: str) -> str:
-    return KNOWN_POOLING.get(model_name, "mean")
-
-
-def describe(model_name: str, pooling: str, preprocessing: str = "exact") -> dict:
-    """What made a collection's vectors, recorded with it: model, revision, pooling,
-    preprocessing, image processor and size. Reads configs only (cheap: no weights)."""
-    if model_name == TRIVIAL_MODEL:
-        return {"model": model_name, "revision": "-", "pooling": pooling,
-                "preprocessing": "none", "processor": "none", "dim": TRIVIAL_DIM}  # fmt: skip
-    try:
-        config = AutoConfig.from_pretrained(model_name)
-        processor = AutoImageProcessor.from_pretrained(model_name)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {model_name!r}: {first_line(exc)}") from exc
-    return {
-        "model": model_name,
-        "revision": getattr(config, "_commit_hash", None) or "local",
-        "pooling": pooling,
-        "preprocessing": preprocessing if fixed_input_size(processor) else "exact",
-        "processor": type(processor).__name__,
-        "dim": hidden_size(config),
-    }
-
-
-def fixed_input_size(processor: object) -> tuple[int, int] | None:
-    """(width, height) when the processor only resizes to a fixed size and normalises (the
-    ViT family): what the fast path reproduces. None for crops and shortest-edge resizes."""
-    size = getattr(processor, "size", None)
-    if isinstance(size, dict):
-        width, height = size.get("width"), size.get("height")
-    else:  # transformers' SizeDict
-        width, height = getattr(size, "width", None), getattr(size, "height", None)
-    plain = getattr(processor, "do_resize", False) and getattr(processor, "do_normalize", False)
-    if not plain or getattr(processor, "do_center_crop", False) or not (width and height):
-        return None
-    return int(width), int(height)
-
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -165,9 +103,11 @@ class Embedder:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if kernels.compile else self.model
-        self.dim = hidden_size(self.model.config)
+        self.dim = hidden_size(self.model.config.to_dict())
         # Where the fast path does not apply (crops), the exact one runs.
-        self.draft_size = fixed_input_size(self.processor) if preprocessing == "fast" else None
+        self.draft_size = (
+            fixed_input_size(self.processor.to_dict()) if preprocessing == "fast" else None
+        )
         self.jpeg_decoder = (
             DeviceJpeg(self.device) if kernels.gpu_decode and on_cuda and self.draft_size else None
         )
@@ -294,6 +234,17 @@ def is_jpeg(data: object) -> bool:
     return isinstance(data, bytes | bytearray) and data[:3] == b"\xff\xd8\xff"
 
 
+class TrivialEmbedder:
+    """The stand-in for TRIVIAL_MODEL: ones, without decoding or inference."""
+
+    needs_pixels = False
+    draft_size = None
+    dim = TRIVIAL_DIM
+
+    def embed(self, images: list) -> np.ndarray:
+        return np.ones((len(images), self.dim), dtype=np.float32)
+
+
 @cache
 def get_embedder(
     model_name: str,
@@ -307,60 +258,7 @@ def get_embedder(
     return Embedder(model_name, device, pooling, preprocessing, kernels)
 
 
-def hidden_size(config: object) -> int:
-    sizes = getattr(config, "hidden_sizes", None)  # ResNet-like configs
-    return int(sizes[-1]) if sizes else int(config.hidden_size)
-
-
-def build_random_vit(out_dir: Path, num_layers: int = 12, seed: int = 0) -> Path:
-    """Save a ViT-S/16 of dino-vits16's exact shape with random weights, for offline runs.
-
-    Same architecture and preprocessing, so the cost per image is the real one; the neighbours
-    it finds mean nothing.
-    """
-    torch.manual_seed(seed)
-    config = ViTConfig(
-        hidden_size=384,
-        num_hidden_layers=num_layers,
-        num_attention_heads=6,
-        intermediate_size=1536,
-        image_size=224,
-        patch_size=16,
-        qkv_bias=True,
-    )
-    # Imported here: without torchvision, transformers warns on this import (see README).
-    from transformers import ViTImageProcessor
-
-    ViTModel(config, add_pooling_layer=False).save_pretrained(out_dir)
-    ViTImageProcessor(
-        do_resize=True,
-        size={"height": 224, "width": 224},
-        resample=Image.Resampling.BICUBIC,
-        do_normalize=True,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    ).save_pretrained(out_dir)
-    return out_dir
-
-
 def share_cpu(processes: int) -> None:
     """Give each of `processes` embed processes its share of the cores, so that they do not
     oversubscribe them (one decodes while another runs the model)."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
-
-
-def build_random_resnet50(out_dir: Path, seed: int = 0) -> Path:
-    """Save a ResNet-50 of microsoft/resnet-50's shape (the architecture MedSearch embedded
-    X-rays with) with random weights, and its cropping processor; pooled 2048-d."""
-    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
-
-    torch.manual_seed(seed)
-    ResNetModel(ResNetConfig()).save_pretrained(out_dir)  # the defaults are ResNet-50's
-    ConvNextImageProcessor(
-        size={"shortest_edge": 224},
-        crop_pct=0.875,
-        resample=Image.Resampling.BILINEAR,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    ).save_pretrained(out_dir)
-    return out_dir
