@@ -19,7 +19,6 @@ import argparse
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pipeline.settings import get_settings
 from pipeline.sources import detect_format, open_source, resolve
 from pipeline.sources.base import SourceRow
 from producers.cli import SAMPLE_KINDS
+from producers.harness import Result, RunningStack, running_stack
 
 # kind -> (sample size, extra ingest flags); sizes give each layout a few hundred pictures
 # or, for NIfTI, cases whose four modalities are read from 3-D volumes.
@@ -55,12 +55,12 @@ def main() -> int:
     os.environ.update(env)
     model = build_random_vit(home / "vit", num_layers=args.layers)
     rows = []
-    with _stack(env, home) as medindex:
+    with running_stack(dict(os.environ) | env, home / "up.log") as stack:
         for kind, (n, flags) in KINDS.items():
             data = _sample(kind, home / kind, n)
             split = _worker_split(data, str(model))
             flags = [f.format(data=data.parent if data.is_file() else data) for f in flags]
-            run = medindex("ingest", "--dataset", str(data), "--collection", kind, *flags,
+            run = _medindex(stack, "ingest", "--dataset", str(data), "--collection", kind, *flags,
                            "--json")  # fmt: skip
             summary = json.loads(run.stdout.strip().splitlines()[-1])
             rate = summary["indexed"] / summary["seconds"]
@@ -127,37 +127,11 @@ def _sample(kind: str, out: Path, n: int) -> Path:
     return getattr(importlib.import_module(module), function)(out, n, 1)
 
 
-class _stack:
-    """`medindex up` in the bench's own home; calls `medindex` against it."""
-
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self.env = dict(os.environ) | env
-        self.log = home / "up.log"
-
-    def __enter__(self) -> object:
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "up"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        while "medindex up: ready" not in self.log.read_text():
-            if self.process.poll() is not None:
-                raise SystemExit(f"medindex up failed: {self.log.read_text()[-500:]}")
-            time.sleep(0.5)
-        return self.medindex
-
-    def medindex(self, *argv: str) -> subprocess.CompletedProcess:
-        run = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *argv],
-            env=self.env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if run.returncode != 0:
-            raise SystemExit(f"medindex {argv[0]} failed: {run.stderr.strip()[-500:]}")
-        return run
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=120)
+def _medindex(stack: RunningStack, *argv: str) -> Result:
+    run = stack.medindex(*argv, timeout=3600)
+    if run.returncode != 0:
+        raise SystemExit(f"medindex {argv[0]} failed: {run.stderr.strip()[-500:]}")
+    return run
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -55,8 +56,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--serve", type=positive, default=None, metavar="PORT",
         help="also serve the search page and API on 127.0.0.1:PORT",
     )  # fmt: skip
+    cmd.add_argument(
+        "--ready-file", type=Path, default=None, metavar="PATH",
+        help="written (JSON: pid, broker) once the workers answer, removed when the stack stops",
+    )  # fmt: skip
     cmd.set_defaults(
-        run=lambda args: Stack(get_settings(), args.embed_workers, args.model, args.serve).run()
+        run=lambda args: Stack(
+            get_settings(), args.embed_workers, args.model, args.serve, args.ready_file
+        ).run()
     )
 
 
@@ -72,9 +79,11 @@ class Stack:
         embed_workers: int | None,
         model: str | None,
         serve_port: int | None = None,
+        ready_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self.serve_port = serve_port
+        self.ready_file = ready_file
         self.embed_workers = embed_workers or settings.embed_concurrency
         self.env = dict(os.environ, MEDINDEX_EMBED_CONCURRENCY=str(self.embed_workers))
         if model:
@@ -102,6 +111,10 @@ class Stack:
             page = f"; search page http://127.0.0.1:{self.serve_port}/" if self.serve_port else ""
             broker = mask_url(self.settings.broker_url)
             print(f"medindex up: ready (broker {broker}){page}; Ctrl-C stops", flush=True)
+            if self.ready_file:
+                _write_private(
+                    self.ready_file, {"pid": os.getpid(), "broker": self.settings.broker_url}
+                )
             return self._supervise()
         except KeyboardInterrupt:
             return 0
@@ -206,6 +219,8 @@ class Stack:
     def stop(self) -> None:
         """Workers and Flower together (they finish or return their jobs), Redis last."""
         self._stopping = True
+        if self.ready_file:
+            self.ready_file.unlink(missing_ok=True)
         # A second Ctrl-C must not abandon the shutdown half way.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -267,6 +282,15 @@ def redis_argv(port: int, data: Path, bind: str, conf: Path | None = None) -> li
         "--save", "",
         "--loglevel", "warning",
     ]  # fmt: skip
+
+
+def _write_private(path: Path, value: dict) -> None:
+    """Readable by this user only (the broker URL may hold a password), and replaced whole:
+    a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        json.dump(value, out)
+    os.replace(tmp, path)
 
 
 def _redis_answers(url: str) -> bool:

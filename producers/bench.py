@@ -20,7 +20,6 @@ import platform
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,6 +49,7 @@ from pipeline.settings import PREPROCESSINGS, Settings
 from pipeline.store import Store
 from pipeline.store_edge import EdgeStore
 from pipeline.store_server import ServerStore
+from producers.harness import start_stack
 from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
 from search_api.client import Query, SearchClient
 
@@ -329,28 +329,12 @@ class Stack:
         self.log = home / "up.log"
 
     def __enter__(self) -> Stack:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "up",
-            "--embed-workers",
-            str(self.embed_workers),
-        ]
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                argv, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        while "medindex up: ready" not in self.log.read_text():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"medindex up failed: {self.log.read_text()[-500:]}")
-            time.sleep(0.5)
+        self.running = start_stack(self.env, self.log, "--embed-workers", str(self.embed_workers))
+        self.process = self.running.process
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=120)
+        self.running.stop(timeout_s=120)
 
     def ingest(self, data: Path, copies: int = 1) -> StackRun:
         """Ingest `copies` of the dataset as concurrent jobs (distinct source names, so

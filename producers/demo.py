@@ -6,11 +6,9 @@ import argparse
 import importlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -21,6 +19,7 @@ from pipeline.errors import MedindexError
 from pipeline.quality import label_field
 from pipeline.schemas import point_id
 from pipeline.settings import Settings, get_settings
+from producers.harness import running_stack
 
 if TYPE_CHECKING:
     from search_api import SearchClient
@@ -56,7 +55,7 @@ def run_demo(settings: Settings, n: int, xrays: int = 48, mri_cases: int = 8) ->
     out.print(f"[bold]2. medindex up[/]: Redis + embed worker + store worker (log: {up_log})")
     from search_api import SearchClient  # qdrant-client: slow to import
 
-    with up_log.open("w") as log, _running_stack(env, log, up_log):
+    with running_stack(env, up_log):
         _ingest(env, up_log, skin_data, SKIN, "--model", model, "--label-field", skin.LABEL_FIELD)
         _skin_searches(env, skin_data)
         _ingest(env, up_log, _csv_in(xray_data) or xray_data, XRAY, "--format", "table",
@@ -149,29 +148,6 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     except OSError:
         return False
     return True
-
-
-class _running_stack:
-    """`medindex up` as a child process, stopped with SIGTERM however the demo ends."""
-
-    def __init__(self, env: dict, log: object, log_path: Path) -> None:
-        self.env, self.log, self.log_path = env, log, log_path
-
-    def __enter__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "up"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while "medindex up: ready" not in self.log_path.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text().strip().splitlines()[-1:]
-                raise MedindexError(f"medindex up did not start: {' '.join(tail)}")
-            time.sleep(0.5)
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 def _skin_searches(env: dict, data: Path) -> None:

@@ -21,7 +21,6 @@ import random
 import re
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -132,19 +131,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "up"], env=env, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 180
-    while "medindex up: ready" not in log.read_text():
-        if up.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"chaos: medindex up did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    return up
-
-
 def find(up: psutil.Process, victim: str) -> psutil.Process | None:
     """The live process playing `victim` under `medindex up`, if any right now."""
     try:
@@ -191,6 +177,7 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     from pipeline.random_models import build_random_vit
     from pipeline.remote_store import open_store
     from pipeline.settings import get_settings
+    from producers.harness import start_stack
     from producers.ingest import IngestRequest, retry_failed, start_ingest, wait
 
     build_random_vit(Path(env["MEDINDEX_MODEL"]), num_layers=layers)
@@ -199,7 +186,8 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     figures.valid, figures.bad_tried = figures.images - len(bad), len(bad)
     settings = get_settings()
     started = time.monotonic()
-    up = start_stack(env, workdir / "up.log")
+    stack = start_stack(env, workdir / "up.log")
+    up = stack.process
     try:
         job_id, _, _ = start_ingest(IngestRequest(str(data), COLLECTION), settings)
         tracker = JobTracker(connect_redis(settings.broker_url))
@@ -220,8 +208,7 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
         wait(tracker, job_id, **follow)
         figures.indexed_after_retry = len(set(indexed_keys(store, COLLECTION)))
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=120)
+        stack.stop()
     figures.seconds = round(time.monotonic() - started, 1)
     return figures
 

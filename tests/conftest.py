@@ -6,20 +6,13 @@ worker processes, and the embedded Qdrant engine owned by the store worker.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -58,37 +51,8 @@ from pipeline.progress import JobTracker, connect_redis  # noqa: E402
 from pipeline.random_models import build_random_vit  # noqa: E402  (after the environment above)
 from pipeline.samples import write_sample_dataset  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
-
-
-@dataclass
-class Stack:
-    env: dict[str, str]
-    process: subprocess.Popen
-    log: Path
-
-    def medindex(self, *args: str, env: dict | None = None, timeout: float = 300) -> Result:
-        return run_medindex(*args, env=env or self.env, timeout=timeout)
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> object:
-        return json.loads(self.stdout.strip().splitlines()[-1])
-
-
-def run_medindex(*args: str, env: dict, timeout: float = 300) -> Result:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+from producers.harness import Result, run_medindex, start_stack  # noqa: E402, F401
+from producers.harness import RunningStack as Stack  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -115,27 +79,12 @@ def base_env(tiny_model: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stack(base_env: dict[str, str]) -> Iterator[Stack]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "stack.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "up"],
-            env=base_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 180
-    while "medindex up: ready" not in log.read_text():
-        assert process.poll() is None, f"medindex up exited: {log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, "medindex up did not get ready in 180s"
-        time.sleep(0.5)
-    children = psutil.Process(process.pid).children(recursive=True)
-    yield Stack(base_env, process, log)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=90) == 0
+    running = start_stack(base_env, ARTIFACTS / "stack.log")
+    yield running
+    code, alive = running.stop()
+    assert code == 0
     # No orphans: Redis, the workers and their pool processes all stopped with it.
-    _, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, f"left behind: {[p.pid for p in alive]}"
+    assert not alive, f"left behind: {alive}"
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from pipeline.schemas import EmbedJob, PointBatch
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
 from pipeline.store_edge import EdgeStore
+from producers.harness import RunningStack, running_stack
 
 
 def vectors(batch: PointBatch) -> np.ndarray:
@@ -80,7 +81,7 @@ def test_bf16_vectors_keep_parity_with_float32_on_cpu(tiny_model: Path, dataset:
 
 
 @pytest.fixture()
-def fused_stack(base_env: dict, tmp_path: Path) -> Iterator[tuple[dict, subprocess.Popen]]:
+def fused_stack(base_env: dict, tmp_path: Path) -> Iterator[RunningStack]:
     """`medindex up` of its own whose embed worker fuses four jobs per pass (calls of 8)."""
     env = base_env | {
         "MEDINDEX_HOME": str(tmp_path / "home"),
@@ -88,28 +89,17 @@ def fused_stack(base_env: dict, tmp_path: Path) -> Iterator[tuple[dict, subproce
         "MEDINDEX_FLOWER_PORT": "0",
         "MEDINDEX_EMBED_BATCH_SIZE": "64",
     }
-    log = ARTIFACTS / "fused-stack.log"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with log.open("w") as out:
-        up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while "medindex up: ready" not in log.read_text():
-        assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.5)
-    yield env, up
-    if up.poll() is None:
-        up.terminate()
-        up.wait(timeout=90)
+    with running_stack(env, ARTIFACTS / "fused-stack.log") as stack:
+        yield stack
 
 
 def test_fused_jobs_are_indexed_exactly_and_a_killed_call_comes_back(
-    fused_stack: tuple[dict, subprocess.Popen], dataset: Path, tiny_model: Path
+    fused_stack: RunningStack, dataset: Path, tiny_model: Path
 ) -> None:
     """An ingest through fused passes with the embed pool process killed mid-call: its
     unacknowledged jobs come back, every image is indexed once, with the vector it gets
     embedded alone."""
-    env, up = fused_stack
+    env, up = fused_stack.env, fused_stack.process
     settings = Settings(home=Path(env["MEDINDEX_HOME"]),
                         local_redis_port=int(env["MEDINDEX_LOCAL_REDIS_PORT"]))  # fmt: skip
     ingest = subprocess.Popen(

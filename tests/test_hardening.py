@@ -7,7 +7,6 @@ import datetime
 import decimal
 import io
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pipeline.progress import JobTracker, connect_redis
 from pipeline.remote_store import open_store
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
+from producers.harness import start_stack
 from producers.ingest import enqueue, wait
 
 N = 20
@@ -263,16 +263,8 @@ def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
         },
         {"image": datasets.Image(), "image_id": datasets.Value("string")},
     )
-    ARTIFACTS.mkdir(exist_ok=True)  # made by the session stack, which this test does not use
-    log = ARTIFACTS / "short-stack.log"
-    with log.open("w") as out:
-        up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    up = start_stack(env, ARTIFACTS / "short-stack.log")
     try:
-        deadline = time.monotonic() + 180
-        while "medindex up: ready" not in log.read_text():
-            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.5)
         # As ingest makes it (its payload index in place): the producer needs nothing from
         # the store the test is about to lock.
         spec = {"dim": 384, "payload_indexes": {"image_id": "keyword"}}
@@ -310,8 +302,7 @@ def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
         assert tracker.redis.hlen(UNACKED) == 0
         assert tracker.progress("outage").failed == OUTAGE_IMAGES  # parked: failed, with why
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=90)
+        up.stop()
 
 
 def follow_outage(broker_url: str, job_id: str, outage_ends: float) -> tuple[int, list[int]]:
