@@ -13,7 +13,7 @@ from statistics import fmean
 
 import numpy as np
 
-from pipeline.store import Store
+from pipeline.store import Reader, SearchRequest
 
 
 def label_field(metadata: dict) -> str | None:
@@ -23,7 +23,7 @@ def label_field(metadata: dict) -> str | None:
 
 
 def knn_agreement(
-    store: Store,
+    store: Reader,
     collection: str,
     field: str | None,
     ids: list[str] | None = None,
@@ -43,7 +43,7 @@ def knn_agreement(
     if not vectors:
         return None, ids
     queries = [
-        {"vector": v["vector"], "limit": k + 1, "with_payload": {"include": [field]}}
+        SearchRequest(vector=v["vector"], limit=k + 1, with_payload={"include": [field]})
         for v in vectors
     ]
     results = store.search_batch(collection, queries)

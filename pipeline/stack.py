@@ -26,7 +26,6 @@ import redis
 
 from pipeline.errors import MedindexError, mask_url
 from pipeline.settings import Settings, get_settings
-from pipeline.store import refuse_local_mode
 from pipeline.worker import flower_argv, positive, worker_argv
 
 log = logging.getLogger("medindex.up")
@@ -88,6 +87,9 @@ class Stack:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             if self.settings.store_backend == "edge":  # refused here, not by every call
+                # Imported here: every command loads this module, few start a stack.
+                from pipeline.store.edge import refuse_local_mode
+
                 refuse_local_mode(self.settings.embedded_store_path)
             if self.settings.uses_local_redis:
                 self._start_redis()

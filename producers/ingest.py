@@ -9,13 +9,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kombu import Producer
-
-from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
+from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
+from pipeline.messages import EMBED_QUEUE, UNACKED, UPSERT_QUEUE
 from pipeline.model import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import (
@@ -26,12 +24,10 @@ from pipeline.sources import (
     source_class,
     versioned,
 )
+from pipeline.store import Admin, open_store
 from producers.schema import collection_schema
 
 log = logging.getLogger(__name__)
-
-EMBED_TASK = "medindex.embed"
-UPSERT_TASK = "medindex.upsert"
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ def source_ref(request: IngestRequest) -> SourceRef:
     return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
 
 
-def _schema_spec(request: IngestRequest, source: Source, store: AnyStore) -> dict:
+def _schema_spec(request: IngestRequest, source: Source, store: Admin) -> dict:
     """The collection's schema and payload indexes: the source's, with the user's overrides,
     merged into what the collection already records."""
     names = set(store.collections()) | set(store.aliases())
@@ -136,16 +132,9 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     # Pending again from here; should sending fail, `ingest --job-id` finds them unfinished.
     tracker.clear_failures(job_id, failed)
     tracker.resume(job_id)
-    with app.producer_or_acquire() as producer:
+    with senders.connection() as producer:
         for batch in batches:
-            app.send_task(
-                UPSERT_TASK,
-                kwargs={"batch": batch.model_dump()},
-                argsrepr="()",  # what Flower shows and keeps: never the payloads
-                kwargsrepr=f"job {job_id}: {len(batch)} parked points",
-                queue=UPSERT_QUEUE,
-                producer=producer,
-            )
+            senders.send_points(batch, parked=True, producer=producer)
     tracker.unpark(job_id, len(parked))
     _enqueue_rows(job_id, meta, to_embed, settings)
     return len(to_embed), len(parked_rows)
@@ -193,7 +182,7 @@ def enqueue(
 ) -> None:
     # Stamped now, not when the job began: rows sent again after a fix must read the fix.
     ref = versioned(ref)
-    with app.producer_or_acquire() as producer:
+    with senders.connection() as producer:
         for rows in shard_rows:
             job = EmbedJob(
                 job_id=job_id,
@@ -203,17 +192,7 @@ def enqueue(
                 pooling=pooling,
                 rows=rows,
             )
-            enqueue_one(job, EMBED_QUEUE, producer)
-
-
-def enqueue_one(job: EmbedJob, queue: str, producer: Producer) -> None:
-    app.send_task(
-        EMBED_TASK,
-        args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
-        argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",  # what Flower shows
-        queue=queue,
-        producer=producer,
-    )
+            senders.send_embed_job(job, producer)
 
 
 def wait(

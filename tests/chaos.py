@@ -189,8 +189,8 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     os.environ.update(env)  # this process reads the same settings as the stack
     from pipeline.model import build_random_vit
     from pipeline.progress import JobTracker, connect_redis
-    from pipeline.remote_store import open_store
     from pipeline.settings import get_settings
+    from pipeline.store import open_store
     from producers.ingest import IngestRequest, retry_failed, start_ingest, wait
 
     build_random_vit(Path(env["MEDINDEX_MODEL"]), num_layers=layers)
