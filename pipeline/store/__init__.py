@@ -23,12 +23,11 @@ import time
 from pipeline.settings import Settings
 from pipeline.store.base import Admin, Manager, PointWriter, Reader, Store
 from pipeline.store.errors import StoreError
-from pipeline.store.types import Hit, HitOptions, RecommendRequest, SearchRequest
+from pipeline.store.types import Hit, RecommendRequest, SearchRequest
 
 __all__ = [
     "Admin",
     "Hit",
-    "HitOptions",
     "Manager",
     "PointWriter",
     "Reader",
