@@ -70,9 +70,9 @@ class Senders:
             args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
             argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",
             producer=producer,
+            queue=queue,  # None: the route's
             countdown=countdown,
             retries=retries,
-            **({"queue": queue} if queue else {}),
         )
 
     def send_points(

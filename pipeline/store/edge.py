@@ -478,7 +478,7 @@ def _field_index(field: str, kind: str) -> edge.UpdateOperation:
 def _query(request: SearchRequest) -> edge.QueryRequest:
     return edge.QueryRequest(
         limit=request.limit,
-        query=edge.Query.Nearest([float(x) for x in request.vector]),
+        query=edge.Query.Nearest(request.vector),
         filter=edge_filter(parse_filter(request.filter)),
         score_threshold=request.score_threshold,
         with_payload=edge_payload_selector(parse_payload_selector(request.with_payload)),

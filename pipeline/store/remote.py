@@ -95,6 +95,7 @@ class _Proxy:
 
 
 def _remote(task: str, method: str) -> Callable[..., Any]:
+    """The proxy's method for `method`, sent on path `task`."""
     declared = getattr(PATHS[task], method)
     signature = inspect.signature(declared)
 
