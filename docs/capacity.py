@@ -92,10 +92,10 @@ def queued_bytes(ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> t
     pipeline's own code (Celery's envelope, kombu's base64 body) to a real Redis."""
     with redis_server() as server:
         os.environ["MEDINDEX_REDIS_URL"] = f"redis+socket://{server.socket_file}"
-        from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE
+        from pipeline.celery_app import senders
+        from pipeline.messages import EMBED_QUEUE, UPSERT_QUEUE
         from pipeline.schemas import EmbedJob, PointBatch, SourceRef
         from producers.ingest import enqueue
-        from tasks.upsert import upsert
 
         source = SourceRef(dataset="/data/datasets/skin-lesions")
         rows = list(range(99_999_984, 100_000_000))  # row numbers at the 100 M scale
@@ -103,7 +103,7 @@ def queued_bytes(ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> t
         job = EmbedJob(job_id="0123456789ab", collection="skin_lesions", source=source,
                        model="facebook/dino-vits16", rows=rows)  # fmt: skip
         batch = PointBatch.build(job, ids[:JOB_SIZE], rows, payloads[:JOB_SIZE], vectors[:JOB_SIZE])
-        upsert.apply_async(kwargs={"batch": batch.model_dump()}, queue=UPSERT_QUEUE)
+        senders.send_points(batch)
         return server.memory_usage(EMBED_QUEUE), server.memory_usage(UPSERT_QUEUE)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.remote_store import AnyReader
 from pipeline.sources.base import Field, FieldType, Schema
+from pipeline.store import Reader
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class CollectionRow:
     created_at: float | None
 
 
-def collection_rows(store: AnyReader) -> list[CollectionRow]:
+def collection_rows(store: Reader) -> list[CollectionRow]:
     serving = {collection: alias for alias, collection in store.aliases().items()}
     rows = []
     for name in store.collections():
@@ -45,7 +45,7 @@ def collection_rows(store: AnyReader) -> list[CollectionRow]:
     return rows
 
 
-def first_points(store: AnyReader, collection: str, most: int, page: int = 1000) -> list[dict]:
+def first_points(store: Reader, collection: str, most: int, page: int = 1000) -> list[dict]:
     """Up to `most` points with their payloads, in id order: a fair sample, since point ids
     are hashes of the images' keys."""
     points: list[dict] = []

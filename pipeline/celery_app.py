@@ -1,4 +1,6 @@
-"""The Celery application: broker, queues, serialisation and delivery guarantees in one place."""
+"""The Celery application: broker, serialisation and delivery guarantees in one place; its
+queues and routes come from the message contract (`pipeline.messages`), and `senders` sends
+every message through it."""
 
 from __future__ import annotations
 
@@ -11,12 +13,8 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Queue
 
 from pipeline import logs
+from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, Senders
 from pipeline.settings import get_settings
-
-EMBED_QUEUE = "embed"
-UPSERT_QUEUE = "upsert"
-STORE_QUEUE = "store"
-UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
 
 TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map"]
 
@@ -50,16 +48,9 @@ def create_app() -> Celery:
         # with protocol 2's headers, which repeat the task id three times).
         task_protocol=1,
         accept_content=["msgpack", "json"],
-        task_queues=[Queue(EMBED_QUEUE), Queue(UPSERT_QUEUE), Queue(STORE_QUEUE)],
+        task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=EMBED_QUEUE,
-        task_routes={
-            "medindex.embed": {"queue": EMBED_QUEUE},
-            "medindex.upsert": {"queue": UPSERT_QUEUE},
-            "medindex.store_query": {"queue": STORE_QUEUE},
-            "medindex.store_manage": {"queue": STORE_QUEUE},
-            # The search page's embedding maps: minutes of CPU, on the embed workers.
-            "medindex.project_map": {"queue": EMBED_QUEUE},
-        },
+        task_routes={task: {"queue": queue} for task, queue in ROUTES.items()},
         # At-least-once: a job is acknowledged after it ran, and comes back if its worker dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -97,3 +88,4 @@ def _setup_logging(logger: logging.Logger, **_: object) -> None:
 
 
 app = create_app()
+senders = Senders(app)

@@ -17,10 +17,9 @@ import numpy as np
 import redis
 
 from pipeline.catalog import first_points, recorded_or_guessed_schema
-from pipeline.remote_store import AnyReader
+from pipeline.store import Reader
 
 MAP_MAX_POINTS = 20_000
-MAP_TASK = "medindex.project_map"
 _MAP_KEY = "medindex:map:"
 _MAP_TTL_S = 30 * 24 * 3600
 _STATE_TTL_S = 900  # a map asked for and not made (its task lost) is asked for again after
@@ -51,9 +50,7 @@ class EmbeddingMap:
     fields: dict[str, list]  # keyword field -> each sampled point's value (None: missing)
 
 
-def make_map(
-    reader: AnyReader, version: MapVersion, max_points: int = MAP_MAX_POINTS
-) -> EmbeddingMap:
+def make_map(reader: Reader, version: MapVersion, max_points: int = MAP_MAX_POINTS) -> EmbeddingMap:
     collection = version.collection
     points = reader.collection_info(collection)["points"]
     sample = first_points(reader, collection, max_points)
@@ -98,7 +95,7 @@ def project(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(tsne.fit(vectors.astype(np.float32)))
 
 
-def _vectors(reader: AnyReader, collection: str, ids: list[str]) -> np.ndarray:
+def _vectors(reader: Reader, collection: str, ids: list[str]) -> np.ndarray:
     found: dict[str, list[float]] = {}
     for start in range(0, len(ids), _PAGE):
         hits = reader.retrieve(collection, ids[start : start + _PAGE], with_vectors=True)

@@ -10,12 +10,10 @@ the same sample.
 from __future__ import annotations
 
 from statistics import fmean
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from pipeline.store import Store
+from pipeline.store import Reader, SearchRequest
 
 
 def label_field(metadata: dict) -> str | None:
@@ -25,7 +23,7 @@ def label_field(metadata: dict) -> str | None:
 
 
 def knn_agreement(
-    store: Store,
+    store: Reader,
     collection: str,
     field: str | None,
     ids: list[str] | None = None,
@@ -45,7 +43,7 @@ def knn_agreement(
     if not vectors:
         return None, ids
     queries = [
-        {"vector": v["vector"], "limit": k + 1, "with_payload": {"include": [field]}}
+        SearchRequest(vector=v["vector"], limit=k + 1, with_payload={"include": [field]})
         for v in vectors
     ]
     results = store.search_batch(collection, queries)

@@ -96,7 +96,8 @@ class Stack:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             if self.settings.store_backend == "edge":  # refused here, not by every call
-                from pipeline.store import refuse_local_mode  # qdrant-client: slow to import
+                # Imported here: every command loads this module, few start a stack.
+                from pipeline.store.edge import refuse_local_mode
 
                 refuse_local_mode(self.settings.embedded_store_path)
             if self.settings.uses_local_redis:

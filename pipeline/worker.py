@@ -15,6 +15,7 @@ import sys
 from typing import Literal
 
 from pipeline.errors import MedindexError
+from pipeline.messages import EMBED_QUEUE, STORE_QUEUE, UPSERT_QUEUE
 from pipeline.settings import Settings, get_settings
 
 Role = Literal["embed", "store"]
@@ -54,8 +55,6 @@ def worker_argv(role: Role, settings: Settings, concurrency: int | None, name: s
     A store worker is one process: an embedded store allows one opener, and one buffer must
     collect a full write. It prefetches enough messages to fill that write.
     """
-    from pipeline.celery_app import EMBED_QUEUE, STORE_QUEUE, UPSERT_QUEUE  # celery: slow
-
     queue = EMBED_QUEUE if role == "embed" else f"{UPSERT_QUEUE},{STORE_QUEUE}"
     queues = ["-Q", queue, "-n", name, "--loglevel", settings.log_level]
     if role == "embed":

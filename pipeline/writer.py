@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.schemas import PointBatch
-from pipeline.store import Store, StoreError
+from pipeline.store import PointWriter, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class WriteReport:
 
 
 class Writer:
-    def __init__(self, store: Store, batch_size: int, retry_budget_s: float) -> None:
+    def __init__(self, store: PointWriter, batch_size: int, retry_budget_s: float) -> None:
         self.store = store
         self.batch_size = batch_size
         self.retry_budget_s = retry_budget_s

@@ -34,7 +34,7 @@ import torch
 from qdrant_client import QdrantClient, models
 from transformers import AutoImageProcessor, ViTModel
 
-from pipeline.celery_app import app
+from pipeline.celery_app import app, senders
 from pipeline.embedder import Embedder, Kernels
 from pipeline.errors import MedindexError
 from pipeline.images import decode_rgb
@@ -42,15 +42,14 @@ from pipeline.model_info import TRIVIAL_MODEL
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.quality import embedding_parity
 from pipeline.random_models import build_random_vit
-from pipeline.remote_store import RemoteStore
 from pipeline.samples import sample_metadata, skin, write_sample_dataset
 from pipeline.schemas import point_id
 from pipeline.settings import PREPROCESSINGS, Settings
-from pipeline.store import Store
-from pipeline.store_edge import EdgeStore
-from pipeline.store_server import ServerStore
+from pipeline.store import Admin, SearchRequest, Store, open_store
+from pipeline.store.edge import EdgeStore
+from pipeline.store.server import ServerStore
 from producers.harness import start_stack
-from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
+from producers.ingest import IngestRequest, start_ingest, wait
 from search_api.client import Query, SearchClient
 
 PROBE_QUEUE = "medindex-bench-probe"
@@ -277,7 +276,9 @@ def in_process_searches(root: Path, names: list[str]) -> dict[str, dict]:
     """The filtered search's latency on Edge itself, no broker (the store worker stopped)."""
     store = EdgeStore(root)
     figures = {
-        name: _latencies(lambda v, name=name: store.search(name, v, SEARCH_FILTER))
+        name: _latencies(
+            lambda v, name=name: store.search(name, SearchRequest(vector=v, filter=SEARCH_FILTER))
+        )
         for name in names
     }
     store.close()
@@ -379,7 +380,7 @@ class Stack:
         ingest.start()
         figures[f"ingesting_{max(sizes)}"] = _latencies(search(largest), until=ingested)
         ingest.join()
-        store = RemoteStore(self.settings)
+        store = open_store(self.settings)
         built = threading.Event()
         started = time.perf_counter()
         store.start_index(largest)
@@ -399,18 +400,18 @@ class Stack:
 
         client = connect_redis(self.settings.broker_url)
         ref = resolve(str(data))
-        with app.producer_or_acquire() as producer:
+        with senders.connection() as producer:
             for i in range(jobs):
                 rows = list(range(i * 16, i * 16 + 16))
                 job = EmbedJob(job_id=f"{i:012x}", collection="bench", source=ref,
                                model=self.settings.model, rows=rows)  # fmt: skip
-                enqueue_one(job, PROBE_QUEUE, producer)
+                senders.send_embed_job(job, producer, queue=PROBE_QUEUE)
         used = client.memory_usage(PROBE_QUEUE, samples=0)
         client.delete(PROBE_QUEUE)
         return used / jobs
 
 
-def _wait_for_index(store: RemoteStore, name: str, built: threading.Event) -> None:
+def _wait_for_index(store: Admin, name: str, built: threading.Event) -> None:
     while not store.index_ready(name):
         time.sleep(0.5)
     built.set()

@@ -462,7 +462,7 @@ def register_rollback(commands: argparse._SubParsersAction) -> None:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from pipeline.remote_store import open_store
+    from pipeline.store import open_store
     from producers.reindex import rollback
 
     was, now = rollback(open_store(get_settings()), args.alias)
@@ -478,7 +478,7 @@ def register_collections(commands: argparse._SubParsersAction) -> None:
 
 def _collections(args: argparse.Namespace) -> int:
     from pipeline.catalog import collection_rows
-    from pipeline.remote_store import open_store
+    from pipeline.store import open_store
 
     rows = collection_rows(open_store(get_settings()))
     if args.json:

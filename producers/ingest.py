@@ -11,14 +11,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kombu import Producer
 from redis import Redis, RedisError
 
-from pipeline.celery_app import EMBED_QUEUE, UNACKED, UPSERT_QUEUE, app
+from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
+from pipeline.messages import EMBED_QUEUE, UNACKED, UPSERT_QUEUE
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import (
@@ -29,12 +28,11 @@ from pipeline.sources import (
     source_class,
     versioned,
 )
+from pipeline.store import Admin, open_store
 from producers.schema import SchemaError, collection_schema
 
 log = logging.getLogger(__name__)
 
-EMBED_TASK = "medindex.embed"
-UPSERT_TASK = "medindex.upsert"
 LOCK = "medindex:reindex-lock:"  # an alias -> held by a reindex of it, or an ingest into it
 
 
@@ -132,7 +130,7 @@ def alias_lock(redis: Redis, name: str, lifetime: int, busy: str) -> Iterator[No
             lock.release()
 
 
-def _lock_name(collection: str, store: AnyStore) -> str:
+def _lock_name(collection: str, store: Admin) -> str:
     """Whose lock a write into `collection` takes: the alias serving it, else its own name (an
     alias, or a plain collection that a reindex of that name would adopt)."""
     serving = {target: alias for alias, target in store.aliases().items()}
@@ -151,7 +149,7 @@ def source_ref(request: IngestRequest) -> SourceRef:
     return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
 
 
-def _recorded_schema(request: IngestRequest, store: AnyStore) -> dict | None:
+def _recorded_schema(request: IngestRequest, store: Admin) -> dict | None:
     """The schema the collection records; for one recording none yet, `schema_from`'s."""
     names = set(store.collections()) | set(store.aliases())
     return next(
@@ -208,16 +206,9 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     to_embed = [row for row in failed if row not in parked_rows]
     # Pending again from here; should sending fail, `ingest --job-id` finds them unfinished.
     tracker.clear_failures(job_id, failed)
-    with app.producer_or_acquire() as producer:
+    with senders.connection() as producer:
         for batch in batches:
-            app.send_task(
-                UPSERT_TASK,
-                kwargs={"batch": batch.model_dump()},
-                argsrepr="()",  # what Flower shows and keeps: never the payloads
-                kwargsrepr=f"job {job_id}: {len(batch)} parked points",
-                queue=UPSERT_QUEUE,
-                producer=producer,
-            )
+            senders.send_points(batch, parked=True, producer=producer)
     tracker.unpark(job_id, len(parked))
     _enqueue_rows(job_id, meta, to_embed, settings)
     return len(to_embed), len(parked_rows)
@@ -269,7 +260,7 @@ def enqueue(
 ) -> None:
     # Stamped now, not when the job began: rows sent again after a fix must read the fix.
     ref = versioned(ref)
-    with app.producer_or_acquire() as producer:
+    with senders.connection() as producer:
         for rows in shard_rows:
             job = EmbedJob(
                 job_id=job_id,
@@ -279,17 +270,7 @@ def enqueue(
                 pooling=pooling,
                 rows=rows,
             )
-            enqueue_one(job, EMBED_QUEUE, producer)
-
-
-def enqueue_one(job: EmbedJob, queue: str, producer: Producer) -> None:
-    app.send_task(
-        EMBED_TASK,
-        args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
-        argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",  # what Flower shows
-        queue=queue,
-        producer=producer,
-    )
+            senders.send_embed_job(job, producer)
 
 
 def wait(

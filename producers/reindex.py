@@ -20,10 +20,10 @@ from pipeline.errors import MedindexError
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.quality import knn_agreement, label_field
-from pipeline.remote_store import AnyStore, open_store
 from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import source_class
+from pipeline.store import Admin, SearchRequest, finish_bulk, open_store
 from producers.ingest import (
     IngestRequest,
     JobChanged,
@@ -154,7 +154,7 @@ def _reindex(
     progress = wait(tracker, job_id, on_progress, settings=settings)
     if progress.cancelled:
         raise MedindexError(f"reindex job {job_id} was cancelled; run the same command to resume")
-    store.finish_bulk(collection)
+    finish_bulk(store, collection)
 
     summary = {
         "alias": request.alias,
@@ -197,7 +197,7 @@ def _reindex(
     return summary
 
 
-def rollback(store: AnyStore, alias: str) -> tuple[str, str]:
+def rollback(store: Admin, alias: str) -> tuple[str, str]:
     """Point the alias back at the newest version older than the serving one."""
     serving = store.aliases().get(alias)
     if serving is None:
@@ -232,7 +232,7 @@ def _record_pending(redis: Redis, alias: str, pending: dict) -> None:
     redis.set(PENDING + alias, json.dumps(pending))
 
 
-def _abandon(store: AnyStore, tracker: JobTracker, pending: dict, reason: str) -> str:
+def _abandon(store: Admin, tracker: JobTracker, pending: dict, reason: str) -> str:
     """Drop an interrupted reindex's version that cannot be resumed: its job is cancelled (its
     queued shards are skipped), its collection deleted. Returns what was dropped and why."""
     collection, job_id = pending["collection"], pending["job_id"]
@@ -243,7 +243,7 @@ def _abandon(store: AnyStore, tracker: JobTracker, pending: dict, reason: str) -
 
 
 def _dropped_points(
-    store: AnyStore, serving: str, ref: SourceRef, points_then: int | None = None
+    store: Admin, serving: str, ref: SourceRef, points_then: int | None = None
 ) -> str | None:
     """Why switching away from the serving version would drop points: some are not of the
     data this reindex reads, or (given its size when the reindex started) some were written
@@ -267,7 +267,7 @@ def _dropped_points(
 
 
 def _verify(
-    store: AnyStore, collection: str, progress: Progress, ref: SourceRef, max_image_bytes: int
+    store: Admin, collection: str, progress: Progress, ref: SourceRef, max_image_bytes: int
 ) -> None:
     count = store.count(collection)
     if count != progress.indexed:
@@ -287,7 +287,7 @@ def _verify(
             raise ReindexRefused(f"point {point['id']} does not carry row {record.row}'s payload")
     vectors = store.retrieve(collection, [p["id"] for p in chosen], with_vectors=True)
     # A few hits, not one: an exact duplicate image may tie with the point itself.
-    queries = [{"vector": v["vector"], "limit": 4, "with_payload": False} for v in vectors]
+    queries = [SearchRequest(vector=v["vector"], limit=4, with_payload=False) for v in vectors]
     for point, hits in zip(vectors, store.search_batch(collection, queries), strict=True):
         if point["id"] not in {h["id"] for h in hits if h["score"] >= 0.999}:
             raise ReindexRefused(f"point {point['id']} does not find itself first")
@@ -309,7 +309,7 @@ def _guard(
         )
 
 
-def _prune(store: AnyStore, alias: str, keep: int, spare: set[str | None]) -> list[str]:
+def _prune(store: Admin, alias: str, keep: int, spare: set[str | None]) -> list[str]:
     """Delete the oldest versions beyond `keep`, never one an alias points to."""
     spare = spare | set(store.aliases().values())
     older = [name for _, name in versions(store.collections(), alias) if name not in spare]

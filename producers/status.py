@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.celery_app import EMBED_QUEUE, STORE_QUEUE, UNACKED, UPSERT_QUEUE, app
+from pipeline.celery_app import app
+from pipeline.messages import QUEUES, UNACKED
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.settings import Settings
 
@@ -10,7 +11,7 @@ from pipeline.settings import Settings
 def collect(settings: Settings, job_id: str | None = None) -> dict:
     client = connect_redis(settings.broker_url)
     tracker = JobTracker(client)
-    queues = {name: client.llen(name) for name in (EMBED_QUEUE, UPSERT_QUEUE, STORE_QUEUE)}
+    queues = {name: client.llen(name) for name in QUEUES}
     workers = sorted(name for reply in app.control.ping(timeout=1.0) for name in reply)
     job_ids = [job_id] if job_id else tracker.recent_jobs(limit=10)
     return {

@@ -50,7 +50,7 @@ def register_image(commands: argparse._SubParsersAction) -> None:
 
 def _image(args: argparse.Namespace) -> int:
     from pipeline.picture import picture_of
-    from pipeline.remote_store import open_reader
+    from pipeline.store import open_reader
 
     settings = get_settings()
     collection = args.collection or settings.collection

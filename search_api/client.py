@@ -13,11 +13,11 @@ from PIL import Image
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError, decode_rgb, to_rgb
 from pipeline.model_info import default_pooling
-from pipeline.remote_store import open_reader
 from pipeline.schemas import ReadOptions
 from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.sources import source_class, upload_format
-from pipeline.store import Hit, parse_filter
+from pipeline.store import Hit, RecommendRequest, SearchRequest, open_reader
+from pipeline.store.filters import parse_filter
 
 if TYPE_CHECKING:
     from pipeline.embedder import Embedder
@@ -75,7 +75,7 @@ class SearchClient:
         return get_embedder(model, self.settings.device, pooling, preprocessing)
 
     def search(self, collection: str, query: Query) -> list[Hit]:
-        return self.store.search(collection, **self._request(collection, query))
+        return self.store.search(collection, self._request(collection, query))
 
     def search_batch(self, collection: str, queries: list[Query]) -> list[list[Hit]]:
         """Many queries in one store call, each with its own filter, limit and payload."""
@@ -85,15 +85,10 @@ class SearchClient:
         self, collection: str, query: Query, group_by: str, groups: int = 10, per_group: int = 1
     ) -> list[dict]:
         """The closest cases per value of `group_by` (e.g. the most similar case per dx)."""
-        request = self._request(collection, query)
-        return self.store.groups(
-            collection,
-            request["vector"],
-            group_by,
-            limit=_bounded(groups),
-            group_size=_bounded(per_group),
-            filter=request["filter"],
-        )
+        asked = self._request(collection, query)
+        # Its vector and filter only: a query's threshold and payload choice are not applied.
+        request = SearchRequest(vector=asked.vector, filter=asked.filter, limit=_bounded(groups))
+        return self.store.groups(collection, request, group_by, _bounded(per_group))
 
     def recommend(
         self,
@@ -105,9 +100,13 @@ class SearchClient:
     ) -> list[Hit]:
         if not positive:
             raise QueryError("recommend needs at least one positive example")
-        return self.store.recommend(
-            collection, positive, negative or [], filter=_filter(filter), limit=_bounded(limit)
+        request = RecommendRequest(
+            positive=positive,
+            negative=negative or [],
+            filter=_filter(filter),
+            limit=_bounded(limit),
         )
+        return self.store.recommend(collection, request)
 
     def count(self, collection: str, filter: dict | None = None) -> int:
         return self.store.count(collection, filter=_filter(filter))
@@ -170,7 +169,7 @@ class SearchClient:
             return self.settings.read_options()
         return ReadOptions(**found[0]["payload"]["source"].get("options", {}))
 
-    def _request(self, collection: str, query: Query) -> dict:
+    def _request(self, collection: str, query: Query) -> SearchRequest:
         given = [x is not None for x in (query.image, query.point_id, query.vector)]
         if sum(given) != 1:
             raise QueryError("give exactly one of: an image, a point id, a vector")
@@ -180,13 +179,13 @@ class SearchClient:
             vector = self.vector_of(collection, query.point_id)
         else:
             vector = _vector(query.vector)
-        return {
-            "vector": vector,
-            "filter": _filter(query.filter),
-            "limit": _bounded(query.limit),
-            "score_threshold": query.score_threshold,
-            "with_payload": query.with_payload,
-        }
+        return SearchRequest(
+            vector=vector,
+            filter=_filter(query.filter),
+            limit=_bounded(query.limit),
+            score_threshold=query.score_threshold,
+            with_payload=query.with_payload,
+        )
 
 
 def _filter(value: dict | None) -> dict | None:

@@ -19,7 +19,6 @@ import io
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -38,7 +37,6 @@ from pipeline.images import ImageError
 from pipeline.picture import picture_of
 from pipeline.progress import connect_redis
 from pipeline.projection import (
-    MAP_TASK,
     MapVersion,
     cached_map,
     claim_map,
@@ -306,9 +304,9 @@ def embedding_map(collection: str) -> JSONResponse:
     kept = cached_map(redis, version)
     due = map_due(kept, info["points"], get_settings().map_refresh_s)
     if due and claim_map(redis, version):
-        from pipeline.celery_app import EMBED_QUEUE, app  # celery: slow to import
+        from pipeline.celery_app import senders  # celery: slow to import
 
-        app.send_task(MAP_TASK, kwargs=asdict(version), queue=EMBED_QUEUE)
+        senders.send_map_request(version.collection, version.made)
     if kept is not None:
         return JSONResponse(kept | {"state": "ready"})
     return JSONResponse({"state": map_state(redis, version) or "computing"}, 202)

@@ -27,15 +27,15 @@ from celery_batches.trace import apply_batches_task
 from kombu.exceptions import EncodeError, OperationalError
 from pydantic import ValidationError
 
-from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
+from pipeline.celery_app import app, senders
 from pipeline.embed import EmbedResult, embed_jobs
 from pipeline.embedder import Kernels, get_embedder, share_cpu
 from pipeline.errors import MedindexError, first_line
 from pipeline.logs import bind_job
+from pipeline.messages import EMBED_TASK
 from pipeline.schemas import EmbedJob
 from pipeline.settings import get_settings
 from tasks.batches import RestartableBatches
-from tasks.upsert import upsert
 from tasks.worker_state import tracker
 
 log = get_task_logger(__name__)
@@ -66,7 +66,6 @@ class Delivery:
     id: str
     job: EmbedJob
     retries: int
-    args: tuple
 
 
 class JobBatches(RestartableBatches):
@@ -117,7 +116,7 @@ def _apply_embed(task: JobBatches, requests: list[SimpleRequest]) -> Any:
     return apply_batches_task(task, (requests,), 0, None)
 
 
-@app.task(name="medindex.embed", base=JobBatches)
+@app.task(name=EMBED_TASK, base=JobBatches)
 def embed(requests: list[SimpleRequest]) -> dict[str, bool]:
     """Embed the call's jobs; returns, per message id, True to acknowledge it (its points sent
     on, its rows failed with a reason, or a later try queued) and False to requeue it."""
@@ -143,7 +142,7 @@ def _parse(request: SimpleRequest) -> Delivery | None:
         log.error("message %s is no embed job, dropped: %s", request.id, first_line(exc))
         return None
     retries = int((request.request_dict or {}).get("retries") or 0)
-    return Delivery(request.id, job, retries, tuple(request.args))
+    return Delivery(request.id, job, retries)
 
 
 def _admit(delivery: Delivery, acks: dict[str, bool]) -> bool:
@@ -211,13 +210,7 @@ def _retry_or_fail(delivery: Delivery, exc: Exception) -> bool:
         log.warning("job=%s: %s; try %d again", job.job_id, reason, delivery.retries)
         tracker().end_delivery(job.job_id, job.rows[0])
         # What `Task.retry` does: a copy of the message, one try further, sent later.
-        embed.apply_async(
-            args=delivery.args,
-            countdown=2**delivery.retries,
-            retries=delivery.retries + 1,
-            queue=EMBED_QUEUE,
-            argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",
-        )
+        senders.send_embed_job(job, countdown=2**delivery.retries, retries=delivery.retries + 1)
         return True
     log.error("job=%s: %s", job.job_id, reason, exc_info=not isinstance(exc, DETERMINISTIC))
     _fail(job, reason)
@@ -235,13 +228,7 @@ def _send(job: EmbedJob, result: EmbedResult) -> None:
     tracker().mark_failed(job.job_id, result.failures)
     tracker().mark_embedded(job.job_id, result.batch.rows)
     if len(result.batch):
-        upsert.apply_async(
-            kwargs={"batch": result.batch.model_dump(), "ends_job": _ends_job(job.job_id)},
-            queue=UPSERT_QUEUE,
-            # What Flower shows and keeps: never the payloads (patient metadata).
-            argsrepr="()",
-            kwargsrepr=f"job {job.job_id}: {len(result.batch)} points",
-        )
+        senders.send_points(result.batch, ends_job=_ends_job(job.job_id))
     log.info(
         "job=%s rows %d-%d: %d embedded, %d failed",
         job.job_id, job.rows[0], job.rows[-1], len(result.batch), len(result.failures),

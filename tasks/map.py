@@ -6,9 +6,10 @@ import logging
 
 from pipeline.celery_app import app
 from pipeline.errors import first_line
-from pipeline.projection import MAP_TASK, MapVersion, claim_map, keep_map, make_map, map_failed
-from pipeline.remote_store import open_reader
+from pipeline.messages import MAP_TASK
+from pipeline.projection import MapVersion, claim_map, keep_map, make_map, map_failed
 from pipeline.settings import get_settings
+from pipeline.store import open_reader
 from tasks.worker_state import tracker
 
 log = logging.getLogger(__name__)

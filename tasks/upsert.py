@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -25,8 +24,9 @@ from kombu.exceptions import OperationalError
 
 from pipeline import ledger
 from pipeline.batching import plan_flush
-from pipeline.celery_app import UPSERT_QUEUE, app
+from pipeline.celery_app import app, senders
 from pipeline.logs import bind_job
+from pipeline.messages import UPSERT_TASK
 from pipeline.progress import BrokerError
 from pipeline.schemas import PointBatch, UnwritablePoints, read_points
 from pipeline.settings import get_settings
@@ -168,31 +168,27 @@ class PointBatches(RestartableBatches):
         further, then the original acknowledged. One that has used its retries has its
         points parked with the reason instead, never to come round again."""
         retries = int((request.request_dict or {}).get("retries") or 0)
-        batch = request.kwargs["batch"]  # read whole when it arrived
+        batch = PointBatch.model_validate(request.kwargs["batch"])  # read whole when it arrived
         if retries >= settings.upsert_max_retries:
             reason = (
                 f"the write of these points failed {retries + 1} times "
                 "(the call raised, or its process died)"
             )
-            log.error("job=%s: point message %s parked: %s", batch["job_id"], request.id, reason)
-            kept = PointBatch.model_validate(batch)
+            log.error("job=%s: point message %s parked: %s", batch.job_id, request.id, reason)
             self._finish(
                 request,
-                lambda: ledger.park(tracker(), kept, reason),
+                lambda: ledger.park(tracker(), batch, reason),
                 "task-failed",
                 exception=reason,
             )
             return
-        send_again = partial(
-            upsert.apply_async,
-            kwargs=request.kwargs,
-            task_id=request.id,
-            retries=retries + 1,
-            queue=UPSERT_QUEUE,
-            argsrepr="()",
-            kwargsrepr=f"job {batch['job_id']}: {len(batch['ids'])} points, retry {retries + 1}",
+        ends_job = bool(request.kwargs.get("ends_job"))
+        self._finish(
+            request,
+            lambda: senders.send_points(batch, ends_job, task_id=request.id, retries=retries + 1),
+            "task-retried",
+            exception="write failed",
         )
-        self._finish(request, send_again, "task-retried", exception="write failed")
 
     def _finish(self, request: Any, act: Callable[[], object], event: str, **fields: str) -> None:
         """`act` (record the message's fate in its job's state, or send it again), then the
@@ -214,7 +210,7 @@ def _apply_write(
     return apply_batches_task(task, (requests, spans, deadline), 0, None)
 
 
-@app.task(name="medindex.upsert", base=PointBatches)
+@app.task(name=UPSERT_TASK, base=PointBatches)
 def upsert(requests: list[SimpleRequest], spans: list, deadline: float) -> dict:
     batches = [PointBatch.model_validate(r.kwargs["batch"]) for r in requests]
     bind_job(",".join(sorted({b.job_id for b in batches})))

@@ -175,8 +175,8 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     os.environ.update(env)  # this process reads the same settings as the stack
     from pipeline.progress import JobTracker, connect_redis
     from pipeline.random_models import build_random_vit
-    from pipeline.remote_store import open_store
     from pipeline.settings import get_settings
+    from pipeline.store import open_store
     from producers.harness import start_stack
     from producers.ingest import IngestRequest, retry_failed, start_ingest, wait
 

@@ -384,7 +384,7 @@ class Ingest:
         return wait(tracker, job_id, lambda _: None, timeout_s=600, settings=settings).finished
 
     def _measure(self, one: Figures, tracker: object, job_id: str, settings: object) -> bool:
-        from pipeline.remote_store import open_store
+        from pipeline.store import open_store
 
         measure(one, open_store(settings), tracker, job_id, self.bad, self.collection)
         return True

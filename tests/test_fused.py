@@ -27,7 +27,7 @@ from pipeline.quality import embedding_parity
 from pipeline.schemas import EmbedJob, PointBatch
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
-from pipeline.store_edge import EdgeStore
+from pipeline.store.edge import EdgeStore
 from producers.harness import RunningStack, running_stack
 
 

@@ -21,11 +21,11 @@ from kombu import Connection
 from PIL import Image
 from test_bad_input import assert_one_line_error
 
-from pipeline.celery_app import UNACKED, UPSERT_QUEUE
+from pipeline.messages import UNACKED, UPSERT_QUEUE
 from pipeline.progress import JobTracker, connect_redis
-from pipeline.remote_store import open_store
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
+from pipeline.store import open_store
 from producers.harness import start_stack
 from producers.ingest import enqueue, wait
 
@@ -273,7 +273,7 @@ def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
             [
                 sys.executable,
                 "-c",
-                "from pipeline.remote_store import open_store; from "
+                "from pipeline.store import open_store; from "
                 f"pipeline.settings import get_settings; {make}",
             ],
             env=env,

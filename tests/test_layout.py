@@ -12,10 +12,11 @@ import pytest
 from qdrant_client import models
 
 from pipeline.errors import MedindexError
-from pipeline.layout import CollectionLayout, collection_layout
 from pipeline.schemas import point_id
 from pipeline.settings import Settings, get_settings
-from pipeline.store_server import ServerStore
+from pipeline.store import SearchRequest
+from pipeline.store.layout import CollectionLayout, collection_layout
+from pipeline.store.server import ServerStore
 
 PRODUCTION = {
     "MEDINDEX_QDRANT_SHARD_NUMBER": "6",
@@ -80,4 +81,5 @@ def test_a_created_collection_records_its_layout_and_searches_rescored(
     assert plain.metadata("c")["layout"]["quantization"] == "none"
     # Searches pass the rescoring parameters; local mode (exact, float32) ranks as before.
     assert layout.search_params().quantization.rescore is True
-    assert store.search("c", vectors[3], limit=5) == plain.search("c", vectors[3], limit=5)
+    nearest = SearchRequest(vector=vectors[3].tolist(), limit=5)
+    assert store.search("c", nearest) == plain.search("c", nearest)

@@ -12,7 +12,7 @@ from conftest import Stack
 from test_http import serving
 from test_operations import flower
 
-from pipeline.projection import MAP_TASK
+from pipeline.messages import MAP_TASK
 from pipeline.samples import write_sample_dataset
 
 COLLECTION = "growing"

@@ -21,10 +21,10 @@ from conftest import ARTIFACTS, N_IMAGES, Stack
 from pipeline.celery_app import app
 from pipeline.logs import JobContext, configure
 from pipeline.progress import JobTracker, connect_redis
-from pipeline.remote_store import MANAGE_TASK, QUERY_TASK, RemoteStore
 from pipeline.samples import write_sample_dataset
 from pipeline.schemas import point_id
 from pipeline.settings import get_settings
+from pipeline.store.remote import PATHS, RemoteAdmin
 from producers.ingest import resend_pending
 from search_api import SearchClient
 
@@ -68,7 +68,7 @@ def test_no_store_call_argument_reaches_flower(stack: Stack) -> None:
     """Issue 21, item 14: the store calls' filters, point ids and specs were in their task
     events, which Flower shows and keeps in flower.db; a call shows as its method and
     collection only."""
-    store = RemoteStore(get_settings())
+    store = RemoteAdmin(get_settings())
     secret = f"flower-secret-{time.time_ns()}"
     point = point_id("flower", "train", secret)
 
@@ -103,7 +103,7 @@ def store_call_events(calls: Callable[[], None], expected: int) -> list[dict]:
         calls()
         deadline = time.monotonic() + 30
         while True:
-            ours = {e["uuid"] for e in events if e.get("name") in (QUERY_TASK, MANAGE_TASK)}
+            ours = {e["uuid"] for e in events if e.get("name") in PATHS}
             done = {e["uuid"] for e in events if e["type"] == "task-succeeded"}
             if len(ours) == expected and ours <= done:
                 return [e for e in events if e.get("uuid") in ours]

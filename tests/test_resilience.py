@@ -26,17 +26,17 @@ import yaml
 from chaos import fix_bad_images, indexed_keys, kill_and_wait_for_restart, write_laced_dataset
 from conftest import Stack
 
-from pipeline.celery_app import EMBED_QUEUE, UPSERT_QUEUE, app
+from pipeline.celery_app import app
 from pipeline.errors import MedindexError
+from pipeline.messages import EMBED_QUEUE, EMBED_TASK, UPSERT_TASK
 from pipeline.progress import JobTracker, Progress, connect_redis
-from pipeline.remote_store import RemoteStore, open_store
 from pipeline.samples import skin, write_sample_dataset
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
-from pipeline.store import StoreError
+from pipeline.store import StoreError, open_store
+from pipeline.store.remote import RemoteAdmin
 from producers.ingest import enqueue, wait
-from tasks.upsert import upsert
 
 ROOT = Path(__file__).resolve().parent.parent
 N_SMALL = 240
@@ -140,10 +140,8 @@ def point_message(job_id: str, collection: str, rows: range) -> dict:
 
 
 def send_points(message: dict, **options: object) -> None:
-    """Sent as the embed step sends it."""
-    upsert.apply_async(
-        kwargs=message, queue=UPSERT_QUEUE, argsrepr="()", kwargsrepr="test points", **options
-    )
+    """Sent as the embed step sends it, as it stands (a test may send a malformed one)."""
+    app.send_task(UPSERT_TASK, kwargs=message, argsrepr="()", kwargsrepr="test points", **options)
 
 
 def wait_for_log(stack: Stack, text: str, seen_before: int, timeout_s: float = 60) -> None:
@@ -242,7 +240,7 @@ def test_a_store_call_whose_caller_gave_up_is_refused_not_run_late(
     store.ensure_collection("late_victim", {"dim": 4})
     store.ensure_collection("late_write", AS_INGEST_MAKES_IT)
     tracker.create("late", 16, {"collection": "late_write"})
-    impatient = RemoteStore(get_settings().model_copy(update={"store_call_timeout_s": 2}))
+    impatient = RemoteAdmin(get_settings().model_copy(update={"store_call_timeout_s": 2}))
     failed_tries = log(stack).count("points failed (try 1)")
     with locked_store("late_write"):
         send_points(point_message("late", "late_write", range(16)))
@@ -450,7 +448,7 @@ def test_delivery_settings() -> None:
 
 def test_workers_refuse_pickle(stack: Stack) -> None:
     assert "pickle" not in app.conf.accept_content
-    app.send_task("medindex.embed", kwargs={"job": {}}, serializer="pickle", queue=EMBED_QUEUE)
+    app.send_task(EMBED_TASK, kwargs={"job": {}}, serializer="pickle")
     deadline = time.monotonic() + 30
     while "Refusing to deserialize untrusted content of type pickle" not in log(stack):
         assert time.monotonic() < deadline, "a pickled message was not refused"

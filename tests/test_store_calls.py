@@ -12,24 +12,25 @@ import pytest
 import qdrant_edge
 from conftest import Stack, run_medindex
 
-from pipeline.celery_app import STORE_QUEUE, UNACKED, app
-from pipeline.remote_store import MANAGE_TASK, QUERY_TASK, REPLY_PREFIX, RemoteReader, RemoteStore
+from pipeline.celery_app import app
+from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_TASK, UNACKED
 from pipeline.settings import get_settings
-from pipeline.store import StoreError
-from pipeline.store_server import ServerStore
+from pipeline.store import SearchRequest, StoreError
+from pipeline.store.remote import REPLY_PREFIX, RemoteAdmin, RemoteReader
+from pipeline.store.server import ServerStore
 
 
 @pytest.fixture()
-def remote(stack: Stack) -> RemoteStore:
-    return RemoteStore(get_settings())
+def remote(stack: Stack) -> RemoteAdmin:
+    return RemoteAdmin(get_settings())
 
 
 def forge(task: str, method: str, args: list, reply_to: str) -> None:
     call = {"method": method, "args": args, "kwargs": {}, "reply_to": reply_to}
-    app.send_task(task, kwargs=call, queue=STORE_QUEUE)
+    app.send_task(task, kwargs=call)
 
 
-def test_answers_go_only_to_fresh_reply_keys(remote: RemoteStore) -> None:
+def test_answers_go_only_to_fresh_reply_keys(remote: RemoteAdmin) -> None:
     """Issue 12, item 11: answering used to push to any key and set a 300 s expiry on it."""
     r = remote.redis
     r.hset(UNACKED, "sentinel-delivery", "kept")
@@ -38,7 +39,7 @@ def test_answers_go_only_to_fresh_reply_keys(remote: RemoteStore) -> None:
     r.rpush(taken, "someone else's")
     try:
         for key in (UNACKED, "medindex:job:j1:indexed", taken, REPLY_PREFIX + "not-hex"):
-            forge(QUERY_TASK, "collections", [], key)
+            forge(STORE_QUERY_TASK, "collections", [], key)
         remote.collections()  # answered after the forged calls: one store worker, in order
         assert r.ttl(UNACKED) == -1 and r.hget(UNACKED, "sentinel-delivery") == "kept"
     finally:
@@ -48,7 +49,7 @@ def test_answers_go_only_to_fresh_reply_keys(remote: RemoteStore) -> None:
     assert not r.exists(REPLY_PREFIX + "not-hex")
 
 
-def test_the_query_path_refuses_management_calls(remote: RemoteStore) -> None:
+def test_the_query_path_refuses_management_calls(remote: RemoteAdmin) -> None:
     remote.ensure_collection("kept", {"dim": 4})
     reader = RemoteReader(get_settings())
     assert not hasattr(reader, "delete_collection")  # a search process has no such method
@@ -58,14 +59,26 @@ def test_the_query_path_refuses_management_calls(remote: RemoteStore) -> None:
         ("set_metadata", ["kept", {"model": "forged"}]),
     ):
         with pytest.raises(StoreError, match="not allowed on this path"):
-            reader._call(QUERY_TASK, method, *args)
+            reader._call(STORE_QUERY_TASK, method, *args)
     assert "kept" in remote.collections() and "kept_alias" not in remote.aliases()
     assert "model" not in remote.metadata("kept")
     with pytest.raises(StoreError, match="not allowed on this path"):
-        remote._call(MANAGE_TASK, "search", "kept", [0.0] * 4)
+        remote._call(STORE_MANAGE_TASK, "search", "kept", [0.0] * 4)
 
 
-def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteStore) -> None:
+def test_the_store_worker_checks_arguments_against_the_protocol(remote: RemoteAdmin) -> None:
+    """Issue 22: a typed request crosses the broker as JSON and arrives typed; one that does
+    not fit the protocol's type hints is refused on one line, as the caller's mistake."""
+    remote.ensure_collection("typed", {"dim": 4})
+    assert remote.search("typed", SearchRequest(vector=[0.1, 0.2, 0.3, 0.4])) == []
+    with pytest.raises(StoreError, match=r"^store call search: request\.vector: ") as refused:
+        remote._call(STORE_QUERY_TASK, "search", "typed", {"vector": "up"})
+    assert not refused.value.transient and "\n" not in str(refused.value)
+    with pytest.raises(StoreError, match="store call groups failed: missing a required argument"):
+        remote._call(STORE_QUERY_TASK, "groups", "typed")
+
+
+def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteAdmin) -> None:
     with pytest.raises(StoreError, match="does not exist") as mistake:
         remote.count("no_such_collection")
     assert not mistake.value.transient
@@ -75,14 +88,14 @@ def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteStore) -> None
     shard = qdrant_edge.EdgeShard.load(str(shard_path))
     try:
         with pytest.raises(StoreError, match="held by another process") as outage:
-            remote.search("held", np.ones(4).tolist())
+            remote.search("held", SearchRequest(vector=np.ones(4).tolist()))
         assert outage.value.transient
     finally:
         shard.close()
     assert remote.count("held") == 0
 
 
-def test_http_answers_503_for_an_outage_and_400_for_a_mistake(remote: RemoteStore) -> None:
+def test_http_answers_503_for_an_outage_and_400_for_a_mistake(remote: RemoteAdmin) -> None:
     """The refusal's kind decides the status, not its wording."""
     from fastapi.testclient import TestClient
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from pipeline.schemas import point_id
-from pipeline.store import Store, StoreError
-from pipeline.store_edge import EdgeStore
-from pipeline.store_server import ServerStore
+from pipeline.store import RecommendRequest, SearchRequest, Store, StoreError, finish_bulk
+from pipeline.store.edge import EdgeStore
+from pipeline.store.server import ServerStore
 
 DIM = 16
 N = 300
@@ -90,8 +90,8 @@ def ids_scores(hits: list[dict]) -> list[tuple[str, float]]:
 @pytest.mark.parametrize("where", FILTERS, ids=range(len(FILTERS)))
 def test_filtered_search_count_and_threshold(store: Store, reference: Store, where: dict) -> None:
     for threshold in (None, 0.2):
-        got = store.search("c", QUERY, where, limit=15, score_threshold=threshold)
-        want = reference.search("c", QUERY, where, limit=15, score_threshold=threshold)
+        request = SearchRequest(vector=QUERY, filter=where, limit=15, score_threshold=threshold)
+        got, want = store.search("c", request), reference.search("c", request)
         assert ids_scores(got) == ids_scores(want)
         assert [h["payload"] for h in got] == [h["payload"] for h in want]
     assert store.count("c", where) == reference.count("c", where)
@@ -99,30 +99,53 @@ def test_filtered_search_count_and_threshold(store: Store, reference: Store, whe
 
 def test_payload_selectors_and_vectors(store: Store, reference: Store) -> None:
     for selector in (False, ["dx"], {"include": ["dx", "age"]}, {"exclude": ["image_id"]}):
-        got = store.search("c", QUERY, limit=5, with_payload=selector)
-        want = reference.search("c", QUERY, limit=5, with_payload=selector)
+        request = SearchRequest(vector=QUERY, limit=5, with_payload=selector)
+        got, want = store.search("c", request), reference.search("c", request)
         assert [h["payload"] for h in got] == [h["payload"] for h in want]
-    hit = store.search("c", QUERY, limit=1, with_vectors=True)[0]
+    hit = store.search("c", SearchRequest(vector=QUERY, limit=1, with_vectors=True))[0]
     assert np.allclose(hit["vector"], VECTORS[0] / np.linalg.norm(VECTORS[0]), atol=1e-5)
 
 
 def test_batches_groups_and_recommend(store: Store, reference: Store) -> None:
     queries = [
-        {"vector": VECTORS[i].tolist(), "filter": FILTERS[i % len(FILTERS)], "limit": 3 + i}
+        SearchRequest(vector=VECTORS[i].tolist(), filter=FILTERS[i % len(FILTERS)], limit=3 + i)
         for i in range(5)
     ]
     got, want = store.search_batch("c", queries), reference.search_batch("c", queries)
     assert [ids_scores(h) for h in got] == [ids_scores(h) for h in want]
     for limit, size, where in ((4, 1, None), (3, 5, FILTERS[1]), (10, 2, FILTERS[5])):
-        got_groups = store.groups("c", QUERY, "dx", limit, size, where)
-        want_groups = reference.groups("c", QUERY, "dx", limit, size, where)
+        request = SearchRequest(vector=QUERY, filter=where, limit=limit)
+        got_groups = store.groups("c", request, "dx", size)
+        want_groups = reference.groups("c", request, "dx", size)
         assert [(g["group"], ids_scores(g["hits"])) for g in got_groups] == [
             (g["group"], ids_scores(g["hits"])) for g in want_groups
         ]
     for negative in ([], IDS[3:5]):
-        got_hits = store.recommend("c", IDS[:2], negative, FILTERS[3], limit=8)
-        want_hits = reference.recommend("c", IDS[:2], negative, FILTERS[3], limit=8)
+        examples = RecommendRequest(positive=IDS[:2], negative=negative, filter=FILTERS[3], limit=8)
+        got_hits = store.recommend("c", examples)
+        want_hits = reference.recommend("c", examples)
         assert ids_scores(got_hits) == ids_scores(want_hits)
+
+
+def test_groups_and_recommend_honour_the_whole_request(store: Store, reference: Store) -> None:
+    """A threshold, a payload choice and vectors hold for groups and recommendations as for a
+    search (Edge groups on whole payloads, then shows the ones asked for)."""
+    shown = {"score_threshold": 0.47, "with_payload": {"include": ["dx"]}, "with_vectors": True}
+    request = SearchRequest(vector=QUERY, limit=3, **shown)
+    got_groups = store.groups("c", request, "sex", 4)
+    want_groups = reference.groups("c", request, "sex", 4)
+    assert [g["group"] for g in got_groups] == [g["group"] for g in want_groups]
+    for got, want in zip(got_groups, want_groups, strict=True):
+        assert_same_hits(got["hits"], want["hits"])
+    examples = RecommendRequest(positive=IDS[:2], negative=IDS[3:5], limit=8, **shown)
+    assert_same_hits(store.recommend("c", examples), reference.recommend("c", examples))
+
+
+def assert_same_hits(got: list[dict], want: list[dict]) -> None:
+    assert ids_scores(got) == ids_scores(want) and got
+    assert [h["payload"] for h in got] == [h["payload"] for h in want]
+    assert all(set(h["payload"]) <= {"dx"} for h in got)
+    assert np.allclose([h["vector"] for h in got], [h["vector"] for h in want], atol=1e-5)
 
 
 def test_retrieve_scroll_and_info(store: Store) -> None:
@@ -144,7 +167,7 @@ def test_retrieve_scroll_and_info(store: Store) -> None:
 def test_aliases_versions_and_metadata(store: Store) -> None:
     store.ensure_collection("c__v2", SPEC, bulk=True)
     store.upsert("c__v2", IDS[:50], VECTORS[:50], PAYLOADS[:50])
-    store.finish_bulk("c__v2")
+    finish_bulk(store, "c__v2")
     store.switch_alias("c_alias", "c")
     assert store.count("c_alias") == N
     store.switch_alias("c_alias", "c__v2")
@@ -152,9 +175,8 @@ def test_aliases_versions_and_metadata(store: Store) -> None:
     assert store.count("c_alias") == 50
     with pytest.raises(StoreError, match="made with model"):  # an alias is its collection
         store.ensure_collection("c_alias", SPEC | {"model": "other"})
-    assert ids_scores(store.search("c_alias", QUERY, limit=3)) == ids_scores(
-        store.search("c__v2", QUERY, limit=3)
-    )
+    first = SearchRequest(vector=QUERY, limit=3)
+    assert ids_scores(store.search("c_alias", first)) == ids_scores(store.search("c__v2", first))
     store.set_metadata("c__v2", {"status": "verified"})
     assert store.metadata("c_alias") == store.metadata("c__v2")
     assert store.metadata("c_alias")["status"] == "verified"
@@ -200,8 +222,9 @@ def test_refusals_keep_their_kind(store: Store) -> None:
     nan[1, 3] = np.nan
     with pytest.raises(StoreError, match="NaN"):
         store.upsert("c", IDS[:2], nan, PAYLOADS[:2])
+    malformed = {"must": [{"key": "age", "range": {"gte": "old"}}]}
     with pytest.raises(StoreError, match="malformed filter"):
-        store.search("c", QUERY, {"must": [{"key": "age", "range": {"gte": "old"}}]})
+        store.search("c", SearchRequest(vector=QUERY, filter=malformed))
 
 
 # --- Edge only -------------------------------------------------------------------------------
@@ -217,7 +240,7 @@ def test_a_local_mode_folder_is_refused_with_how_to_rebuild(tmp_path: Path) -> N
 def test_one_process_per_embedded_store(tmp_path: Path) -> None:
     first = EdgeStore(tmp_path / "edge")
     code = (
-        "from pathlib import Path; from pipeline.store_edge import EdgeStore; EdgeStore(Path(%r))"
+        "from pathlib import Path; from pipeline.store.edge import EdgeStore; EdgeStore(Path(%r))"
     )
     second = subprocess.run(
         [sys.executable, "-c", code % str(tmp_path / "edge")], capture_output=True, text=True
@@ -230,7 +253,7 @@ WRITE_THEN_DIE = """
 import os, signal, sys
 from pathlib import Path
 import numpy as np
-from pipeline.store_edge import EdgeStore
+from pipeline.store.edge import EdgeStore
 store = EdgeStore(Path(sys.argv[1]))
 store.ensure_collection("d", {"dim": 16})
 ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(1000)]
@@ -290,7 +313,7 @@ def test_groups_read_a_bounded_part_of_the_collection(tmp_path: Path) -> None:
     store.ensure_collection("g", SPEC)
     store.upsert("g", ids, vectors, [{"dx": label} for label in labels])
     shard = store._shards["g"] = CountingShard(store._shards["g"])
-    groups = store.groups("g", query.tolist(), "dx", limit=100, group_size=1)
+    groups = store.groups("g", SearchRequest(vector=query.tolist(), limit=100), "dx", group_size=1)
     best = {label: max(np.flatnonzero(np.array(labels) == label), key=scores.__getitem__)
             for label in set(labels)}  # fmt: skip
     expected = sorted(best, key=lambda label: -scores[best[label]])

@@ -26,8 +26,8 @@ from pipeline.progress import JobTracker, connect_redis
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import Settings, get_settings
 from pipeline.store import StoreError
-from pipeline.store_edge import EdgeStore
-from pipeline.store_server import ServerStore
+from pipeline.store.edge import EdgeStore
+from pipeline.store.server import ServerStore
 from pipeline.writer import Span, Writer
 
 

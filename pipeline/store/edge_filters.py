@@ -8,7 +8,7 @@ from typing import Any
 import qdrant_edge as edge
 from qdrant_client import models
 
-from pipeline.store import StoreError
+from pipeline.store.errors import StoreError
 
 
 def edge_filter(value: models.Filter | None) -> edge.Filter | None:

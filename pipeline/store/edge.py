@@ -8,9 +8,7 @@ broker. Edge has no background optimiser and `optimize()` holds its process (the
 until done: a collection gets its HNSW index (`start_index`: a reindex's new version after its
 bulk load) in a child process that owns the shard until it is ready, so searches and writes of
 the other collections never wait behind it. Until then a collection is searched exactly (its
-payload indexes narrow a filtered search first).
-
-Run as `python -m pipeline.store_edge SHARD_DIR DIM M`: that child.
+payload indexes narrow a filtered search first). The child: `pipeline.store.edge_build`.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,42 +30,20 @@ from typing import Any
 import numpy as np
 import qdrant_edge as edge
 
-from pipeline.edge_filters import edge_filter, edge_payload_selector
 from pipeline.errors import MedindexError, first_line
-from pipeline.store import (
-    Hit,
-    Store,
-    StoreError,
-    added_indexes,
-    check_finite,
-    check_same_vectors,
-    parse_filter,
-    parse_payload_selector,
-    payload_indexes,
-    recommend_vector,
-    refuse_local_mode,
-    schema_update,
-    to_hit,
-)
+from pipeline.store.base import Store
+from pipeline.store.edge_build import HNSW_M, builder_argv, vector_config
+from pipeline.store.edge_filters import edge_filter, edge_payload_selector
+from pipeline.store.errors import StoreError
+from pipeline.store.filters import parse_filter, parse_payload_selector
+from pipeline.store.points import check_finite, to_hit
+from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
+from pipeline.store.types import Hit, RecommendRequest, SearchRequest
 
 log = logging.getLogger(__name__)
 
-HNSW_M = 16
-SCHEMA_TYPES = {
-    "keyword": edge.PayloadSchemaType.Keyword,
-    "integer": edge.PayloadSchemaType.Integer,
-    "float": edge.PayloadSchemaType.Float,
-    "bool": edge.PayloadSchemaType.Bool,
-    "datetime": edge.PayloadSchemaType.Datetime,
-    "uuid": edge.PayloadSchemaType.Uuid,
-}
 GROUP_READS = 5  # the server's bound: reads to find groups, and again to fill them
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
-
-
-def hnsw(m: int) -> edge.HnswIndexConfig:
-    """Qdrant's defaults; m=0 defers the graph (bulk load)."""
-    return edge.HnswIndexConfig(m=m, ef_construct=100, full_scan_threshold=10_000)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -194,7 +169,7 @@ class EdgeStore(Store):
             config = vector_config(spec["dim"], 0 if bulk else HNSW_M)
             shard = edge.EdgeShard.create(str(folder / "shard"), config)
             for field, kind in indexes.items():  # before the points: Qdrant's advice
-                shard.update(edge.UpdateOperation.create_field_index(field, SCHEMA_TYPES[kind]))
+                shard.update(_field_index(field, kind))
             shard.close()  # opened again by its first use
             meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False}  # no HNSW yet
             _write_json(
@@ -209,7 +184,7 @@ class EdgeStore(Store):
             shard = self._shard(name)
             with self._errors():
                 for field, kind in added.items():
-                    shard.update(edge.UpdateOperation.create_field_index(field, SCHEMA_TYPES[kind]))
+                    shard.update(_field_index(field, kind))
         if update := schema_update(recorded, spec):
             self.set_metadata(name, update)
 
@@ -221,8 +196,7 @@ class EdgeStore(Store):
         if shard is not None:
             shard.close()  # the builder owns it until it is ready
         shard_path, dim = self._folder(name) / "shard", self._meta(name)["dim"]
-        argv = [sys.executable, "-m", "pipeline.store_edge", str(shard_path), str(dim), str(m)]
-        self._builds[name] = subprocess.Popen(argv)
+        self._builds[name] = subprocess.Popen(builder_argv(shard_path, dim, m))
         log.info("building the index of %s in process %d", name, self._builds[name].pid)
 
     def index_ready(self, name: str) -> bool:
@@ -317,45 +291,21 @@ class EdgeStore(Store):
     def metadata(self, name: str) -> dict:
         return self._meta(self._resolve(name))["metadata"]
 
-    def search(
-        self,
-        name: str,
-        vector: Sequence[float],
-        filter: dict | None = None,
-        limit: int = 10,
-        score_threshold: float | None = None,
-        with_payload: bool | list | dict = True,
-        with_vectors: bool = False,
-    ) -> list[Hit]:
-        request = self._query(vector, filter, limit, score_threshold, with_payload, with_vectors)
+    def search(self, name: str, request: SearchRequest) -> list[Hit]:
+        query = _query(request)
         shard = self._shard(name)
         with self._errors():
-            return [to_hit(p) for p in shard.query(request)]
+            return [to_hit(p) for p in shard.query(query)]
 
-    def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
-        requests = [
-            self._query(
-                q["vector"],
-                q.get("filter"),
-                q.get("limit", 10),
-                q.get("score_threshold"),
-                q.get("with_payload", True),
-            )
-            for q in queries
-        ]
+    def search_batch(self, name: str, requests: list[SearchRequest]) -> list[list[Hit]]:
+        queries = [_query(r) for r in requests]
         shard = self._shard(name)
         with self._errors():
-            results = shard.query_batch(edge.QueryBatchRequest(requests))
+            results = shard.query_batch(edge.QueryBatchRequest(queries))
         return [[to_hit(p) for p in points] for points in results]
 
     def groups(
-        self,
-        name: str,
-        vector: Sequence[float],
-        group_by: str,
-        limit: int = 10,
-        group_size: int = 1,
-        filter: dict | None = None,
+        self, name: str, request: SearchRequest, group_by: str, group_size: int = 1
     ) -> list[dict]:
         """Edge's binding has no query_groups: the server's own algorithm over plain queries.
         Each read takes the next `limit * group_size` hits outside the full groups (and the
@@ -363,42 +313,57 @@ class EdgeStore(Store):
         ones. Bounded like the server's, whatever the collection's size: with fewer values
         than `limit`, a read or two, and the groups found."""
         shard = self._shard(name)
-        found = _Grouping(group_by, limit, group_size)
+        found = _Grouping(group_by, request.limit, group_size)
         for narrowing in (found.outside_full_groups, found.within_open_groups):
             for _ in range(GROUP_READS):
                 if found.complete or (where := narrowing()) is None:
                     break
-                request = self._query(
-                    vector, found.read_filter(filter, where), found.page, None, True
+                read = request.model_copy(  # whole payloads: a hit's groups are read there
+                    update={
+                        "filter": found.read_filter(request.filter, where),
+                        "limit": found.page,
+                        "with_payload": True,
+                    }
                 )
                 with self._errors():
-                    points = shard.query(request)
+                    points = shard.query(_query(read))
                 if not points:
                     break
                 found.add(points)
-        return [{"group": value, "hits": hits} for value, hits in found.best()]
+        groups = found.best()
+        if request.with_payload is not True:
+            groups = self._payloads_as_asked(shard, groups, request.with_payload)
+        return [{"group": value, "hits": hits} for value, hits in groups]
 
-    def recommend(
-        self,
-        name: str,
-        positive: Sequence[str],
-        negative: Sequence[str] = (),
-        filter: dict | None = None,
-        limit: int = 10,
-    ) -> list[Hit]:
-        examples = [*positive, *negative]
+    def _payloads_as_asked(
+        self, shard: edge.EdgeShard, groups: list[tuple[Any, list[Hit]]], selector: Any
+    ) -> list[tuple[Any, list[Hit]]]:
+        """The groups' hits with the payload the request selects, read again by id."""
+        ids = [_point_id(hit["id"]) for _, hits in groups for hit in hits]
+        with_payload = edge_payload_selector(parse_payload_selector(selector))
+        with self._errors():
+            records = shard.retrieve(ids, with_payload, False)
+        payloads = {str(r.id): r.payload or {} for r in records}
+        return [
+            (value, [hit | {"payload": payloads[hit["id"]]} for hit in hits])
+            for value, hits in groups
+        ]
+
+    def recommend(self, name: str, request: RecommendRequest) -> list[Hit]:
+        examples = [*request.positive, *request.negative]
         found = {p["id"]: p["vector"] for p in self.retrieve(name, examples, with_vectors=True)}
         try:
             vectors = [found[_id_text(i)] for i in examples]
         except KeyError as exc:
             raise StoreError(f"no point {exc.args[0]!r} in collection {name!r}") from exc
-        dim = len(vectors[0])
-        query = recommend_vector(
-            np.array(vectors[: len(positive)]), np.array(vectors[len(positive) :]).reshape(-1, dim)
+        dim, positives = len(vectors[0]), len(request.positive)
+        vector = recommend_vector(
+            np.array(vectors[:positives]), np.array(vectors[positives:]).reshape(-1, dim)
         )
         without = {"must_not": [{"has_id": examples}]}
-        combined = {"must": [filter], **without} if filter else without
-        return self.search(name, query.tolist(), combined, limit)
+        where = {"must": [request.filter], **without} if request.filter else without
+        options = request.model_dump(exclude={"positive", "negative", "filter"})
+        return self.search(name, SearchRequest(vector=vector.tolist(), filter=where, **options))
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         shard = self._shard(name)
@@ -441,24 +406,6 @@ class EdgeStore(Store):
         self._lock.close()
 
     # --- helpers --------------------------------------------------------------------------
-
-    def _query(
-        self,
-        vector: Sequence[float],
-        filter: dict | None,
-        limit: int,
-        score_threshold: float | None,
-        with_payload: bool | list | dict,
-        with_vectors: bool = False,
-    ) -> edge.QueryRequest:
-        return edge.QueryRequest(
-            limit=limit,
-            query=edge.Query.Nearest([float(x) for x in vector]),
-            filter=edge_filter(parse_filter(filter)),
-            score_threshold=score_threshold,
-            with_payload=edge_payload_selector(parse_payload_selector(with_payload)),
-            with_vector=with_vectors,
-        )
 
     def _folder(self, name: str) -> Path:
         _check_name(name)
@@ -522,21 +469,35 @@ def _check_name(name: str) -> None:
         )
 
 
-def vector_config(dim: int, m: int) -> edge.EdgeConfig:
-    return edge.EdgeConfig(
-        vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
-        hnsw_config=hnsw(m),
+def _field_index(field: str, kind: str) -> edge.UpdateOperation:
+    """A payload index, its type named as in the spec ("keyword": PayloadSchemaType.Keyword)."""
+    schema_type = getattr(edge.PayloadSchemaType, kind.capitalize())
+    return edge.UpdateOperation.create_field_index(field, schema_type)
+
+
+def _query(request: SearchRequest) -> edge.QueryRequest:
+    return edge.QueryRequest(
+        limit=request.limit,
+        query=edge.Query.Nearest(request.vector),
+        filter=edge_filter(parse_filter(request.filter)),
+        score_threshold=request.score_threshold,
+        with_payload=edge_payload_selector(parse_payload_selector(request.with_payload)),
+        with_vector=request.with_vectors,
     )
 
 
-def build_index(shard_path: str, dim: int, m: int) -> None:
-    """Open the shard with HNSW enabled and optimise it: the slow part, in its own process."""
-    shard = edge.EdgeShard.load(shard_path, vector_config(dim, m))
-    started = time.perf_counter()
-    shard.optimize()
-    shard.close()
-    print(f"indexed {shard_path} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+def recommend_vector(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Qdrant's default `average_vector` strategy: mean(pos) + (mean(pos) - mean(neg))."""
+    mean = positives.mean(axis=0)
+    return mean + (mean - negatives.mean(axis=0)) if len(negatives) else mean
 
 
-if __name__ == "__main__":
-    build_index(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+def refuse_local_mode(root: Path) -> None:
+    """A folder written by qdrant-client's local mode (the embedded engine before Edge) is
+    never misread as an empty store."""
+    if (root / "meta.json").is_file() or (root / "collection").is_dir():
+        raise StoreError(
+            f"{root} holds a store made by the old embedded engine (qdrant-client local mode), "
+            f"which medindex no longer reads: move it aside (mv {root} {root}.old) and rebuild "
+            "each collection from its source with `medindex reindex`"
+        )

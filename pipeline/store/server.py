@@ -22,32 +22,17 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from pipeline.errors import MedindexError, first_line, mask_url
-from pipeline.layout import CollectionLayout, collection_layout
 from pipeline.settings import Settings
-from pipeline.store import (
-    Hit,
-    Store,
-    StoreError,
-    added_indexes,
-    check_finite,
-    check_same_vectors,
-    parse_filter,
-    parse_payload_selector,
-    payload_indexes,
-    schema_update,
-    to_hit,
-)
+from pipeline.store.base import Store
+from pipeline.store.errors import StoreError
+from pipeline.store.filters import parse_filter, parse_payload_selector
+from pipeline.store.layout import CollectionLayout, collection_layout
+from pipeline.store.points import check_finite, to_hit
+from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
+from pipeline.store.types import Hit, HitOptions, RecommendRequest, SearchRequest
 
 log = logging.getLogger(__name__)
 
-SCHEMA_TYPES = {
-    "keyword": models.PayloadSchemaType.KEYWORD,
-    "integer": models.PayloadSchemaType.INTEGER,
-    "float": models.PayloadSchemaType.FLOAT,
-    "bool": models.PayloadSchemaType.BOOL,
-    "datetime": models.PayloadSchemaType.DATETIME,
-    "uuid": models.PayloadSchemaType.UUID,
-}
 # gRPC answers worth retrying (as REST's 5xx and 429): the server down or restarting, too slow,
 # or overloaded. Any other status is the request's fault and would fail again.
 TRANSIENT_GRPC = frozenset(
@@ -110,7 +95,7 @@ class ServerStore(Store):
             with warnings.catch_warnings():  # local mode ignores them; a server uses them
                 warnings.simplefilter("ignore", UserWarning)
                 for field, kind in indexes.items():  # before the points: Qdrant's advice
-                    self.client.create_payload_index(name, field, SCHEMA_TYPES[kind])
+                    self.client.create_payload_index(name, field, models.PayloadSchemaType(kind))
             log.info(
                 "created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description
             )
@@ -119,7 +104,7 @@ class ServerStore(Store):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             for field, kind in added_indexes(recorded, spec).items():
-                self.client.create_payload_index(name, field, SCHEMA_TYPES[kind])
+                self.client.create_payload_index(name, field, models.PayloadSchemaType(kind))
         if update := schema_update(recorded, spec):
             self.client.update_collection(name, metadata=update)
 
@@ -206,84 +191,48 @@ class ServerStore(Store):
             self._must_exist(name)
             return self.client.get_collection(name).config.metadata or {}
 
-    def search(
-        self,
-        name: str,
-        vector: Sequence[float],
-        filter: dict | None = None,
-        limit: int = 10,
-        score_threshold: float | None = None,
-        with_payload: bool | list | dict = True,
-        with_vectors: bool = False,
-    ) -> list[Hit]:
+    def search(self, name: str, request: SearchRequest) -> list[Hit]:
         with self._errors():
             response = self.client.query_points(
-                name,
-                query=list(vector),
-                query_filter=parse_filter(filter),
-                limit=limit,
-                score_threshold=score_threshold,
-                with_payload=parse_payload_selector(with_payload),
-                with_vectors=with_vectors,
-                search_params=self._search_params,
+                name, query=request.vector, **self._options(request)
             )
         return [to_hit(p) for p in response.points]
 
-    def search_batch(self, name: str, queries: Sequence[dict]) -> list[list[Hit]]:
+    def search_batch(self, name: str, requests: list[SearchRequest]) -> list[list[Hit]]:
         with self._errors():
-            requests = [
+            batch = [
                 models.QueryRequest(
-                    query=list(q["vector"]),
-                    filter=parse_filter(q.get("filter")),
-                    limit=q.get("limit", 10),
-                    score_threshold=q.get("score_threshold"),
-                    with_payload=parse_payload_selector(q.get("with_payload", True)),
+                    query=r.vector,
+                    filter=parse_filter(r.filter),
+                    limit=r.limit,
+                    score_threshold=r.score_threshold,
+                    with_payload=parse_payload_selector(r.with_payload),
+                    with_vector=r.with_vectors,
                     params=self._search_params,
                 )
-                for q in queries
+                for r in requests
             ]
-            responses = self.client.query_batch_points(name, requests=requests)
+            responses = self.client.query_batch_points(name, requests=batch)
         return [[to_hit(p) for p in r.points] for r in responses]
 
     def groups(
-        self,
-        name: str,
-        vector: Sequence[float],
-        group_by: str,
-        limit: int = 10,
-        group_size: int = 1,
-        filter: dict | None = None,
+        self, name: str, request: SearchRequest, group_by: str, group_size: int = 1
     ) -> list[dict]:
         with self._errors():
             result = self.client.query_points_groups(
                 name,
                 group_by=group_by,
-                query=list(vector),
-                query_filter=parse_filter(filter),
-                limit=limit,
+                query=request.vector,
                 group_size=group_size,
-                search_params=self._search_params,
+                **self._options(request),
             )
         return [{"group": g.id, "hits": [to_hit(p) for p in g.hits]} for g in result.groups]
 
-    def recommend(
-        self,
-        name: str,
-        positive: Sequence[str],
-        negative: Sequence[str] = (),
-        filter: dict | None = None,
-        limit: int = 10,
-    ) -> list[Hit]:
+    def recommend(self, name: str, request: RecommendRequest) -> list[Hit]:
         with self._errors():
-            query = models.RecommendQuery(
-                recommend=models.RecommendInput(positive=list(positive), negative=list(negative))
-            )
+            examples = models.RecommendInput(positive=request.positive, negative=request.negative)
             response = self.client.query_points(
-                name,
-                query=query,
-                query_filter=parse_filter(filter),
-                limit=limit,
-                search_params=self._search_params,
+                name, query=models.RecommendQuery(recommend=examples), **self._options(request)
             )
         return [to_hit(p) for p in response.points]
 
@@ -316,6 +265,17 @@ class ServerStore(Store):
         self.client.close()
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _options(self, options: HitOptions) -> dict:
+        """A query's options as `query_points` and `query_points_groups` take them."""
+        return {
+            "query_filter": parse_filter(options.filter),
+            "limit": options.limit,
+            "score_threshold": options.score_threshold,
+            "with_payload": parse_payload_selector(options.with_payload),
+            "with_vectors": options.with_vectors,
+            "search_params": self._search_params,
+        }
 
     def _must_exist(self, name: str) -> None:
         if not self.client.collection_exists(name) and name not in self.aliases():

@@ -1,0 +1,119 @@
+"""The message contract: every task's name, the queue it travels on, and the one function that
+sends it.
+
+Celery's queues and routes are built from `QUEUES` and `ROUTES`, so no send names a queue.
+Each sender states once what Flower shows and keeps of its messages (`argsrepr`/`kwargsrepr`):
+never payloads, filters, point ids or specs.
+
+No import cycle: this module imports neither the Celery app nor the tasks. It holds plain names
+and `Senders`, a small class bound to whatever app it is given. `pipeline.celery_app` builds
+the app from `QUEUES` and `ROUTES` and exposes `senders = Senders(app)`; the tasks register
+under the names here; producers, tasks and search_api send only through those senders.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from celery import Celery
+    from kombu import Producer
+
+    from pipeline.schemas import EmbedJob, PointBatch
+
+EMBED_QUEUE = "embed"
+UPSERT_QUEUE = "upsert"
+STORE_QUEUE = "store"
+QUEUES = (EMBED_QUEUE, UPSERT_QUEUE, STORE_QUEUE)
+UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
+
+EMBED_TASK = "medindex.embed"
+UPSERT_TASK = "medindex.upsert"
+STORE_QUERY_TASK = "medindex.store_query"
+STORE_MANAGE_TASK = "medindex.store_manage"
+MAP_TASK = "medindex.project_map"
+
+ROUTES = {
+    EMBED_TASK: EMBED_QUEUE,
+    UPSERT_TASK: UPSERT_QUEUE,
+    STORE_QUERY_TASK: STORE_QUEUE,
+    STORE_MANAGE_TASK: STORE_QUEUE,
+    # The search page's embedding maps: minutes of CPU, on the embed workers.
+    MAP_TASK: EMBED_QUEUE,
+}
+
+
+class Senders:
+    """Every message medindex sends, through the app it is bound to."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def connection(self) -> AbstractContextManager[Producer]:
+        """One connection for many sends (pass it on as `producer`)."""
+        return self.app.producer_or_acquire()
+
+    def send_embed_job(
+        self,
+        job: EmbedJob,
+        producer: Producer | None = None,
+        queue: str | None = None,
+        countdown: float | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Flower shows the job and its rows. `queue`: another than the route's (the bench's
+        probe); `countdown` and `retries`: a try sent again, later."""
+        self.app.send_task(
+            EMBED_TASK,
+            args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
+            argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",
+            producer=producer,
+            queue=queue,  # None: the route's
+            countdown=countdown,
+            retries=retries,
+        )
+
+    def send_points(
+        self,
+        batch: PointBatch,
+        ends_job: bool = False,
+        parked: bool = False,
+        producer: Producer | None = None,
+        task_id: str | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Flower shows the job and how many points, never the payloads (patient metadata).
+        `ends_job`: the job's last points (the store worker writes at once); `parked`: points
+        kept after their writes failed, sent again; `task_id` and `retries`: a failed write's
+        message sent again."""
+        kind = "parked points" if parked else "points"
+        retry = f", retry {retries}" if retries else ""
+        self.app.send_task(
+            UPSERT_TASK,
+            kwargs={"batch": batch.model_dump(), "ends_job": ends_job},
+            argsrepr="()",
+            kwargsrepr=f"job {batch.job_id}: {len(batch)} {kind}{retry}",
+            producer=producer,
+            task_id=task_id,
+            retries=retries,
+        )
+
+    def send_store_call(self, task: str, call: dict, expires: float) -> None:
+        """A call to the embedded store (`pipeline.store.remote`). Flower shows the method and
+        the collection it names: never filters, point ids or specs."""
+        args = call["args"]
+        self.app.send_task(
+            task,
+            kwargs=call,
+            expires=expires,
+            argsrepr="()",
+            kwargsrepr=f"{call['method']}({args[0]!r})" if args else f"{call['method']}()",
+        )
+
+    def send_map_request(self, collection: str, made: float | None) -> None:
+        """The map of one collection version (`pipeline.projection.MapVersion`). Flower shows
+        the version: a collection's name and when it was made."""
+        kwargs = {"collection": collection, "made": made}
+        self.app.send_task(MAP_TASK, kwargs=kwargs, argsrepr="()", kwargsrepr=repr(kwargs))
