@@ -52,10 +52,10 @@ test: install browser
 	$(BIN)/pytest
 
 chaos: install
-	$(BIN)/python tests/chaos.py --images 400 --kills 8
+	$(BIN)/python -m producers.drills.chaos --images 400 --kills 8
 
 cluster: install
-	$(BIN)/python tests/cluster.py --images 400
+	$(BIN)/python -m producers.drills.cluster --images 400
 
 capacity: install
 	$(BIN)/python docs/capacity.py

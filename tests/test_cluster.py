@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-CLUSTER = Path(__file__).resolve().parent / "cluster.py"
 
 
 @pytest.mark.timeout(1500)
 def test_hosts_over_tcp_with_links_cut_lose_nothing_and_double_nothing() -> None:
     argv = ["--images", "120", "--layers", "1", "--seed", "2", "--json"]
     run = subprocess.Popen(
-        [sys.executable, str(CLUSTER), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "producers.drills.cluster", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         stdout, stderr = run.communicate(timeout=1200)

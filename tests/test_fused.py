@@ -15,7 +15,6 @@ import datasets
 import numpy as np
 import psutil
 import pytest
-from chaos import kill_and_wait_for_restart
 from conftest import ARTIFACTS, N_IMAGES, free_port
 
 from pipeline.embed import embed_job, embed_jobs
@@ -28,6 +27,7 @@ from pipeline.schemas import EmbedJob, PointBatch
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
 from pipeline.store.edge import EdgeStore
+from producers.drills.chaos import kill_and_wait_for_restart
 from producers.harness import RunningStack, running_stack
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from badimages import bad_images, encode, png_bomb
 from PIL import Image
 
 from pipeline.images import ImageError, decode_rgb
+from pipeline.samples.bad_images import bad_images, encode, png_bomb
 
 LIMITS = {"max_pixels": 50_000_000, "max_bytes": 32 * 1024 * 1024}
 

@@ -14,17 +14,17 @@ from pathlib import Path
 import datasets
 import httpx
 import pytest
-from badimages import bad_images
-from chaos import fix_bad_images
 from conftest import ARTIFACTS, N_IMAGES, Stack
 
 from pipeline.celery_app import app
 from pipeline.logs import JobContext, configure
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.samples import write_sample_dataset
+from pipeline.samples.bad_images import bad_images
 from pipeline.schemas import point_id
 from pipeline.settings import get_settings
 from pipeline.store.remote import PATHS, RemoteAdmin
+from producers.drills.chaos import fix_bad_images
 from producers.ingest import resend_pending
 from search_api import SearchClient
 

@@ -23,7 +23,6 @@ import psutil
 import pytest
 import qdrant_edge
 import yaml
-from chaos import fix_bad_images, indexed_keys, kill_and_wait_for_restart, write_laced_dataset
 from conftest import Stack
 
 from pipeline.celery_app import app
@@ -36,6 +35,12 @@ from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
 from pipeline.store import StoreError, open_store
 from pipeline.store.remote import RemoteAdmin
+from producers.drills.chaos import (
+    fix_bad_images,
+    indexed_keys,
+    kill_and_wait_for_restart,
+    write_laced_dataset,
+)
 from producers.ingest import enqueue, wait
 
 ROOT = Path(__file__).resolve().parent.parent

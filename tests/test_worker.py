@@ -1,5 +1,5 @@
 """`medindex worker`: the command a host of its own runs (the cluster run starts every worker
-with it, tests/test_cluster.py); here its refusals and the Celery command line it execs."""
+with it, tests/system/test_cluster.py); here its refusals and the Celery command line it execs."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Chaos run: ingest a dataset laced with poisonous images while SIGKILLing parts of the stack
 at random, then fix the bad files and `medindex retry`; print one line of figures.
 
-    python tests/chaos.py --images 400 --kills 8        # make chaos
-    python tests/chaos.py --images 160 --kills 4 --json  # inside make test (tests/test_chaos.py)
+    python -m producers.drills.chaos --images 400 --kills 8        # make chaos
+    python -m producers.drills.chaos --images 160 --kills 4 --json  # the system tests
 
 It runs its own `medindex up` (own Redis port and home, a 30 s visibility timeout so that a
 killed worker's jobs come back in seconds rather than ten minutes) in a temporary folder, and
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import datasets
 import psutil
-from badimages import bad_images, odd_images
+
+from pipeline.samples.bad_images import bad_images, odd_images
 
 COLLECTION = "chaos"
 VICTIMS = ("embed pool process", "embed worker", "store worker", "redis")

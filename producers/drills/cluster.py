@@ -2,8 +2,8 @@
 (Linux network namespaces on a bridge, real TCP between them), with links cut and processes
 killed mid-job; print one line of figures.
 
-    python tests/cluster.py --images 400             # make cluster (root)
-    python tests/cluster.py --images 120 --layers 1 --json   # inside make test
+    python -m producers.drills.cluster --images 400             # make cluster (root)
+    python -m producers.drills.cluster --images 120 --layers 1 --json   # the system tests
 
 Each host is a network namespace with one veth to a bridge that lives in a namespace of its
 own (nothing is added to the machine's own network), and its own address; every process runs
@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from chaos import Figures, arguments, measure, report, write_laced_dataset
 
 from pipeline.stack import die_with_parent
+from producers.drills.chaos import Figures, arguments, measure, report, write_laced_dataset
 
 HOSTS = ("broker", "store", "worker-a", "worker-b", "producer", "flower")
 FAULTS = ("worker-a link down", "worker-b SIGKILLed", "store link down", "broker restarted")
