@@ -69,13 +69,13 @@ def test_the_query_path_refuses_management_calls(remote: RemoteAdmin) -> None:
 def test_the_store_worker_checks_arguments_against_the_protocol(remote: RemoteAdmin) -> None:
     """Issue 22: a typed request crosses the broker as JSON and arrives typed; one that does
     not fit the protocol's type hints is refused on one line, as the caller's mistake."""
-    remote.ensure_collection("typed", {"dim": 4})
-    assert remote.search("typed", SearchRequest(vector=[0.1, 0.2, 0.3, 0.4])) == []
+    remote.ensure_collection("typed_request", {"dim": 4})
+    assert remote.search("typed_request", SearchRequest(vector=[0.1, 0.2, 0.3, 0.4])) == []
     with pytest.raises(StoreError, match=r"^store call search: request\.vector: ") as refused:
-        remote._call(STORE_QUERY_TASK, "search", "typed", {"vector": "up"})
+        remote._call(STORE_QUERY_TASK, "search", "typed_request", {"vector": "up"})
     assert not refused.value.transient and "\n" not in str(refused.value)
     with pytest.raises(StoreError, match="store call groups failed: missing a required argument"):
-        remote._call(STORE_QUERY_TASK, "groups", "typed")
+        remote._call(STORE_QUERY_TASK, "groups", "typed_request")
 
 
 def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteAdmin) -> None:

@@ -223,8 +223,7 @@ class EdgeStore(Store):
     def delete_collection(self, name: str) -> None:
         if not self._exists(name):
             raise StoreError(f"collection {name!r} does not exist")
-        if name in self._builds and self._builds[name].poll() is None:
-            raise StoreError(f"collection {name!r} is being indexed", transient=True)
+        self._refuse_while_building(name)
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
@@ -429,10 +428,18 @@ class EdgeStore(Store):
     def _update_meta(self, name: str, **changes: Any) -> None:
         _write_json(self._folder(name) / "meta.json", self._meta(name) | changes)
 
+    def _refuse_while_building(self, name: str) -> None:
+        """The builder owns the shard until its index is ready: opening it here would take the
+        write-ahead log from under the build (which then fails) and write beside it. Worth
+        retrying: the writer's backoff waits for the build."""
+        if name in self._builds and self._builds[name].poll() is None:
+            raise StoreError(f"collection {name!r} is being indexed", transient=True)
+
     def _shard(self, name: str) -> edge.EdgeShard:
         name = self._resolve(name)
         shard = self._shards.get(name)
         if shard is None:
+            self._refuse_while_building(name)
             with self._errors():
                 shard = self._shards[name] = edge.EdgeShard.load(str(self._folder(name) / "shard"))
         return shard
