@@ -51,6 +51,7 @@ from pipeline.store_edge import EdgeStore
 from pipeline.store_server import ServerStore
 from producers.harness import start_stack
 from producers.ingest import IngestRequest, enqueue_one, start_ingest, wait
+from producers.spec import SourceSpec
 from search_api.client import Query, SearchClient
 
 PROBE_QUEUE = "medindex-bench-probe"
@@ -347,7 +348,7 @@ class Stack:
         started = time.perf_counter()
         jobs = [
             start_ingest(
-                IngestRequest(dataset=str(data), collection="bench", source_name=f"copy-{i}"),
+                IngestRequest(SourceSpec(dataset=str(data), source_name=f"copy-{i}"), "bench"),
                 self.settings,
             )
             for i in range(copies)
