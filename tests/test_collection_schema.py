@@ -21,7 +21,8 @@ from pipeline.samples import write_sample_dataset
 from pipeline.samples.dicom import write_dicom
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.schemas import point_id
-from pipeline.sources import DatasetSource, resolve
+from pipeline.sources import resolve
+from pipeline.sources.hf import DatasetSource
 from search_api import SearchClient
 from search_api.cli import shown_fields
 
