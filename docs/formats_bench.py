@@ -31,7 +31,7 @@ from pipeline.random_models import build_random_vit
 from pipeline.settings import get_settings
 from pipeline.sources import detect_format, open_source, resolve
 from pipeline.sources.base import SourceRow
-from producers.cli import SAMPLE_KINDS
+from producers.commands.data import SAMPLE_KINDS
 from producers.harness import Result, RunningStack, running_stack
 
 # kind -> (sample size, extra ingest flags); sizes give each layout a few hundred pictures

@@ -13,11 +13,13 @@ import re
 from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
+from typing import get_args
 
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
 from pipeline.errors import MedindexError, first_line
+from pipeline.schemas import Pooling
 
 
 class ModelError(MedindexError):
@@ -26,7 +28,7 @@ class ModelError(MedindexError):
 
 # How each known image model's output becomes one vector. Any other transformers image model
 # works too, with the pooling stated (`--pooling`; "mean" when not).
-POOLINGS = ("mean", "cls", "pooler")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 KNOWN_POOLING = {
     "facebook/dino-vits16": "mean",  # the seed's: mean of last_hidden_state, 384-d
     "facebook/dino-vitb16": "mean",  # 768-d

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -11,6 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # Fixed namespace: the same source and key give the same point id on every machine, forever.
 POINT_NAMESPACE = uuid.UUID("6f1d3c1e-4a53-5b0e-9c36-6d6564696e64")
 MAX_DIM = 65_536  # Qdrant's largest vector
+
+# The read options' choices and bounds, shared with their defaults in `Settings`.
+NiftiVariant = Literal["slice", "crop"]
+CropMargin = Annotated[int, Field(ge=0, le=256)]
+UnmaskedSlices = Annotated[int, Field(ge=1, le=64)]
+DicomUnit = Literal["instance", "series"]
+DicomWindow = Literal["file", "lung", "soft_tissue", "bone", "brain"]
+# How a model's output becomes one vector (pipeline/model_info.py).
+Pooling = Literal["mean", "cls", "pooler"]
 
 
 def point_id(source_name: str, split: str, key: str) -> str:
@@ -25,16 +34,29 @@ class ReadOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    key_column: str | None = None  # the column that names an image (default: detected)
-    image_column: str | None = None  # hf: the image column; table: the column of image paths
-    image_root: str | None = None  # table: the folder image paths are relative to
-    nifti_variant: Literal["slice", "crop"] = "slice"  # the whole slice, or a box round the tumour
-    nifti_crop_margin: int = Field(8, ge=0, le=256)  # voxels round the tumour's box
-    nifti_unmasked_slices: int = Field(1, ge=1, le=64)  # without a mask: middle, or N spaced
-    labels_csv: str | None = None  # nifti: a CSV of case -> tumour class
-    dicom_unit: Literal["instance", "series"] = "instance"  # series: its middle instance
-    dicom_window: Literal["file", "lung", "soft_tissue", "bone", "brain"] = "file"  # CT preset
-    deidentify: bool = True  # DICOM: identifying tags never stored; identities as keyed hashes
+    # Each description is also the help of its `medindex ingest` / `reindex` flag.
+    key_column: str | None = Field(
+        None, description="the column naming each image (default: detected)"
+    )
+    image_column: str | None = Field(None, description="hf: image column; table: path column")
+    image_root: str | None = Field(None, description="table: folder image paths are under")
+    nifti_variant: NiftiVariant = Field(
+        "slice", description="nifti: the whole slice, or a box round the tumour"
+    )
+    nifti_crop_margin: CropMargin = Field(8, description="voxels round a tumour")
+    nifti_unmasked_slices: UnmaskedSlices = Field(
+        1, description="slices of a case without mask: the middle one, or N spaced"
+    )
+    labels_csv: str | None = Field(None, description="nifti: a CSV of case -> tumour class")
+    dicom_unit: DicomUnit = Field(
+        "instance", description="dicom: each file, or a series' middle instance"
+    )
+    dicom_window: DicomWindow = Field(
+        "file", description="dicom: the file's window, or a CT preset"
+    )
+    deidentify: bool = Field(
+        True, description="DICOM: identifying tags never stored; identities as keyed hashes"
+    )
 
 
 class SourceRef(BaseModel):

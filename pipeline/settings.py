@@ -12,7 +12,14 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import MedindexError
-from pipeline.schemas import ReadOptions
+from pipeline.schemas import (
+    CropMargin,
+    DicomUnit,
+    DicomWindow,
+    NiftiVariant,
+    ReadOptions,
+    UnmaskedSlices,
+)
 
 DEFAULT_MODEL = "facebook/dino-vits16"
 # "exact": the model's own image processor (the seed's path). "fast": JPEGs decoded at reduced
@@ -114,11 +121,11 @@ class Settings(BaseSettings):
     store_retry_budget_s: float = Field(240.0, ge=0)
 
     # Reading NIfTI and DICOM (defaults of `medindex ingest`'s flags; a job records its own).
-    nifti_variant: Literal["slice", "crop"] = "slice"
-    nifti_crop_margin: int = Field(8, ge=0, le=256)
-    nifti_unmasked_slices: int = Field(1, ge=1, le=64)
-    dicom_unit: Literal["instance", "series"] = "instance"
-    dicom_window: Literal["file", "lung", "soft_tissue", "bone", "brain"] = "file"
+    nifti_variant: NiftiVariant = "slice"
+    nifti_crop_margin: CropMargin = 8
+    nifti_unmasked_slices: UnmaskedSlices = 1
+    dicom_unit: DicomUnit = "instance"
+    dicom_window: DicomWindow = "file"
     # DICOM de-identification: on unless turned off. Patient, study and series identities are
     # kept as HMAC-SHA256 hashes keyed with `deid_key`, the same on every worker (required to
     # ingest DICOM while de-identifying).
@@ -187,14 +194,10 @@ class Settings(BaseSettings):
 
     def read_options(self, **given: object) -> ReadOptions:
         """Read options for an ingest or a query: what is `given` (None: not given), the
-        settings' defaults for the rest."""
+        settings' defaults for the rest (the read options that are settings too)."""
+        fields = type(self).model_fields
         defaults = {
-            "nifti_variant": self.nifti_variant,
-            "nifti_crop_margin": self.nifti_crop_margin,
-            "nifti_unmasked_slices": self.nifti_unmasked_slices,
-            "dicom_unit": self.dicom_unit,
-            "dicom_window": self.dicom_window,
-            "deidentify": self.deidentify,
+            name: getattr(self, name) for name in ReadOptions.model_fields if name in fields
         }
         return ReadOptions(**(defaults | {k: v for k, v in given.items() if v is not None}))
 

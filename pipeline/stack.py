@@ -48,8 +48,7 @@ class Child:
         return len(self.restarts) >= RESTART_LIMIT
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("up", help="run Redis and the workers locally, in the foreground")
+def register(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--embed-workers", type=positive, default=None, help="embed worker processes")
     cmd.add_argument("--model", default=None, help="default: MEDINDEX_MODEL")
     cmd.add_argument(

@@ -23,8 +23,7 @@ ROLES: tuple[Role, ...] = ("embed", "store")
 CELERY = ["-m", "celery", "-A", "pipeline.celery_app"]
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("worker", help="run one embed or store worker in the foreground")
+def register(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--role", choices=ROLES, required=True)
     cmd.add_argument(
         "--concurrency",

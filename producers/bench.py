@@ -50,6 +50,7 @@ from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
 from producers.harness import start_stack
 from producers.ingest import IngestRequest, start_ingest, wait
+from producers.spec import SourceSpec
 from search_api.client import Query, SearchClient
 
 PROBE_QUEUE = "medindex-bench-probe"
@@ -348,7 +349,7 @@ class Stack:
         started = time.perf_counter()
         jobs = [
             start_ingest(
-                IngestRequest(dataset=str(data), collection="bench", source_name=f"copy-{i}"),
+                IngestRequest(SourceSpec(dataset=str(data), source_name=f"copy-{i}"), "bench"),
                 self.settings,
             )
             for i in range(copies)

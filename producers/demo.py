@@ -31,8 +31,7 @@ RANDOM_MODEL_NOTE = (
 )
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("demo", help="run the whole pipeline on sample data, then search")
+def register(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--n", type=int, default=200, help="sample skin images")
     cmd.add_argument("--xrays", type=int, default=48, help="sample chest X-rays")
     cmd.add_argument("--mri-cases", type=int, default=8, help="sample brain-MRI cases")
@@ -82,7 +81,7 @@ MRI_MODALITY = "modality"
 
 def _sample(folder: Path, kind: str, n: int, what: str) -> Path:
     """`medindex sample-data --kind KIND`'s writer, once: the folder is reused."""
-    from producers.cli import SAMPLE_KINDS
+    from producers.commands.data import SAMPLE_KINDS
 
     done = folder / ".written"
     module, function = SAMPLE_KINDS[kind]

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis, RedisError
@@ -30,6 +30,7 @@ from pipeline.sources import (
 )
 from pipeline.store import Admin, open_store
 from producers.schema import SchemaError, collection_schema
+from producers.spec import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,10 @@ LOCK = "medindex:reindex-lock:"  # an alias -> held by a reindex of it, or an in
 
 @dataclass(frozen=True)
 class IngestRequest:
-    dataset: str
+    spec: SourceSpec  # what to read, how, and with which model (default: the settings')
     collection: str
-    split: str = "train"
-    model: str | None = None
-    source_name: str | None = None
     job_id: str | None = None
-    pooling: str | None = None  # default: the model's known pooling, else "mean"
     resume: bool = False  # continue the newest unfinished job of this dataset and collection
-    format: str | None = None  # hf, table, nifti, dicom; None: detected (`detect_format`)
-    options: ReadOptions = field(default_factory=ReadOptions)
-    label_field: str | None = None  # default: the source's own (a class label column)
-    indexes: tuple[tuple[str, str], ...] = ()  # (field, type) overrides of the schema's types
     # A collection recording no schema yet starts from this one's (a reindex: the serving
     # version's label field and index types carry over to the new version).
     schema_from: str | None = None
@@ -68,7 +61,7 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     data or options is refused (`JobChanged`). The collection's name lock (`alias_lock`) is
     held from the collection's update to the last shard sent: an ingest waits for a reindex.
     """
-    ref = source_ref(request)
+    ref = source_ref(request.spec)
     source = source_class(ref.format)(ref)
     store = open_store(settings)
     recorded = _recorded_schema(request, store)
@@ -76,8 +69,8 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     total = len(source)
     if problem := source.keys.describe(source.schema.key_field or "key"):
         log.warning("%s %s: %s", ref.dataset, ref.split, problem)
-    model = request.model or settings.model
-    pooling = request.pooling or default_pooling(model)
+    model = request.spec.model or settings.model
+    pooling = request.spec.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
     name = _lock_name(request.collection, store)
@@ -137,16 +130,16 @@ def _lock_name(collection: str, store: Admin) -> str:
     return serving.get(collection, collection)
 
 
-def source_ref(request: IngestRequest) -> SourceRef:
+def source_ref(spec: SourceSpec) -> SourceRef:
     """The reference every job of this ingest carries: the format (detected when not given)
     and the read options, fixed once here so that every worker reads alike. (DICOM without a
     de-identification key is refused when the producer opens the source.)"""
-    fmt = request.format or detect_format(request.dataset)
+    fmt = spec.format or detect_format(spec.dataset)
     reader = source_class(fmt)  # an unknown format is refused here, on one line
-    local = Path(request.dataset).expanduser()
+    local = Path(spec.dataset).expanduser()
     if local.exists() and not reader.detect(local):
-        raise SourceError(f"--format {fmt}: {request.dataset} is not {fmt} data")
-    return resolve(request.dataset, request.split, request.source_name, fmt, request.options)
+        raise SourceError(f"--format {fmt}: {spec.dataset} is not {fmt} data")
+    return resolve(spec.dataset, spec.split, spec.source_name, fmt, spec.options)
 
 
 def _recorded_schema(request: IngestRequest, store: Admin) -> dict | None:
@@ -173,7 +166,7 @@ def _keyed_as_recorded(
     fields = {field.name for field in source.schema.fields}
     if key is None or source.schema.key_field == key or key not in fields:
         return ref, source
-    if asked := request.options.key_column:
+    if asked := request.spec.options.key_column:
         raise SchemaError(
             f"collection {request.collection!r} keys its images by {key!r}: --key-column "
             f"{asked!r} would give each a new id (use --key-column {key}, or another collection)"
@@ -185,7 +178,8 @@ def _keyed_as_recorded(
 def _schema_spec(request: IngestRequest, source: Source, recorded: dict | None) -> dict:
     """The collection's schema and payload indexes: the source's, with the user's overrides,
     merged into what the collection already records."""
-    schema = collection_schema(source.schema, request.label_field, dict(request.indexes), recorded)
+    label, indexes = request.spec.label_field, dict(request.spec.indexes)
+    schema = collection_schema(source.schema, label, indexes, recorded)
     return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
 
 

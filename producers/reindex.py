@@ -13,7 +13,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from redis import Redis
 
@@ -22,7 +22,7 @@ from pipeline.messages import jobs_in_flight
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.quality import knn_agreement, label_field
-from pipeline.schemas import ReadOptions, SourceRef
+from pipeline.schemas import SourceRef
 from pipeline.settings import Settings
 from pipeline.sources import source_class
 from pipeline.store import Admin, SearchRequest, finish_bulk, open_store
@@ -34,6 +34,7 @@ from producers.ingest import (
     start_ingest,
     wait,
 )
+from producers.spec import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,10 @@ class ReindexRefused(MedindexError):
 @dataclass(frozen=True)
 class ReindexRequest:
     alias: str
-    dataset: str
-    split: str = "train"
-    model: str | None = None
-    pooling: str | None = None
-    source_name: str | None = None
+    spec: SourceSpec  # what to read, how, and with which model (default: the settings')
     min_quality: float | None = None  # absolute floor for the new version
     max_quality_drop: float | None = None  # how much worse than the serving version it may be
     keep: int = 2  # old versions kept besides the serving one
-    format: str | None = None
-    options: ReadOptions = field(default_factory=ReadOptions)
-    label_field: str | None = None
-    indexes: tuple[tuple[str, str], ...] = ()
 
 
 def version_name(alias: str, number: int) -> str:
@@ -104,21 +97,13 @@ def _reindex(
     # adopted: it serves until the first version is verified, which then takes its name.
     adopted = request.alias if request.alias in names else None
     serving = aliases.get(request.alias) or adopted
-    model = request.model or settings.model
-    pooling = request.pooling or default_pooling(model)
-    ingest = IngestRequest(
-        dataset=request.dataset,
-        collection="",  # the version, known below
-        split=request.split,
-        model=model,
-        pooling=pooling,
-        source_name=request.source_name,
-        format=request.format,
-        options=request.options,
-        label_field=request.label_field,
-        indexes=request.indexes,
+    model = request.spec.model or settings.model
+    pooling = request.spec.pooling or default_pooling(model)
+    ref = source_ref(request.spec)
+    fixed = request.spec.model_copy(
+        update={"model": model, "pooling": pooling, "format": ref.format}
     )
-    ref = source_ref(ingest)
+    ingest = IngestRequest(fixed, collection="", schema_from=serving)  # the version: below
     spec = describe(model, pooling, settings.preprocessing)
     spec |= {"dataset": ref.dataset, "split": ref.split}
     origin = spec | {"source_name": ref.identity}
@@ -138,9 +123,7 @@ def _reindex(
 
     def start(pending: dict) -> tuple[str, int, int]:
         version = {"collection": pending["collection"], "job_id": pending.get("job_id")}
-        return start_ingest(
-            replace(ingest, **version, format=ref.format, schema_from=serving), settings
-        )
+        return start_ingest(replace(ingest, **version), settings)
 
     pending = _pending(redis, request.alias, origin, names, serving) or new_version()
     abandoned = None

@@ -11,8 +11,8 @@ __all__ = ["Query", "SearchClient"]
 
 
 def __getattr__(name: str) -> object:
-    """The client, imported when first asked for: every `medindex` command loads this package
-    (its CLI registers `search` and `serve`), and qdrant-client is slow to import."""
+    """The client, imported when first asked for: `medindex serve` and `image` load this
+    package (search_api/cli.py) without needing it, and qdrant-client is slow to import."""
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from search_api import client

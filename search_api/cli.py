@@ -1,4 +1,5 @@
-"""`medindex search`: one query from the command line, as a table or as JSON."""
+"""The search side's commands: `search` (one query, as a table or as JSON), `serve` (the HTTP
+API and the page), `image` (the picture a point was embedded from)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from pipeline.errors import MedindexError
 from pipeline.settings import get_settings
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("search", help="similar cases by image, point id or vector")
+def register_search(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--collection", default=None, help="default: MEDINDEX_COLLECTION")
     what = cmd.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", type=Path, help="a query image file")
@@ -31,17 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.set_defaults(run=_search)
 
 
-def register_serve(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser("serve", help="the search API over HTTP (JSON; image uploads)")
+def register_serve(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--host", default="127.0.0.1")
     cmd.add_argument("--port", type=int, default=8000)
     cmd.set_defaults(run=_serve)
 
 
-def register_image(commands: argparse._SubParsersAction) -> None:
-    cmd = commands.add_parser(
-        "image", help="save the picture a point was embedded from (same slice, window, crop)"
-    )
+def register_image(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--collection", default=None, help="default: MEDINDEX_COLLECTION")
     cmd.add_argument("--id", dest="point_id", required=True, help="the point's id")
     cmd.add_argument("--out", type=Path, required=True, help="file to write (PNG, ...)")

@@ -180,6 +180,7 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     from pipeline.store import open_store
     from producers.harness import start_stack
     from producers.ingest import IngestRequest, retry_failed, start_ingest, wait
+    from producers.spec import SourceSpec
 
     build_random_vit(Path(env["MEDINDEX_MODEL"]), num_layers=layers)
     data, bad = write_laced_dataset(workdir / "data", n_valid, seed)
@@ -190,7 +191,9 @@ def run(n_valid: int, kills: int, seed: int, workdir: Path, layers: int) -> Figu
     stack = start_stack(env, workdir / "up.log")
     up = stack.process
     try:
-        job_id, _, _ = start_ingest(IngestRequest(str(data), COLLECTION), settings)
+        job_id, _, _ = start_ingest(
+            IngestRequest(SourceSpec(dataset=str(data)), COLLECTION), settings
+        )
         tracker = JobTracker(connect_redis(settings.broker_url))
         rng = random.Random(seed)
         plan = [VICTIMS[i % len(VICTIMS)] for i in range(kills)]

@@ -358,8 +358,10 @@ class Ingest:
     ) -> tuple[Figures, float]:
         """The index's figures once exact, and when the fault ended."""
         from producers.ingest import IngestRequest, start_ingest
+        from producers.spec import SourceSpec
 
-        job_id, _, _ = start_ingest(IngestRequest(str(self.data), self.collection), settings)
+        request = IngestRequest(SourceSpec(dataset=str(self.data)), self.collection)
+        job_id, _, _ = start_ingest(request, settings)
         # Mid-job: jobs came back and points are buffered (embedded, not yet indexed).
         until(lambda: self._mid_job(tracker.progress(job_id)), 300, f"{name}: a job under way")
         fault()

@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "tasks", "producers", "search_api")
 HEAVY = ("torch", "transformers")
 
-# What each side loads: `medindex` builds every command's parser before it runs one.
+# What each side loads: `medindex X` builds X's parser (the table names the others), then runs.
 SIDES = {
     "producers": "import producers.ingest, producers.reindex, producers.status, pipeline.catalog",
-    "medindex status, collections": "from pipeline.cli import build_parser; build_parser(); "
+    "medindex status, collections": "from pipeline.cli import build_parser; "
+    "build_parser('status'); build_parser('collections'); "
     "import producers.status, pipeline.catalog, pipeline.store.remote",
     "search API": "import search_api, search_api.client, search_api.http",
 }
