@@ -7,20 +7,12 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import Result, Stack, free_port, run_medindex
 from pydicom.data import get_testdata_file
+from support import assert_one_line_error, free_port
 
 from pipeline.samples.bombs import dicom_deflate_bomb
+from producers.harness import RunningStack, run_medindex
 from search_api import SearchClient
-
-
-def assert_one_line_error(result: Result, *words: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1, result.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +26,12 @@ def nothing_harmed(indexed_count: int) -> None:
     assert SearchClient().count("skin") == indexed_count
 
 
-def test_dataset_folder_that_does_not_exist(stack: Stack) -> None:
+def test_dataset_folder_that_does_not_exist(stack: RunningStack) -> None:
     result = stack.medindex("ingest", "--dataset", "./no/such/dir", "--collection", "skin")
     assert_one_line_error(result, "does not exist")
 
 
-def test_dataset_without_an_image_column(stack: Stack, tmp_path: Path) -> None:
+def test_dataset_without_an_image_column(stack: RunningStack, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     datasets.Dataset.from_dict({"image_id": ["a", "b"], "dx": ["melanoma", "melanoma"]}).to_parquet(
         tmp_path / "data" / "train-00000-of-00001.parquet"
@@ -48,13 +40,13 @@ def test_dataset_without_an_image_column(stack: Stack, tmp_path: Path) -> None:
     assert_one_line_error(result, "no image column")
 
 
-def test_redis_not_running(stack: Stack, dataset: Path) -> None:
+def test_redis_not_running(stack: RunningStack, dataset: Path) -> None:
     env = stack.env | {"MEDINDEX_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     result = run_medindex("ingest", "--dataset", str(dataset), "--collection", "skin", env=env)
     assert_one_line_error(result, "cannot reach Redis")
 
 
-def test_qdrant_url_that_refuses(stack: Stack, dataset: Path) -> None:
+def test_qdrant_url_that_refuses(stack: RunningStack, dataset: Path) -> None:
     env = stack.env | {"MEDINDEX_QDRANT_URL": f"http://127.0.0.1:{free_port()}"}
     result = run_medindex("ingest", "--dataset", str(dataset), "--collection", "skin", env=env)
     assert_one_line_error(result, "cannot reach Qdrant")
@@ -73,14 +65,14 @@ def test_qdrant_url_that_refuses(stack: Stack, dataset: Path) -> None:
         ('{"must": "sex"}', ("malformed filter", "must")),
     ],
 )
-def test_malformed_filter(stack: Stack, filter: str, words: tuple[str, ...]) -> None:
+def test_malformed_filter(stack: RunningStack, filter: str, words: tuple[str, ...]) -> None:
     result = stack.medindex(
         "search", "--collection", "skin", "--vector", "[0.1]", "--filter", filter
     )
     assert_one_line_error(result, *words)
 
 
-def test_unknown_collection_and_point(stack: Stack, ingested: dict) -> None:
+def test_unknown_collection_and_point(stack: RunningStack, ingested: dict) -> None:
     result = stack.medindex("search", "--collection", "nope", "--vector", "[0.1]")
     assert_one_line_error(result, "nope")
     missing = "00000000-0000-0000-0000-000000000000"
@@ -89,19 +81,21 @@ def test_unknown_collection_and_point(stack: Stack, ingested: dict) -> None:
 
 
 @pytest.mark.parametrize("vector", ['["x"]', '{"a": 1}', "3", "[]"])
-def test_malformed_vector(stack: Stack, vector: str) -> None:
+def test_malformed_vector(stack: RunningStack, vector: str) -> None:
     result = stack.medindex("search", "--collection", "skin", "--vector", vector)
     assert_one_line_error(result, "vector")
 
 
-def test_limit_is_bounded(stack: Stack, ingested: dict) -> None:
+def test_limit_is_bounded(stack: RunningStack, ingested: dict) -> None:
     result = stack.medindex(
         "search", "--collection", "skin", "--vector", "[0.1]", "--limit", "5000"
     )
     assert_one_line_error(result, "limit")
 
 
-def test_a_dicom_export_accounts_for_every_file_it_holds(stack: Stack, tmp_path: Path) -> None:
+def test_a_dicom_export_accounts_for_every_file_it_holds(
+    stack: RunningStack, tmp_path: Path
+) -> None:
     """pydicom's own test files (four without the File Meta header, eight DICOMDIRs, READMEs,
     reports) and a deflated file that inflates to 64 MiB: every file but a DICOMDIR is indexed
     or failed with its reason, and `ingest` says what it set aside."""

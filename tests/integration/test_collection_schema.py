@@ -10,10 +10,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import Stack
 from PIL import Image
-from test_bad_input import assert_one_line_error
-from test_sources import TYPED, png, write_typed
+from support import TYPED, assert_one_line_error, png, write_typed
 
 from pipeline.images import decode_rgb
 from pipeline.quality import knn_agreement, label_field
@@ -23,6 +21,7 @@ from pipeline.samples.skin import LABEL_FIELD
 from pipeline.schemas import point_id
 from pipeline.sources import resolve
 from pipeline.sources.hf import DatasetSource
+from producers.harness import RunningStack
 from search_api import SearchClient
 from search_api.cli import shown_fields
 
@@ -40,7 +39,7 @@ EXPECTED_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def typed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def typed(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every column type, ingested with one index type overridden."""
     folder = write_typed(tmp_path_factory.mktemp("typed") / "typed", list(range(N)))
     result = stack.medindex(
@@ -74,7 +73,7 @@ def test_the_schema_is_recorded_and_the_indexes_follow_it(typed: dict) -> None:
 
 
 def test_a_label_field_given_by_flag_drives_quality(
-    stack: Stack, typed: dict, tmp_path: Path
+    stack: RunningStack, typed: dict, tmp_path: Path
 ) -> None:
     store = SearchClient().store
     quality, sample = knn_agreement(store, "typed", label_field(store.metadata("typed")))
@@ -93,7 +92,7 @@ def test_a_label_field_given_by_flag_drives_quality(
 
 
 def test_a_second_source_adds_fields_and_a_conflicting_type_is_refused(
-    stack: Stack, typed: dict, tmp_path: Path
+    stack: RunningStack, typed: dict, tmp_path: Path
 ) -> None:
     skin = write_sample_dataset(tmp_path / "skin", 20, seed=4)
     result = stack.medindex("ingest", "--dataset", str(skin), "--collection", "typed")
@@ -111,7 +110,7 @@ def test_a_second_source_adds_fields_and_a_conflicting_type_is_refused(
     assert result.returncode == 0 and SearchClient().count("typed") == N + 20
 
 
-def test_re_sorted_rows_rewrite_the_same_points(stack: Stack, tmp_path: Path) -> None:
+def test_re_sorted_rows_rewrite_the_same_points(stack: RunningStack, tmp_path: Path) -> None:
     folder = write_typed(tmp_path / "resorted", list(range(N)))
     for order in (list(range(N)), list(reversed(range(N)))):
         write_typed(folder, order)
@@ -122,7 +121,7 @@ def test_re_sorted_rows_rewrite_the_same_points(stack: Stack, tmp_path: Path) ->
     assert ids_of("resorted") == expected
 
 
-def test_the_recorded_key_field_keys_later_ingests(stack: Stack, tmp_path: Path) -> None:
+def test_the_recorded_key_field_keys_later_ingests(stack: RunningStack, tmp_path: Path) -> None:
     """Issue 21, item 6: the key column detected at the first ingest keys the later ones, even
     when the distinct counts that chose it change; another `--key-column` is refused."""
     folder = tmp_path / "flipping"
@@ -152,7 +151,7 @@ def test_the_recorded_key_field_keys_later_ingests(stack: Stack, tmp_path: Path)
 
 
 def test_a_dataset_without_a_key_column_keys_each_image_by_its_bytes(
-    stack: Stack, tmp_path: Path
+    stack: RunningStack, tmp_path: Path
 ) -> None:
     folder = tmp_path / "unnamed"
     (folder / "data").mkdir(parents=True)
@@ -168,7 +167,7 @@ def test_a_dataset_without_a_key_column_keys_each_image_by_its_bytes(
 
 
 def test_medindex_image_writes_the_picture_that_was_embedded(
-    stack: Stack, typed: dict, tmp_path: Path
+    stack: RunningStack, typed: dict, tmp_path: Path
 ) -> None:
     pid = point_id(str(typed["folder"].resolve()), "train", "scan-5")
     out = tmp_path / "scan-5.png"
@@ -182,7 +181,7 @@ def test_medindex_image_writes_the_picture_that_was_embedded(
     assert_one_line_error(missing, "no point")
 
 
-def test_medindex_search_shows_the_collections_own_fields(stack: Stack, typed: dict) -> None:
+def test_medindex_search_shows_the_collections_own_fields(stack: RunningStack, typed: dict) -> None:
     pid = point_id(str(typed["folder"].resolve()), "train", "scan-5")
     result = stack.medindex("search", "--collection", "typed", "--id", pid, "--limit", "3")
     assert result.returncode == 0, result.stderr
@@ -195,7 +194,7 @@ def test_medindex_search_shows_the_collections_own_fields(stack: Stack, typed: d
     assert shown_fields({}, hits) == ["a", "b"]
 
 
-def test_bad_format_arguments_fail_on_one_line(stack: Stack, tmp_path: Path) -> None:
+def test_bad_format_arguments_fail_on_one_line(stack: RunningStack, tmp_path: Path) -> None:
     table = tmp_path / "findings.csv"
     table.write_text("Image Index,Finding Labels\na.png,Mass\n")
     (tmp_path / "nothing").mkdir()

@@ -12,13 +12,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import Stack
 
 from pipeline.progress import connect_redis
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import identifying_values, write_dicom
 from pipeline.samples.xray import write_xray
 from pipeline.settings import get_settings
+from producers.harness import RunningStack
 from search_api import SearchClient
 
 N_XRAYS = 40
@@ -27,7 +27,7 @@ N_DICOM = 12
 DICOM_SEED = 5
 
 
-def ingest(stack: Stack, *args: str) -> dict:
+def ingest(stack: RunningStack, *args: str) -> dict:
     result = stack.medindex("ingest", *args, "--json")
     assert result.returncode == 0, result.stderr
     return result.json() | {"stderr": result.stderr}
@@ -56,7 +56,7 @@ def assert_indexes_follow_schema(collection: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def xrays(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def xrays(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     table = write_xray(tmp_path_factory.mktemp("xray") / "chestxray14", N_XRAYS, seed=3)
     summary = ingest(stack, "--dataset", str(table), "--collection", "xray")
     return {"table": table, "summary": summary}
@@ -95,7 +95,7 @@ def test_xrays_with_a_csv_of_findings(xrays: dict) -> None:
         assert 30 <= hit["payload"]["patient_age"] <= 80
 
 
-def test_a_re_sorted_csv_rewrites_the_same_points(stack: Stack, xrays: dict) -> None:
+def test_a_re_sorted_csv_rewrites_the_same_points(stack: RunningStack, xrays: dict) -> None:
     before = {p["id"] for p in all_points("xray")}
     table: Path = xrays["table"]
     with table.open(newline="") as file:
@@ -108,7 +108,7 @@ def test_a_re_sorted_csv_rewrites_the_same_points(stack: Stack, xrays: dict) -> 
 
 
 def test_the_same_png_in_a_table_and_in_an_hf_dataset_gives_the_same_vector(
-    stack: Stack, xrays: dict, tmp_path: Path
+    stack: RunningStack, xrays: dict, tmp_path: Path
 ) -> None:
     images = sorted((xrays["table"].parent / "images_001" / "images").glob("*.png"))[:4]
     folder = tmp_path / "as_hf" / "data"
@@ -130,7 +130,7 @@ def test_the_same_png_in_a_table_and_in_an_hf_dataset_gives_the_same_vector(
 
 
 @pytest.fixture(scope="module")
-def brains(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def brains(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = write_brain_mri(tmp_path_factory.mktemp("brats") / "brats", N_CASES, seed=2)
     summary = ingest(
         stack, "--dataset", str(root), "--collection", "brain",
@@ -164,7 +164,7 @@ def test_brain_mri_cases_with_tumour_masks(brains: dict) -> None:
 
 
 def test_medindex_image_gives_back_the_slice_that_was_embedded(
-    stack: Stack, brains: dict, tmp_path: Path
+    stack: RunningStack, brains: dict, tmp_path: Path
 ) -> None:
     """The picture `medindex image` writes, queried with, finds its own point (the same slice,
     window and crop as at ingest, from the point's `source` reference alone)."""
@@ -180,14 +180,16 @@ def test_medindex_image_gives_back_the_slice_that_was_embedded(
 
 
 @pytest.fixture(scope="module")
-def dicoms(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def dicoms(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = write_dicom(tmp_path_factory.mktemp("dicom") / "studies", N_DICOM, seed=DICOM_SEED)
     result = stack.medindex("ingest", "--dataset", str(root), "--collection", "dicom", "--json")
     assert result.returncode == 0, result.stderr
     return {"root": root, "summary": result.json() | {"stderr": result.stderr}}
 
 
-def test_dicom_studies_are_indexed_without_identifying_values(stack: Stack, dicoms: dict) -> None:
+def test_dicom_studies_are_indexed_without_identifying_values(
+    stack: RunningStack, dicoms: dict
+) -> None:
     summary = dicoms["summary"]
     assert "format: dicom (detected" in summary["stderr"]
     assert summary["failed"] == 1  # the structured report: no pixel data

@@ -6,27 +6,19 @@ from __future__ import annotations
 import datetime
 import decimal
 import io
-import json
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import datasets
 import pytest
-import qdrant_edge
-from conftest import ARTIFACTS, Stack, free_port, run_medindex
-from kombu import Connection
 from PIL import Image
-from test_bad_input import assert_one_line_error
+from support import assert_one_line_error, write_table
 
-from pipeline.messages import UNACKED, UPSERT_QUEUE
 from pipeline.progress import JobTracker, connect_redis
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import get_settings
 from pipeline.sources import resolve
 from pipeline.store import open_store
-from producers.harness import start_stack
+from producers.harness import RunningStack
 from producers.ingest import enqueue, wait
 
 N = 20
@@ -43,15 +35,7 @@ def png(shade: int) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def write_table(folder: Path, columns: dict, features: dict) -> Path:
-    """A local dataset in the layout `load_dataset(folder, split="train")` reads."""
-    (folder / "data").mkdir(parents=True)
-    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
-    table.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
-    return folder
-
-
-def ingest(stack: Stack, data: Path, collection: str, *extra: str) -> dict:
+def ingest(stack: RunningStack, data: Path, collection: str, *extra: str) -> dict:
     result = stack.medindex(
         "ingest", "--dataset", str(data), "--collection", collection, "--job-id", collection,
         "--timeout", "120", "--json", *extra, timeout=180,
@@ -63,7 +47,9 @@ def ingest(stack: Stack, data: Path, collection: str, *extra: str) -> dict:
 # --- 1. an unexpected error never loses a job ---------------------------------------------------
 
 
-def test_dates_decimals_and_a_second_image_column_are_indexed(stack: Stack, tmp_path: Path) -> None:
+def test_dates_decimals_and_a_second_image_column_are_indexed(
+    stack: RunningStack, tmp_path: Path
+) -> None:
     columns = {
         "image": [png(i * 10) for i in range(N)],
         "mask": [png(255 - i) for i in range(N)],
@@ -90,7 +76,7 @@ def test_dates_decimals_and_a_second_image_column_are_indexed(stack: Stack, tmp_
 
 
 def test_a_job_whose_rows_are_gone_fails_them_with_the_reason(
-    stack: Stack, tmp_path: Path, tracker: JobTracker
+    stack: RunningStack, tmp_path: Path, tracker: JobTracker
 ) -> None:
     """A shrunken dataset (rows past its end): those rows fail with the reason, the job ends."""
     data = write_table(
@@ -114,7 +100,7 @@ def test_a_job_whose_rows_are_gone_fails_them_with_the_reason(
 
 
 def test_missing_and_duplicate_keys_and_two_splits_each_keep_every_image(
-    stack: Stack, tmp_path: Path
+    stack: RunningStack, tmp_path: Path
 ) -> None:
     keys = [None] * 3 + ["dup-a"] * 4 + ["dup-b"] * 2 + [f"k{i}" for i in range(11)]
     features = {"image": datasets.Image(), "image_id": datasets.Value("string")}
@@ -146,7 +132,7 @@ def test_missing_and_duplicate_keys_and_two_splits_each_keep_every_image(
 
 
 def test_oversized_and_endless_files_are_refused_before_they_are_read(
-    stack: Stack, tmp_path: Path, tracker: JobTracker
+    stack: RunningStack, tmp_path: Path, tracker: JobTracker
 ) -> None:
     for i in range(3):
         Image.new("RGB", (40, 30), (i * 60, 90, 20)).save(tmp_path / f"good{i}.png")
@@ -165,7 +151,7 @@ def test_oversized_and_endless_files_are_refused_before_they_are_read(
 
 
 def test_a_job_whose_worker_keeps_dying_fails_its_rows_with_the_reason(
-    stack: Stack, dataset: Path, tracker: JobTracker
+    stack: RunningStack, dataset: Path, tracker: JobTracker
 ) -> None:
     """As if the worker had been OOM-killed on this job three times already."""
     ref = resolve(str(dataset))
@@ -186,7 +172,7 @@ def test_a_job_whose_worker_keeps_dying_fails_its_rows_with_the_reason(
 # --- 3. one state per row ----------------------------------------------------------------------
 
 
-def test_a_row_is_never_both_indexed_and_failed(stack: Stack, tracker: JobTracker) -> None:
+def test_a_row_is_never_both_indexed_and_failed(stack: RunningStack, tracker: JobTracker) -> None:
     """Failures and writes of the same rows from two clients at once (a redelivered job's
     failure racing the write of its first delivery)."""
     rows = list(range(3000))
@@ -206,7 +192,9 @@ def test_a_row_is_never_both_indexed_and_failed(stack: Stack, tracker: JobTracke
     assert progress.indexed == len(rows) and progress.failed == 0
 
 
-def test_resuming_a_job_over_a_changed_dataset_is_refused(stack: Stack, tmp_path: Path) -> None:
+def test_resuming_a_job_over_a_changed_dataset_is_refused(
+    stack: RunningStack, tmp_path: Path
+) -> None:
     features = {"image": datasets.Image(), "image_id": datasets.Value("string")}
     data = write_table(
         tmp_path, {"image": [png(i) for i in range(N)], "image_id": [f"c{i}" for i in range(N)]},
@@ -222,116 +210,3 @@ def test_resuming_a_job_over_a_changed_dataset_is_refused(stack: Stack, tmp_path
         "ingest", "--dataset", str(data), "--collection", "changing", "--job-id", "changing"
     )
     assert_one_line_error(result, "changed since job changing started", f"{N} rows then")
-
-
-# --- 5. a store outage longer than the visibility timeout --------------------------------------
-
-VISIBILITY_S = 32
-# Half of it, the most settings allow. The retry delays (0.5, 1, 2, 4, 8 s) add up to 15.5 s, so
-# a write whose budget counted from its own start would retry for 15.5 s.
-RETRY_BUDGET_S = 16
-OUTAGE_IMAGES = 128  # 8 jobs of 16: the four writes of 32 points that the store worker prefetches
-
-
-def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
-    base_env: dict, tmp_path: Path
-) -> None:
-    """A stack of its own: a 32 s visibility timeout and writes of 32 points, so the store worker
-    prefetches four writes' worth of messages (as in production) and holds them all while the
-    first write retries. Each message must be parked (its budget counted from its arrival)
-    before Redis would hand it out again: no message overdue, every point parked once.
-
-    Budgets counted from each write's start would end the four writes 15.5, 31, 46.5 and 62 s
-    after their messages arrived: the last two writes' messages are handed out again while
-    still buffered, and their points parked twice."""
-    env = base_env | {
-        "MEDINDEX_HOME": str(tmp_path / "home"),
-        "MEDINDEX_LOCAL_REDIS_PORT": str(free_port()),
-        "MEDINDEX_FLOWER_PORT": "0",
-        "MEDINDEX_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-        "MEDINDEX_STORE_RETRY_BUDGET_S": str(RETRY_BUDGET_S),
-        "MEDINDEX_UPSERT_BATCH_SIZE": "32",
-    }
-    settings = Settings(
-        home=tmp_path / "home", local_redis_port=int(env["MEDINDEX_LOCAL_REDIS_PORT"])
-    )
-    data = write_table(
-        tmp_path / "data",
-        {
-            "image": [png(i) for i in range(OUTAGE_IMAGES)],
-            "image_id": [f"o{i}" for i in range(OUTAGE_IMAGES)],
-        },
-        {"image": datasets.Image(), "image_id": datasets.Value("string")},
-    )
-    up = start_stack(env, ARTIFACTS / "short-stack.log")
-    try:
-        # As ingest makes it (its payload index in place): the producer needs nothing from
-        # the store the test is about to lock.
-        spec = {"dim": 384, "payload_indexes": {"image_id": "keyword"}}
-        make = f"open_store(get_settings()).ensure_collection('outage', {spec!r})"
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from pipeline.store import open_store; from "
-                f"pipeline.settings import get_settings; {make}",
-            ],
-            env=env,
-            check=True,
-            timeout=120,
-        )  # fmt: skip  (this process' Celery app talks to the session's broker)
-        shard_path = settings.embedded_store_path / "collections" / "outage" / "shard"
-        shard = qdrant_edge.EdgeShard.load(str(shard_path))  # the store is out from here
-        try:
-            outage_ends = time.monotonic() + VISIBILITY_S + 5
-            result = run_medindex(
-                "ingest", "--dataset", str(data), "--collection", "outage", "--job-id", "outage",
-                "--no-wait", "--json", env=env, timeout=120,
-            )  # fmt: skip
-            assert result.returncode == 0, result.stderr[-2000:]
-            overdue, rows = follow_outage(settings.broker_url, "outage", outage_ends)
-        finally:
-            shard.close()
-        twice = len(rows) - len(set(rows))
-        assert not overdue and not twice and sorted(rows) == list(range(OUTAGE_IMAGES)), (
-            f"{overdue} messages stayed unacknowledged past the {VISIBILITY_S} s visibility "
-            f"timeout and were handed out again; {twice} points parked twice; "
-            f"{len(set(rows))} of {OUTAGE_IMAGES} parked"
-        )
-        tracker = JobTracker(connect_redis(settings.broker_url))
-        assert tracker.redis.hlen(UNACKED) == 0
-        assert tracker.progress("outage").failed == OUTAGE_IMAGES  # parked: failed, with why
-    finally:
-        up.stop()
-
-
-def follow_outage(broker_url: str, job_id: str, outage_ends: float) -> tuple[int, list[int]]:
-    """Every second, hand overdue messages out again with kombu's own sweep, until the outage
-    has lasted to `outage_ends`, every row is parked and no message is left (or a row is parked
-    twice, or 180 s passed). Returns how many deliveries were overdue and the parked rows.
-
-    Once a message was handed out again, Redis cannot tell when the worker is done with it:
-    acknowledging the first delivery also removes the second's entry, still buffered. So an
-    overdue message is followed to its second parking (or the time limit).
-
-    A worker sweeps only about every 100 s (kombu's `unacked_restore_interval` times
-    `unacked_restore_throttle`); sweeping every second, as another consumer could, hands an
-    overdue message out again as soon as the visibility timeout allows."""
-    tracker = JobTracker(connect_redis(broker_url))
-    overdue: set[str] = set()
-    gives_up = time.monotonic() + 180
-    options = {"visibility_timeout": VISIBILITY_S}
-    with Connection(broker_url, transport_options=options) as broker:
-        qos = broker.default_channel.qos
-        while True:
-            late = time.time() - VISIBILITY_S
-            overdue.update(tracker.redis.zrangebyscore(qos.unacked_index_key, "-inf", late))
-            qos.restore_visible(interval=1)
-            batches = [json.loads(batch) for batch in tracker.parked(job_id)]
-            rows = [row for batch in batches for row in batch["rows"]]
-            idle = not tracker.redis.hlen(UNACKED) and not tracker.redis.llen(UPSERT_QUEUE)
-            parked_all = len(set(rows)) == OUTAGE_IMAGES
-            settled = idle and parked_all and not overdue and time.monotonic() > outage_ends
-            if settled or len(rows) > len(set(rows)) or time.monotonic() > gives_up:
-                return len(overdue), rows
-            time.sleep(1)

@@ -14,14 +14,15 @@ import datasets
 import httpx
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, Stack, free_port
 from PIL import Image
+from support import ARTIFACTS, free_port
 
 from pipeline.schemas import point_id
+from producers.harness import RunningStack
 
 
 @pytest.fixture(scope="module")
-def api(stack: Stack, ingested: dict) -> Iterator[httpx.Client]:
+def api(stack: RunningStack, ingested: dict) -> Iterator[httpx.Client]:
     with serving(stack.env | {"MEDINDEX_MAX_IMAGE_BYTES": "2000000"}, "serve.log") as client:
         yield client
 
@@ -130,7 +131,7 @@ def test_query_images_are_bounded_before_they_cost_memory(api: httpx.Client) -> 
     assert response.status_code == 413, response.text
 
 
-def test_an_outage_is_a_503_that_never_shows_a_password(stack: Stack) -> None:
+def test_an_outage_is_a_503_that_never_shows_a_password(stack: RunningStack) -> None:
     redis_url = f"redis://:s3cr3tpw@127.0.0.1:{free_port()}/0"
     qdrant_url = f"http://medindex:q-s3cr3t@127.0.0.1:{free_port()}"
     for env in ({"MEDINDEX_REDIS_URL": redis_url}, {"MEDINDEX_QDRANT_URL": qdrant_url}):
@@ -159,7 +160,7 @@ ATTEMPTS = 5  # sign-ins per client and minute
 
 
 @pytest.fixture(scope="module")
-def keyed(stack: Stack) -> Iterator[httpx.Client]:
+def keyed(stack: RunningStack) -> Iterator[httpx.Client]:
     env = stack.env | {
         "MEDINDEX_API_KEY": KEY,
         "MEDINDEX_SESSION_TTL_S": str(TTL_S),

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import Stack
 from test_http import serving
 from test_operations import flower
 
 from pipeline.messages import MAP_TASK
 from pipeline.samples import write_sample_dataset
+from producers.harness import RunningStack
 
 COLLECTION = "growing"
 FIRST, SECOND = 48, 160  # images of the first ingest, then of the one polled through
@@ -36,7 +36,7 @@ def map_tasks(since: float, settle_s: float = 5) -> int:
     return sum((task["sent"] or task["received"] or 0) >= since for task in tasks)
 
 
-def test_polling_a_growing_collection_asks_for_one_map(stack: Stack, tmp_path: Path) -> None:
+def test_polling_a_growing_collection_asks_for_one_map(stack: RunningStack, tmp_path: Path) -> None:
     since = time.time()
     first = write_sample_dataset(tmp_path / "first", FIRST, seed=21)
     second = write_sample_dataset(tmp_path / "second", SECOND, seed=22)

@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import httpx
 import pytest
-from conftest import ARTIFACTS, N_IMAGES, Stack
+from support import ARTIFACTS, N_IMAGES
 
 from pipeline.celery_app import app
 from pipeline.logs import JobContext, configure
@@ -25,6 +25,7 @@ from pipeline.schemas import point_id
 from pipeline.settings import get_settings
 from pipeline.store.remote import PATHS, RemoteAdmin
 from producers.drills.chaos import fix_bad_images
+from producers.harness import RunningStack
 from producers.ingest import resend_pending
 from search_api import SearchClient
 
@@ -64,7 +65,7 @@ def test_no_payload_value_reaches_flower(ingested: dict, dataset: Path) -> None:
     assert any("points" in str(task.get("kwargs")) for task in shown.values())
 
 
-def test_no_store_call_argument_reaches_flower(stack: Stack) -> None:
+def test_no_store_call_argument_reaches_flower(stack: RunningStack) -> None:
     """Issue 21, item 14: the store calls' filters, point ids and specs were in their task
     events, which Flower shows and keeps in flower.db; a call shows as its method and
     collection only."""
@@ -132,7 +133,7 @@ def test_flower_dashboard_in_headless_chromium(ingested: dict) -> None:
     assert shot.stat().st_size > 10_000  # a rendered page, not an empty canvas
 
 
-def test_status_cancel_and_resume(stack: Stack, dataset: Path) -> None:
+def test_status_cancel_and_resume(stack: RunningStack, dataset: Path) -> None:
     started = stack.medindex(
         "ingest", "--dataset", str(dataset), "--collection", "ops", "--no-wait", "--json"
     )
@@ -158,7 +159,7 @@ def test_status_cancel_and_resume(stack: Stack, dataset: Path) -> None:
     assert _status(stack, job_id)["jobs"][0]["state"] == "done"
 
 
-def test_retry_leaves_a_cancelled_job_cancelled(stack: Stack, tmp_path: Path) -> None:
+def test_retry_leaves_a_cancelled_job_cancelled(stack: RunningStack, tmp_path: Path) -> None:
     """Issue 21, item 3: `retry` sends a cancelled job's failed images again, and only them;
     the rows its cancel skipped stay pending, and the stall re-send does not send them."""
     data, bad = write_failing_first(tmp_path, 480)
@@ -203,13 +204,13 @@ def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:
     return folder / "failing", bad
 
 
-def _status(stack: Stack, job_id: str) -> dict:
+def _status(stack: RunningStack, job_id: str) -> dict:
     result = stack.medindex("status", job_id, "--json")
     assert result.returncode == 0, result.stderr
     return result.json()
 
 
-def _until_queues_drain(stack: Stack, job_id: str, timeout_s: float = 120) -> None:
+def _until_queues_drain(stack: RunningStack, job_id: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = _status(stack, job_id)
@@ -219,7 +220,7 @@ def _until_queues_drain(stack: Stack, job_id: str, timeout_s: float = 120) -> No
     pytest.fail("queues did not drain")
 
 
-def test_worker_logs_name_job_and_task(stack: Stack, ingested: dict) -> None:
+def test_worker_logs_name_job_and_task(stack: RunningStack, ingested: dict) -> None:
     lines = [line for line in stack.log.read_text().splitlines() if "ForkPoolWorker" in line]
     embedded = [
         line for line in lines if "embedded" in line and f"job={ingested['job_id']}" in line

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ARTIFACTS, N_IMAGES, Stack
 from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -26,6 +25,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from support import ARTIFACTS, N_IMAGES
 from test_http import serving
 
 from pipeline.samples.brain_mri import write_brain_mri
@@ -33,6 +33,7 @@ from pipeline.samples.dicom import write_dicom
 from pipeline.schemas import ReadOptions
 from pipeline.sources import dicom as dicom_reader
 from pipeline.sources import nifti as nifti_reader
+from producers.harness import RunningStack
 
 API_KEY = "page-test-key-3f9a"
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver: selenium never downloads one
@@ -41,7 +42,7 @@ CLICKS = 8  # result clicks timed
 
 
 @pytest.fixture(scope="module")
-def server(stack: Stack, ingested: dict) -> Iterator[str]:
+def server(stack: RunningStack, ingested: dict) -> Iterator[str]:
     with serving(stack.env | {"MEDINDEX_API_KEY": API_KEY}, "serve-page.log") as client:
         yield str(client.base_url).rstrip("/")
 
@@ -333,7 +334,7 @@ def test_exclude_this_patients_images(
 
 
 @pytest.fixture(scope="module")
-def patients(stack: Stack, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def patients(stack: RunningStack, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """120 of the sample's images, their lesion named as the patient, indexed as `patients`."""
     import datasets
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import N_IMAGES, Stack
+from support import N_IMAGES
 
 from pipeline.samples import skin
 from pipeline.schemas import point_id
+from producers.harness import RunningStack
 from search_api import Query, SearchClient
 
 COLLECTION = "skin"
@@ -202,7 +203,7 @@ def test_missing_age_stays_missing(client: SearchClient, table: datasets.Dataset
 
 
 def test_ingesting_again_changes_nothing(
-    stack: Stack, dataset: Path, client: SearchClient, all_points: list[dict]
+    stack: RunningStack, dataset: Path, client: SearchClient, all_points: list[dict]
 ) -> None:
     before = client.store.retrieve(
         COLLECTION, [p["id"] for p in all_points[:20]], with_vectors=True
@@ -220,7 +221,9 @@ def test_ingesting_again_changes_nothing(
     )
 
 
-def test_cli_search_by_id_and_filter(stack: Stack, dataset: Path, table: datasets.Dataset) -> None:
+def test_cli_search_by_id_and_filter(
+    stack: RunningStack, dataset: Path, table: datasets.Dataset
+) -> None:
     some_id = point_id(str(dataset.resolve()), "train", table[17]["image_id"])
     result = stack.medindex("search", "--collection", COLLECTION, "--id", some_id, "--json")
     assert result.returncode == 0, result.stderr

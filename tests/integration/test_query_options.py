@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Stack
 
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import write_dicom
 from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.sources import open_source
+from producers.harness import RunningStack
 from search_api import Query, SearchClient
 
 DICOM_FLAGS = {
@@ -47,7 +47,7 @@ def nifti_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def queried_points(stack: Stack, root: Path, collection: str, flags: list[str]) -> dict:
+def queried_points(stack: RunningStack, root: Path, collection: str, flags: list[str]) -> dict:
     """Ingest `root` with `flags`: each point a query by its file is to find -> that file (of
     a volume's spaced slices, the central one: what an uploaded volume is made into)."""
     done = stack.medindex("ingest", "--dataset", str(root), "--collection", collection, *flags)
@@ -82,7 +82,7 @@ def assert_each_file_finds_its_point(collection: str, files: dict[str, Path]) ->
 
 @pytest.mark.parametrize("name", DICOM_FLAGS)
 def test_a_dicom_query_is_read_as_its_collection(
-    stack: Stack, dicom_folder: Path, name: str
+    stack: RunningStack, dicom_folder: Path, name: str
 ) -> None:
     files = queried_points(stack, dicom_folder, f"dicom-{name}", DICOM_FLAGS[name])
     assert_each_file_finds_its_point(f"dicom-{name}", files)
@@ -90,7 +90,7 @@ def test_a_dicom_query_is_read_as_its_collection(
 
 @pytest.mark.parametrize("name", NIFTI_FLAGS)
 def test_a_nifti_query_is_read_as_its_collection(
-    stack: Stack, nifti_folder: Path, name: str
+    stack: RunningStack, nifti_folder: Path, name: str
 ) -> None:
     files = queried_points(stack, nifti_folder, f"nifti-{name}", NIFTI_FLAGS[name])
     assert len(files) == 8  # two cases, four modalities

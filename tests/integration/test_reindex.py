@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Stack, run_medindex
 from datasets import load_dataset
-from test_bad_input import assert_one_line_error
+from support import assert_one_line_error
 
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.random_models import build_random_vit
 from pipeline.samples import write_sample_dataset
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.settings import get_settings
+from producers.harness import RunningStack, run_medindex
 from producers.reindex import versions
 from search_api import Query, SearchClient
 
@@ -34,7 +34,7 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample_dataset(tmp_path_factory.mktemp("reindex") / "skin", N, seed=11)
 
 
-def reindex(stack: Stack, dataset: Path, *extra: str, alias: str = ALIAS) -> dict:
+def reindex(stack: RunningStack, dataset: Path, *extra: str, alias: str = ALIAS) -> dict:
     result = stack.medindex(
         "reindex", "--alias", alias, "--dataset", str(dataset), "--json", *extra
     )
@@ -42,12 +42,12 @@ def reindex(stack: Stack, dataset: Path, *extra: str, alias: str = ALIAS) -> dic
     return result.json()
 
 
-def ingest(stack: Stack, dataset: Path, collection: str, *extra: str) -> None:
+def ingest(stack: RunningStack, dataset: Path, collection: str, *extra: str) -> None:
     result = stack.medindex("ingest", "--dataset", str(dataset), "--collection", collection, *extra)
     assert result.returncode == 0, result.stderr
 
 
-def kill_mid_reindex(stack: Stack, dataset: Path, alias: str) -> str:
+def kill_mid_reindex(stack: RunningStack, dataset: Path, alias: str) -> str:
     """`reindex --alias` killed (SIGKILL) once its job embeds; returns the version it built."""
     argv = [sys.executable, "-m", "pipeline.cli", "reindex", "--alias", alias, "--dataset",
             str(dataset), "--json"]  # fmt: skip
@@ -73,7 +73,7 @@ def serving() -> str:
 
 
 @pytest.fixture(scope="module")
-def first(stack: Stack, small_dataset: Path) -> dict:
+def first(stack: RunningStack, small_dataset: Path) -> dict:
     # The label field is given once; later versions of the alias inherit it.
     return reindex(stack, small_dataset, "--label-field", LABEL_FIELD)
 
@@ -87,7 +87,7 @@ def test_first_reindex_builds_a_verified_version(first: dict) -> None:
 
 
 def test_searches_never_fail_or_see_a_partial_index_during_the_switch(
-    stack: Stack, small_dataset: Path, first: dict
+    stack: RunningStack, small_dataset: Path, first: dict
 ) -> None:
     client = SearchClient()
     probe = client.scroll(ALIAS, limit=1)["points"][0]["id"]
@@ -120,7 +120,7 @@ def test_searches_never_fail_or_see_a_partial_index_during_the_switch(
     assert serving() == f"{ALIAS}__v2"
 
 
-def test_rollback_restores_the_previous_answers(stack: Stack, first: dict) -> None:
+def test_rollback_restores_the_previous_answers(stack: RunningStack, first: dict) -> None:
     client = SearchClient()
     vector = client.vector_of(ALIAS, client.scroll(ALIAS, limit=1)["points"][0]["id"])
     before = [h["id"] for h in client.search(f"{ALIAS}__v1", Query(vector=vector, limit=10))]
@@ -130,7 +130,9 @@ def test_rollback_restores_the_previous_answers(stack: Stack, first: dict) -> No
     assert [h["id"] for h in client.search(ALIAS, Query(vector=vector, limit=10))] == before
 
 
-def test_a_refused_switch_leaves_the_old_version_serving(stack: Stack, small_dataset: Path) -> None:
+def test_a_refused_switch_leaves_the_old_version_serving(
+    stack: RunningStack, small_dataset: Path
+) -> None:
     was = serving()
     result = stack.medindex(
         "reindex", "--alias", ALIAS, "--dataset", str(small_dataset), "--min-quality", "1.01"
@@ -141,7 +143,7 @@ def test_a_refused_switch_leaves_the_old_version_serving(stack: Stack, small_dat
 
 
 def test_an_interrupted_reindex_resumes_to_the_exact_count(
-    stack: Stack, small_dataset: Path
+    stack: RunningStack, small_dataset: Path
 ) -> None:
     was = serving()
     interrupted = kill_mid_reindex(stack, small_dataset, ALIAS)
@@ -152,7 +154,9 @@ def test_an_interrupted_reindex_resumes_to_the_exact_count(
     assert serving() == interrupted
 
 
-def test_collections_lists_versions_with_their_origin(stack: Stack, small_dataset: Path) -> None:
+def test_collections_lists_versions_with_their_origin(
+    stack: RunningStack, small_dataset: Path
+) -> None:
     result = stack.medindex("collections", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["collection"]: row for row in result.json()}
@@ -164,7 +168,7 @@ def test_collections_lists_versions_with_their_origin(stack: Stack, small_datase
     assert len([name for name in rows if name.startswith(f"{ALIAS}__v")]) <= 4
 
 
-def test_another_model_is_refused(stack: Stack, small_dataset: Path, tmp_path: Path) -> None:
+def test_another_model_is_refused(stack: RunningStack, small_dataset: Path, tmp_path: Path) -> None:
     result = stack.medindex(
         "ingest", "--dataset", str(small_dataset), "--collection", ALIAS, "--pooling", "cls"
     )
@@ -186,7 +190,7 @@ def test_another_model_is_refused(stack: Stack, small_dataset: Path, tmp_path: P
 
 
 def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
-    stack: Stack, small_dataset: Path
+    stack: RunningStack, small_dataset: Path
 ) -> None:
     redis = connect_redis(get_settings().broker_url)
     running = redis.lock(f"medindex:reindex-lock:{ALIAS}", timeout=120)  # a reindex running
@@ -199,7 +203,7 @@ def test_a_second_reindex_of_the_same_alias_is_refused_while_one_runs(
 
 
 def test_an_ingest_into_an_alias_waits_for_its_reindex(
-    stack: Stack, small_dataset: Path, first: dict, tmp_path: Path
+    stack: RunningStack, small_dataset: Path, first: dict, tmp_path: Path
 ) -> None:
     """Issue 21, item 4: an ingest into the alias, or into the version it serves, takes the
     reindex's lock: it waits, says so, and gives up on one line if the reindex goes on."""
@@ -234,7 +238,7 @@ def test_an_ingest_into_an_alias_waits_for_its_reindex(
 
 
 def test_a_reindex_refuses_to_drop_another_datasets_points(
-    stack: Stack, small_dataset: Path, tmp_path: Path
+    stack: RunningStack, small_dataset: Path, tmp_path: Path
 ) -> None:
     """Issue 21, item 4: a collection holding another dataset too is not replaced by a version
     built from one of them: refused before anything is built, the collection untouched."""
@@ -249,7 +253,7 @@ def test_a_reindex_refuses_to_drop_another_datasets_points(
 
 
 def test_a_reindex_refuses_to_drop_points_written_since_it_started(
-    stack: Stack, small_dataset: Path
+    stack: RunningStack, small_dataset: Path
 ) -> None:
     """Issue 21, item 4: points that reach the serving collection while a reindex is
     interrupted (its lock lapsed) are not in the new version: the switch is refused."""
@@ -264,7 +268,7 @@ def test_a_reindex_refuses_to_drop_points_written_since_it_started(
 
 
 def test_a_reindex_rerun_over_changed_data_starts_a_new_version(
-    stack: Stack, tmp_path: Path
+    stack: RunningStack, tmp_path: Path
 ) -> None:
     """Issue 21, item 5: a reindex killed, then run again after its dataset changed, abandons
     (deletes) the version it was building, says so, and builds a new one."""
@@ -281,7 +285,9 @@ def test_a_reindex_rerun_over_changed_data_starts_a_new_version(
     assert store.count("release") == N + 16
 
 
-def test_the_documented_ingest_then_weekly_reindex(stack: Stack, small_dataset: Path) -> None:
+def test_the_documented_ingest_then_weekly_reindex(
+    stack: RunningStack, small_dataset: Path
+) -> None:
     """Deployments ingest into $MEDINDEX_COLLECTION, then reindex with it as --alias."""
     ingested = stack.medindex(
         "ingest", "--dataset", str(small_dataset), "--collection", "deployed", "--json"

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qdrant_edge
-from conftest import Stack, run_medindex
 
 from pipeline.celery_app import app
 from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_TASK, UNACKED
@@ -18,10 +17,11 @@ from pipeline.settings import get_settings
 from pipeline.store import SearchRequest, StoreError
 from pipeline.store.remote import REPLY_PREFIX, RemoteAdmin, RemoteReader
 from pipeline.store.server import ServerStore
+from producers.harness import RunningStack, run_medindex
 
 
 @pytest.fixture()
-def remote(stack: Stack) -> RemoteAdmin:
+def remote(stack: RunningStack) -> RemoteAdmin:
     return RemoteAdmin(get_settings())
 
 

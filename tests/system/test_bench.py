@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import run_medindex
-from test_bad_input import assert_one_line_error
+from support import assert_one_line_error
+
+from producers.harness import run_medindex
 
 
 def test_bench_reports_every_figure(base_env: dict[str, str]) -> None:

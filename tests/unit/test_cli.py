@@ -6,10 +6,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 from typing import get_args
 
 import pytest
+from support import ROOT
 
 from pipeline.cli import COMMANDS, build_parser, main
 from pipeline.errors import MedindexError
@@ -17,7 +17,6 @@ from pipeline.schemas import ReadOptions
 from pipeline.settings import Settings
 from producers.commands.source_flags import source_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 MODULES = {command.register.split(":")[0] for command in COMMANDS.values()}
 
 

@@ -5,16 +5,15 @@ and every queue a worker consumes is one the app routes tasks to."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 
 from pipeline.celery_app import app
 from pipeline.cli import build_parser
 from pipeline.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 DOCKERFILES = sorted((ROOT / "deploy").glob("Dockerfile.*"))

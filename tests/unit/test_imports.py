@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "tasks", "producers", "search_api")
 HEAVY = ("torch", "transformers")
 

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 from transformers import AutoConfig, AutoImageProcessor
 
 from pipeline.model_info import ModelError, describe
 from pipeline.random_models import build_random_resnet50
 
-ROOT = Path(__file__).resolve().parent.parent
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 # The hub's older files (dino-vits16's and resnet-50's era): a feature extractor, a bare size.
 LEGACY_PROCESSORS = {

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from conftest import run_medindex
 from PIL import Image
-from test_bad_input import assert_one_line_error
+from support import assert_one_line_error
 
 from pipeline.embedder import Embedder
 from pipeline.model_info import describe
+from producers.harness import run_medindex
 
 
 def test_a_random_resnet50_embeds_pooled_2048_d_vectors(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import io
 import math
@@ -13,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from support import TYPED, png, write_typed
 
 from pipeline.schemas import ReadOptions
 from pipeline.sources import (
@@ -70,48 +70,6 @@ def test_a_dataset_without_images_is_refused(tmp_path: Path) -> None:
 def test_a_missing_split_is_named(dataset: Path) -> None:
     with pytest.raises(SourceError, match="no split 'test'"):
         DatasetSource(resolve(str(dataset), split="test"))
-
-
-def png(value: int) -> dict:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), (value, 255 - value, (7 * value) % 256)).save(buffer, "PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
-
-
-TYPED = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "note": datasets.Value("string"),  # repeated: no key
-        "scan_name": datasets.Value("string"),  # named like a key, unique
-        "grade": datasets.Value("int32"),
-        "score": datasets.Value("float64"),
-        "taken": datasets.Value("timestamp[s]"),
-        "urgent": datasets.Value("bool"),
-        "findings": datasets.Sequence(datasets.Value("string")),
-        "kind": datasets.ClassLabel(names=["benign", "malignant"]),
-        "extra": {"a": datasets.Value("int32")},  # a struct: carried, not indexed
-    }
-)
-
-
-def write_typed(folder: Path, order: list[int]) -> Path:
-    """Six rows of every column type, in `order` (a re-sorted copy keeps its keys)."""
-    rows = {
-        "image": [png(i) for i in order],
-        "note": ["same" for _ in order],
-        "scan_name": [f"scan-{i}" for i in order],
-        "grade": [i for i in order],
-        "score": [i / 2 for i in order],
-        "taken": [datetime.datetime(2024, 1, 1 + i) for i in order],
-        "urgent": [i % 2 == 0 for i in order],
-        "findings": [["mass", "nodule"][: i % 3] for i in order],
-        "kind": [i % 2 for i in order],
-        "extra": [{"a": i} for i in order],
-    }
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    table = datasets.Dataset.from_dict(rows, features=TYPED)
-    table.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
-    return folder
 
 
 def test_the_schema_comes_from_the_features(tmp_path: Path) -> None:

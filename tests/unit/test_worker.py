@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 
-from conftest import run_medindex
-
 from pipeline.settings import get_settings
 from pipeline.worker import worker_argv
+from producers.harness import run_medindex
 
 
 def test_roles_become_the_celery_workers_medindex_up_runs() -> None:

@@ -1,5 +1,5 @@
 """The writer against a real embedded Qdrant engine (Edge), no Redis: it writes and reports;
-the ledger turns its report into the job's state (checked against the stack's real Redis).
+the ledger turns its report into the job's state (checked against a real Redis).
 
 A Qdrant server cannot run here, so the server backend meets its transports' errors for real:
 qdrant-client over REST and over gRPC to a closed port (an outage), and to real HTTP and gRPC
@@ -19,12 +19,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import Stack, free_port
+from support import free_port
 
 from pipeline import ledger
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings
 from pipeline.store import StoreError
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
@@ -84,8 +84,8 @@ def test_a_missing_collection_is_a_refusal_never_created(writer: Writer) -> None
     assert "skin__v1" not in writer.store.collections()
 
 
-def test_the_ledger_records_what_the_writer_reports(writer: Writer, stack: Stack) -> None:
-    tracker = JobTracker(connect_redis(get_settings().broker_url))
+def test_the_ledger_records_what_the_writer_reports(writer: Writer, bare_redis: str) -> None:
+    tracker = JobTracker(connect_redis(bare_redis))
     tracker.create("wjob4", 32, {"collection": "w"})
     good = batch("wjob4", range(0, 16), vectors(4))
     gone = batch("wjob4", range(16, 32), vectors(5), collection="gone")
