@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up page test chaos cluster capacity bench bench-formats bench-cpu lint format clean
+.PHONY: help install browser demo up page test test-unit test-integration test-system chaos cluster capacity bench bench-formats bench-cpu lint format clean
 
 help:
 	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
-	@echo "make test    the test suite (real Redis, real Celery workers, embedded Qdrant)"
+	@echo "make test    unit + integration tests (real Redis, Celery workers, embedded Qdrant)"
+	@echo "make test-system  kills, outages, fused passes, the drills and the bench, as tests"
 	@echo "make up      the local stack in the foreground (Redis + workers)"
 	@echo "make page    the local stack and the search page on http://127.0.0.1:8000/"
 	@echo "make chaos   ingest while killing workers, the store worker and Redis; poisoned images"
@@ -48,14 +49,23 @@ browser:
 	  [ "$$(id -u)" = 0 ] || { echo "install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: install browser
-	$(BIN)/pytest
+# Each tier in a pytest process of its own: unit tests see the caller's environment untouched.
+test: test-unit test-integration
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+test-integration: install browser
+	$(BIN)/pytest tests/integration
+
+test-system: install browser
+	$(BIN)/pytest tests/system
 
 chaos: install
-	$(BIN)/python tests/chaos.py --images 400 --kills 8
+	$(BIN)/python -m producers.drills.chaos --images 400 --kills 8
 
 cluster: install
-	$(BIN)/python tests/cluster.py --images 400
+	$(BIN)/python -m producers.drills.cluster --images 400
 
 capacity: install
 	$(BIN)/python docs/capacity.py

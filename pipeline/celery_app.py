@@ -14,7 +14,7 @@ from kombu import Queue
 
 from pipeline import logs
 from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, Senders
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 
 TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map"]
 
@@ -36,8 +36,8 @@ class ShortReprAMQP(AMQP):
         return message
 
 
-def create_app() -> Celery:
-    settings = get_settings()
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
     # No result backend: tasks report through job state in Redis (pipeline.progress).
     app = Celery("medindex", broker=settings.broker_url, amqp=ShortReprAMQP)
     app.conf.update(

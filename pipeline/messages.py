@@ -13,6 +13,7 @@ under the names here; producers, tasks and search_api send only through those se
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from celery import Celery
     from kombu import Producer
+    from redis import Redis
 
     from pipeline.schemas import EmbedJob, PointBatch
 
@@ -28,6 +30,9 @@ UPSERT_QUEUE = "upsert"
 STORE_QUEUE = "store"
 QUEUES = (EMBED_QUEUE, UPSERT_QUEUE, STORE_QUEUE)
 UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
+# Each message of a job names the job in its headers, so that a producer can tell whether any
+# of them is still out without reading the bodies (`jobs_in_flight`).
+JOB_HEADER = "medindex_job"
 
 EMBED_TASK = "medindex.embed"
 UPSERT_TASK = "medindex.upsert"
@@ -69,6 +74,7 @@ class Senders:
             EMBED_TASK,
             args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
             argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",
+            headers={JOB_HEADER: job.job_id},
             producer=producer,
             queue=queue,  # None: the route's
             countdown=countdown,
@@ -95,6 +101,7 @@ class Senders:
             kwargs={"batch": batch.model_dump(), "ends_job": ends_job},
             argsrepr="()",
             kwargsrepr=f"job {batch.job_id}: {len(batch)} {kind}{retry}",
+            headers={JOB_HEADER: batch.job_id},
             producer=producer,
             task_id=task_id,
             retries=retries,
@@ -117,3 +124,17 @@ class Senders:
         the version: a collection's name and when it was made."""
         kwargs = {"collection": collection, "made": made}
         self.app.send_task(MAP_TASK, kwargs=kwargs, argsrepr="()", kwargsrepr=repr(kwargs))
+
+
+def jobs_in_flight(redis: Redis) -> set[str]:
+    """The jobs that have a message queued (embed, upsert) or delivered and not yet
+    acknowledged (a worker's prefetched or buffered messages): those messages will be handled,
+    or come back after the visibility timeout, by themselves.
+
+    Read from kombu's Redis layout: queues are lists of JSON envelopes, the unacknowledged ones
+    a hash of [envelope, exchange, routing key]. A message without the job header (a map
+    request, or one sent by an older producer) belongs to no job here."""
+    envelopes = [json.loads(raw) for queue in (EMBED_QUEUE, UPSERT_QUEUE)
+                 for raw in redis.lrange(queue, 0, -1)]  # fmt: skip
+    envelopes += [json.loads(raw)[0] for raw in redis.hvals(UNACKED)]
+    return {job for e in envelopes if (job := (e.get("headers") or {}).get(JOB_HEADER))}

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     upsert_max_retries: int = Field(3, ge=0, le=10)
     # Seconds before Redis hands an unacknowledged job to another worker.
     visibility_timeout_s: int = Field(600, ge=30)
+    # Seconds a job may make no progress, with no message of it queued, delivered or buffered,
+    # before its producer sends its pending rows again: a message can vanish where no
+    # acknowledgement covers it (a consumer killed between taking it and recording it).
+    resend_quiet_s: float = Field(45.0, gt=0)
     # Seconds a killed reindex keeps its alias locked (a running one renews its lock); a second
     # reindex of a running alias waits this long before it is refused.
     reindex_lock_s: int = Field(60, ge=5, le=3600)

@@ -15,7 +15,7 @@ from redis import Redis, RedisError
 
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
-from pipeline.messages import EMBED_QUEUE, UNACKED, UPSERT_QUEUE
+from pipeline.messages import jobs_in_flight
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
@@ -211,13 +211,13 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
 def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
     """Enqueue again every row of a stalled job that is neither indexed nor failed (of a
     cancelled job, only those `retry` sent: the rows the cancel skipped stay skipped), when no
-    message can still be carrying it (none queued, none delivered and unacknowledged: those
-    come back by themselves); returns how many (0: other messages are still out).
+    message of the job can still be carrying it (none queued, none delivered and
+    unacknowledged: those come back by themselves); returns how many (0: some are still out).
 
     A message can vanish in ways no acknowledgement scheme covers (a broker killed before its
     append-only file held the write); ids are deterministic, so sending a row twice is safe.
     """
-    if tracker.redis.hlen(UNACKED) or any(map(tracker.redis.llen, (EMBED_QUEUE, UPSERT_QUEUE))):
+    if job_id in jobs_in_flight(tracker.redis):
         return 0
     progress = tracker.progress(job_id)
     if progress.cancelled:
@@ -277,12 +277,12 @@ def wait(
 ) -> Progress:
     """Poll the job's state in Redis until every image is indexed or failed.
 
-    With `settings`, a job that makes no progress for twice the visibility timeout (time for
-    every unacknowledged message to come back) while nothing is queued has its pending rows
-    sent again (`resend_pending`).
+    With `settings`, a job that makes no progress for `resend_quiet_s` while no message of it
+    is queued, delivered or buffered has its pending rows sent again (`resend_pending`): a
+    lost message costs about that long, not a visibility timeout.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    stall_s = 2 * settings.visibility_timeout_s if settings else None
+    stall_s = settings.resend_quiet_s if settings else None
     last, last_change = None, time.monotonic()
     while True:
         progress = tracker.progress(job_id)

@@ -11,12 +11,14 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from redis import Redis
 
 from pipeline.errors import MedindexError
+from pipeline.messages import jobs_in_flight
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.quality import knn_agreement, label_field
@@ -137,6 +139,7 @@ def _reindex(
     progress = wait(tracker, job_id, on_progress, settings=settings)
     if progress.cancelled:
         raise MedindexError(f"reindex job {job_id} was cancelled; run the same command to resume")
+    _settle(tracker, job_id, settings.resend_quiet_s)
     finish_bulk(store, collection)
 
     summary = {
@@ -178,6 +181,15 @@ def _reindex(
     redis.delete(PENDING + request.alias)
     summary["deleted"] = _prune(store, request.alias, request.keep, spare={collection, serving})
     return summary
+
+
+def _settle(tracker: JobTracker, job_id: str, timeout_s: float) -> None:
+    """Wait (at most `timeout_s`) until no message of the finished job is out: copies of its
+    shards (a killed run had queued what the resumed run sent again) are written before the
+    index is built, not refused while it is."""
+    deadline = time.monotonic() + timeout_s
+    while job_id in jobs_in_flight(tracker.redis) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def rollback(store: Admin, alias: str) -> tuple[str, str]:

@@ -1,0 +1,48 @@
+"""The message contract on a bare Redis: what a job's messages carry, and how a producer sees
+whether any of them is still out (queued, or delivered and not yet acknowledged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from pipeline.celery_app import create_app
+from pipeline.messages import EMBED_QUEUE, UPSERT_QUEUE, Senders, jobs_in_flight
+from pipeline.schemas import EmbedJob, PointBatch, SourceRef
+from pipeline.settings import Settings
+
+
+@pytest.fixture()
+def senders(bare_redis: str) -> Senders:
+    return Senders(create_app(Settings(redis_url=bare_redis)))
+
+
+def embed_job(job_id: str) -> EmbedJob:
+    source = SourceRef(dataset=str(Path("/data/skin")))
+    return EmbedJob(job_id=job_id, collection="c", source=source, model="m", rows=[0, 1])
+
+
+def points(job_id: str) -> PointBatch:
+    return PointBatch(job_id=job_id, collection="c", ids=[], rows=[], payloads=[], vectors=b"",
+                      dim=0)  # fmt: skip
+
+
+def test_a_queued_or_unacknowledged_message_keeps_its_job_in_flight(
+    senders: Senders, bare_redis: str
+) -> None:
+    redis = senders.app.connection_for_write().default_channel.client
+    assert jobs_in_flight(redis) == set()
+    senders.send_embed_job(embed_job("a"))
+    senders.send_points(points("b"))
+    senders.send_map_request("c", None)  # a map request belongs to no job
+    assert jobs_in_flight(redis) == {"a", "b"}
+    with Connection(bare_redis) as broker:
+        delivered = broker.SimpleQueue(EMBED_QUEUE, no_ack=False, accept=["msgpack"]).get(timeout=5)
+        assert redis.llen(EMBED_QUEUE) == 1  # the map request; job a's message is delivered
+        assert jobs_in_flight(redis) == {"a", "b"}  # delivered, not acknowledged: still out
+        delivered.ack()
+        assert jobs_in_flight(redis) == {"b"}
+        broker.SimpleQueue(UPSERT_QUEUE, no_ack=False, accept=["msgpack"]).get(timeout=5).ack()
+    assert jobs_in_flight(redis) == set()
