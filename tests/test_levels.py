@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pydicom import dcmread
 
+from pipeline.images import ImageError
 from pipeline.picture import levels_of, picture_of
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import write_dicom
@@ -28,7 +29,8 @@ MAX_BYTES = 32 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def dicom_rows(tmp_path_factory: pytest.TempPathFactory) -> list:
-    source = DicomSource(resolve(str(write_dicom(tmp_path_factory.mktemp("d"), 14, 3)), fmt="dicom"))
+    folder = write_dicom(tmp_path_factory.mktemp("d"), 14, 3)
+    source = DicomSource(resolve(str(folder), fmt="dicom"))
     return [(source, r) for r in source.read(list(range(len(source))), MAX_BYTES) if r.image]
 
 
@@ -60,8 +62,10 @@ def test_a_ct_offers_its_own_windows_then_the_presets_and_each_renders_anew(
     offered = [(w.name, w.window.center, w.window.width) for w in levels.windows()]
     assert offered[:2] == [("file window 1", 40, 400), ("file window 2", -600, 1500)]
     assert [name for name, *_ in offered[2:]] == ["lung", "soft tissue", "bone", "brain"]
-    pictures = {(c, w): render(levels, n.window).tobytes() for (_, c, w), n in zip(
-        offered, levels.windows(), strict=True)}
+    pictures = {
+        (c, w): render(levels, n.window).tobytes()
+        for (_, c, w), n in zip(offered, levels.windows(), strict=True)
+    }
     assert len(set(pictures.values())) == len(pictures) == 4  # each window its own picture
     assert levels.spacing_mm == tuple(record.payload["pixel_spacing"])
     mr = next((s, r) for s, r in dicom_rows if r.payload["modality"] == "MR")
@@ -110,7 +114,7 @@ def test_levels_of_a_point_refuse_what_has_none_or_changed(
     levels = levels_of(record.payload["source"], get_settings())
     assert levels.values.shape == np.asarray(record.image).shape
     moved = record.payload["source"] | {"key": "another/file.nii.gz"}
-    with pytest.raises(Exception, match="no longer 'another/file.nii.gz'"):
+    with pytest.raises(ImageError, match=r"no longer 'another/file\.nii\.gz'"):
         levels_of(moved, get_settings())
     assert picture_of(record.payload["source"], get_settings()).size == record.image.size
 
@@ -125,6 +129,7 @@ def test_formats_of_8_bit_pictures_have_no_levels(tmp_path: Path) -> None:
 
 def test_read_options_still_choose_the_embedded_window(dicom_rows: list) -> None:
     source, record = next((s, r) for s, r in dicom_rows if r.payload["modality"] == "CT")
-    lung = DicomSource(resolve(str(source.root), fmt="dicom", options=ReadOptions(dicom_window="lung")))
+    options = ReadOptions(dicom_window="lung")
+    lung = DicomSource(resolve(str(source.root), fmt="dicom", options=options))
     levels = lung.levels(record.row, record.key, MAX_BYTES)
     assert (levels.embedded.center, levels.embedded.width) == (-600, 1500)
