@@ -242,7 +242,13 @@ async function hover(event) {
   tip.style.left = `${map.px[i] + 12}px`;
   tip.style.top = `${map.py[i] + 12}px`;
   tip.hidden = false;
-  const payload = payloads.get(id) ?? (await api(`${base()}/points/${encodeURIComponent(id)}`)).body.payload;
+  let payload = payloads.get(id);
+  try {
+    payload ??= (await api(`${base()}/points/${encodeURIComponent(id)}`)).body.payload;
+  } catch (error) {
+    mapStatus(error.message, true);
+    return;
+  }
   payloads.set(id, payload);
   if (tip.dataset.id !== id) return; // the pointer moved on meanwhile
   const img = $("#map-tip-picture");
