@@ -53,8 +53,13 @@ def _reading(source: object) -> str:
 
 
 def short_path(value: str | None) -> str:
-    """A long path as its last two parts (`…/data/xray`), for a column that stays narrow."""
+    """A long path by its last parts (`…/data/xray`; `…/vit-tiny` where two are still long),
+    for a column that stays narrow: the distinguishing part is the end."""
     if not value or len(value) <= SHORT_PATH:
         return value or ""
     parts = PurePath(value).parts
-    return "…/" + "/".join(parts[-2:]) if len(parts) > 2 else value
+    for last in (2, 1):
+        shortened = "…/" + "/".join(parts[-last:])
+        if len(parts) > last and len(shortened) <= SHORT_PATH:
+            return shortened
+    return "…/" + parts[-1]

@@ -21,7 +21,7 @@ from search_api.deps import client
 
 FACET_SAMPLE = 10_000
 TOP_VALUES = 50  # a keyword field's values offered in its multi-select, the most common first
-TYPE_AHEAD_FROM = 13  # a keyword field with more values gets a type-ahead over all of them
+TYPE_AHEAD_FROM = 25  # a keyword field with this many values also gets a type-ahead over them
 HISTOGRAM_BINS = 16
 GROUP_MAX_VALUES = 100  # a field with more values is no grouping for the per-label view
 # The field naming the patient: `patient` (DICOM's keyed hash), `patient_id` (a table's column);
