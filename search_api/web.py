@@ -2,13 +2,13 @@
 from the schema, results with their pictures, a viewer (search_api.viewer), the closest case
 per label, the embedding map, DICOM's patients and series, the collections and the jobs.
 
-Server-rendered (Jinja2) with static ES modules (static/js/); every asset ships in the package. When
-MEDINDEX_API_KEY is set, every route but /healthz, /login, /logout and /static needs it: the
-header `X-API-Key`, or the cookie of a session the login form opened (kept in Redis: it
-expires, and sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost; sign-in
-attempts are bounded per client). Pictures are made only from a point's own recorded source
-(never a path from a request), with validators: a point's picture does not change within a
-collection version.
+Server-rendered (Jinja2) with static ES modules (static/js/); every asset ships in the
+package. When MEDINDEX_API_KEY is set, every route but /healthz, /login, /logout and /static
+needs it: the header `X-API-Key`, or the cookie of a session the login form opened (kept in
+Redis: it expires, and sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost;
+sign-in attempts are bounded per client). Pictures are made only from a point's own recorded
+source (never a path from a request), with validators: a point's picture does not change
+within a collection version.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _authorised(request: Request, key: str) -> bool:
 
 async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     response = await _allowed(request, call_next)
-    if not request.url.path.startswith(("/docs", "/redoc")):  # FastAPI's docs load scripts
+    if not request.url.path.startswith(("/docs", "/redoc")):  # their pages run inline scripts
         response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"

@@ -152,12 +152,16 @@ def _check_proportions(
     browser: WebDriver, keyed: httpx.Client, collection: str, selector: str
 ) -> list[tuple[str, float, float]]:
     """(point, drawn width/height, pixel grid's width/height) of each loaded picture, each
-    drawn as the picture's width and height in mm (payload `pixel_spacing`: rows, columns)."""
+    drawn as the picture's width and height in mm (payload `pixel_spacing`: rows, columns).
+    What is drawn: the element's box where the picture fills it, the picture's own grid where
+    it is fitted inside (`object-fit: contain`); a cropped one (`cover`) fails."""
     found = browser.execute_script(
         "return [...document.querySelectorAll(arguments[0])]"
-        ".filter(i => i.complete && i.naturalWidth)"
-        ".map(i => [i.closest('[data-id]').dataset.id, i.getBoundingClientRect().width"
-        " / i.getBoundingClientRect().height, i.naturalWidth / i.naturalHeight])",
+        ".filter(i => i.complete && i.naturalWidth).map(i => {"
+        "  const box = i.getBoundingClientRect(), fit = getComputedStyle(i).objectFit;"
+        "  const grid = i.naturalWidth / i.naturalHeight;"
+        "  const drawn = fit === 'fill' ? box.width / box.height : fit === 'contain' ? grid : 0;"
+        "  return [i.closest('[data-id]').dataset.id, drawn, grid]; })",
         selector,
     )
     assert found, f"no picture at {selector}"
