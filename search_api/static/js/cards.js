@@ -61,7 +61,8 @@ export function markExample(article) {
 function fields(payload) {
   const list = element("dl");
   for (const [name, value] of Object.entries(payload)) {
-    if (value === null || (typeof value === "object" && !Array.isArray(value))) continue; // `source`: details
+    // `source` (an object) is for the details
+    if (value === null || (typeof value === "object" && !Array.isArray(value))) continue;
     const term = element("dt", "", name);
     const data = element("dd", "", shown(value));
     data.dataset.field = name;

@@ -10,7 +10,9 @@ const TYPE_AHEAD_WAIT_MS = 150;
 export function buildFilter() {
   const clauses = { must: [], must_not: [], should: [] };
   for (const set of $$("fieldset.facet")) {
-    const values = $$("option", $(".values", set)).filter((o) => o.selected).map((o) => o.value);
+    const values = $$("option", $(".values", set))
+      .filter((o) => o.selected)
+      .map((o) => o.value);
     if (values.length) {
       clauses[$(".mode", set).value].push({ key: set.dataset.field, match: { any: values } });
     }
@@ -18,7 +20,10 @@ export function buildFilter() {
   for (const set of $$("fieldset.range")) {
     const range = {};
     const number = set.dataset.type !== "datetime";
-    for (const [cls, bound] of [["low", "gte"], ["high", "lte"]]) {
+    for (const [cls, bound] of [
+      ["low", "gte"],
+      ["high", "lte"],
+    ]) {
       const text = $(`.${cls}`, set).value.trim();
       if (text !== "") range[bound] = number ? Number(text) : text;
     }
@@ -50,7 +55,8 @@ export function showFilter() {
 // The controls set from a filter (a shared URL's, the back button's); what no control shows
 // is kept as a clause of its own, listed above the filters with a button to drop it.
 export function applyFilter(filter) {
-  for (const select of $$("fieldset select.values")) for (const o of select.options) o.selected = false;
+  for (const select of $$("fieldset select.values"))
+    for (const o of select.options) o.selected = false;
   for (const input of $$("fieldset.range input")) input.value = "";
   for (const select of $$("fieldset.flag .value")) select.value = "";
   page.excludedPatient = null;

@@ -43,7 +43,9 @@ function jobRow(job) {
     failed.title = job.reasons.map(([reason, n]) => `${n}× ${reason}`).join("\n");
     failed.append(element("div", "hint reason", job.reasons[0][0]));
   }
-  const cells = [job.job_id, job.kind, job.collection, job.state].map((text) => element("td", "", text));
+  const cells = [job.job_id, job.kind, job.collection, job.state].map((text) =>
+    element("td", "", text),
+  );
   cells[3].className = `state ${job.state}`;
   // Since the job started: a rate while it runs (a finished job's would decay with time).
   const running = job.state === "running";

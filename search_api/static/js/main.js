@@ -4,14 +4,32 @@
 
 import { api, base, say } from "./api.js";
 import { exportHits, markExample } from "./cards.js";
-import { applyFilter, buildFilter, pick, showFilter, wireHistograms, wireTypeAhead } from "./filters.js";
+import {
+  applyFilter,
+  buildFilter,
+  pick,
+  showFilter,
+  wireHistograms,
+  wireTypeAhead,
+} from "./filters.js";
 import { loadJobs } from "./jobs.js";
 import { drawMap, loadMap, refreshMatching, wireMap } from "./map.js";
-import { browse, fromResult, groups, hooks, queryByExamples, queryByFile, queryByPoint, search } from "./queries.js";
+import {
+  browse,
+  fromResult,
+  groups,
+  hooks,
+  queryByExamples,
+  queryByFile,
+  queryByPoint,
+  search,
+} from "./queries.js";
 import { $, $$, page } from "./state.js";
 import { openDetail, wireViewer } from "./viewer.js";
 
 const FILTER_WAIT_MS = 300; // controls changed in a burst apply once
+const NO_QUERY =
+  "Choose or drop a query image, click a picture, or pick examples (+ / −) to recommend from.";
 
 const actions = {
   open: (hit) => openDetail(hit, actions),
@@ -39,7 +57,7 @@ function showView(view, { load = true, push = true } = {}) {
 function loadView() {
   if (page.view === "browse") return browse(0);
   if (page.view === "results") {
-    if (!page.query) say("Choose or drop a query image, click a picture, or pick examples (+ / −) to recommend from.");
+    if (!page.query) say(NO_QUERY);
     return search();
   }
   if (page.view === "groups") return groups();
@@ -79,7 +97,9 @@ function drawExamples() {
 }
 
 function recommendFromExamples() {
-  queryByExamples([...page.examples.positive.keys()], [...page.examples.negative.keys()]).then(remember);
+  queryByExamples([...page.examples.positive.keys()], [...page.examples.negative.keys()]).then(
+    remember,
+  );
 }
 
 // --- the URL: working state, shared and walked back ---------------------------------------------
@@ -117,10 +137,12 @@ async function restore() {
     page.onePer = params.get("per") ?? "";
     if ($("#one-per")) $("#one-per").value = page.onePer;
     showFilter();
-    const view = params.get("view") ?? (params.has("q") || params.has("pos") ? "results" : "browse");
+    const view =
+      params.get("view") ?? (params.has("q") || params.has("pos") ? "results" : "browse");
     showView(view, { load: false, push: false });
     if (params.has("q")) await restoreQuery(params.get("q"));
-    else if (params.has("pos")) await queryByExamples(ids(params.get("pos")), ids(params.get("neg")));
+    else if (params.has("pos"))
+      await queryByExamples(ids(params.get("pos")), ids(params.get("neg")));
     else {
       page.query = null;
       $("#query-figure").hidden = true;
@@ -172,7 +194,9 @@ function wire() {
     drop.classList.remove("over");
     if (e.dataTransfer.files.length) queryByFile(e.dataTransfer.files[0]).then(remember);
   });
-  $("#apply").addEventListener("click", () => (page.query ? showView("results") : showView("browse")));
+  $("#apply").addEventListener("click", () =>
+    page.query ? showView("results") : showView("browse"),
+  );
   $("#filters").addEventListener("change", (e) => {
     if (!e.target.classList.contains("type-ahead")) filterChanged();
   });
@@ -208,12 +232,15 @@ function wire() {
     page.onePer = onePer.value;
     search().then(remember);
   });
-  for (const tab of $$(".tabs button")) tab.addEventListener("click", () => showView(tab.dataset.view));
+  for (const tab of $$(".tabs button"))
+    tab.addEventListener("click", () => showView(tab.dataset.view));
   $("#group-field").addEventListener("change", groups);
   $("#browse-previous").addEventListener("click", () => browse(page.browse.page - 1));
   $("#browse-next").addEventListener("click", () => browse(page.browse.page + 1));
   for (const button of $$("button.export")) {
-    button.addEventListener("click", () => exportHits(page.shown[page.view] ?? [], button.dataset.format));
+    button.addEventListener("click", () =>
+      exportHits(page.shown[page.view] ?? [], button.dataset.format),
+    );
   }
   for (const node of $$("#patients .pick")) {
     node.addEventListener("click", () => {

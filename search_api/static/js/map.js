@@ -8,8 +8,18 @@ import { caseName, fitInFrame, shown, spacingOf } from "./names.js";
 import { $, element, page } from "./state.js";
 
 const PALETTE = [
-  "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-  "#e377c2", "#17becf", "#bcbd22", "#393b79", "#ad494a", "#637939",
+  "#1f77b4",
+  "#ff7f0e",
+  "#2ca02c",
+  "#d62728",
+  "#9467bd",
+  "#8c564b",
+  "#e377c2",
+  "#17becf",
+  "#bcbd22",
+  "#393b79",
+  "#ad494a",
+  "#637939",
 ];
 const OTHER = "#b0b0b0";
 const LEFT_OUT = "rgba(150, 150, 150, 0.25)";
@@ -50,9 +60,13 @@ export async function loadMap() {
   map.matching = null;
   page.map = map;
   $("#map-colour").replaceChildren(
-    ...Object.keys(map.fields).map((name) => new Option(name, name, false, name === page.labelField)),
+    ...Object.keys(map.fields).map(
+      (name) => new Option(name, name, false, name === page.labelField),
+    ),
   );
-  mapStatus(`${map.ids.length} of ${map.points} points (t-SNE of a sample of ${map.version.collection})`);
+  mapStatus(
+    `${map.ids.length} of ${map.points} points (t-SNE of a sample of ${map.version.collection})`,
+  );
   await refreshMatching();
 }
 
@@ -145,7 +159,11 @@ function legend(colours, map) {
     return item;
   });
   if (map.matching) {
-    const item = element("span", "hint", `pale: left out by the filter (${map.ids.length - map.matching.size})`);
+    const item = element(
+      "span",
+      "hint",
+      `pale: left out by the filter (${map.ids.length - map.matching.size})`,
+    );
     items.push(item);
   }
   $("#map-legend").replaceChildren(...items);

@@ -14,7 +14,9 @@ export function caseName(payload) {
   }
   if (payload.series) {
     const instance = payload.instance_number == null ? "" : `instance ${payload.instance_number}`;
-    return [`series ${short(payload.series)}`, instance, payload.series_description].filter(Boolean).join(" · ");
+    return [`series ${short(payload.series)}`, instance, payload.series_description]
+      .filter(Boolean)
+      .join(" · ");
   }
   const key = String(payload.source?.key ?? "");
   return key.split("/").pop() || key; // a path's file name: the image's own name

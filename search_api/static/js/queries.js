@@ -39,13 +39,20 @@ export async function search() {
   page.shown.results = hits;
   renderGrid($("#results"), hits, hooks.actions);
   const per = page.onePer && !page.query.positive ? ` (one per ${page.onePer})` : "";
-  say(hits.length ? `${hits.length} results${per}` : "No result: loosen the filter or the score threshold.");
+  say(
+    hits.length
+      ? `${hits.length} results${per}`
+      : "No result: loosen the filter or the score threshold.",
+  );
   hooks.afterSearch();
 }
 
 async function searched() {
   const threshold = $("#score-threshold").value.trim();
-  const body = queryBody({ limit: limit(), score_threshold: threshold === "" ? null : Number(threshold) });
+  const body = queryBody({
+    limit: limit(),
+    score_threshold: threshold === "" ? null : Number(threshold),
+  });
   if (!page.onePer) return (await postJSON(`${base()}/search`, body)).body;
   const grouped = { ...body, group_by: page.onePer, groups: body.limit, per_group: 1 };
   const { body: found } = await postJSON(`${base()}/groups`, grouped);
@@ -106,8 +113,10 @@ export async function queryByFile(file) {
 export function queryByExamples(positive, negative) {
   const like = positive.slice(0, RECOMMEND_MOST);
   const unlike = negative.slice(0, RECOMMEND_MOST);
-  const cut = positive.length > like.length ? ` (the first ${RECOMMEND_MOST} of ${positive.length})` : "";
-  const caption = `like ${like.length} case${like.length === 1 ? "" : "s"}${cut}` +
+  const cut =
+    positive.length > like.length ? ` (the first ${RECOMMEND_MOST} of ${positive.length})` : "";
+  const caption =
+    `like ${like.length} case${like.length === 1 ? "" : "s"}${cut}` +
     (unlike.length ? `, unlike ${unlike.length}` : "");
   setQuery({ positive: like, negative: unlike }, pictureURL(like[0]), caption, [1, 1], "");
   hooks.showResults();
@@ -121,7 +130,9 @@ export async function fromResult(hit) {
   await queryByPoint(hit);
   await new Promise((resolve) => requestAnimationFrame(() => resolve()));
   performance.measure("click-to-results", "result-click");
-  const pictures = [...document.querySelectorAll("#results img")].map((img) => img.decode().catch(() => null));
+  const pictures = [...document.querySelectorAll("#results img")].map((img) =>
+    img.decode().catch(() => null),
+  );
   await Promise.all(pictures);
   performance.measure("click-to-pictures", "result-click");
 }
@@ -151,8 +162,9 @@ export async function browse(index = 0) {
   renderGrid($("#browse"), scrolled.points, hooks.actions);
   const first = index * page.browse.size + 1;
   const last = first + scrolled.points.length - 1;
+  const matching = filter ? " matching the filter" : "";
   $("#browse-place").textContent = scrolled.points.length
-    ? `cases ${first}–${last} of ${count.count}${filter ? " matching the filter" : ""}, in id order`
+    ? `cases ${first}–${last} of ${count.count}${matching}, in id order`
     : "";
   $("#browse-previous").disabled = index === 0;
   $("#browse-next").disabled = !scrolled.next_offset;
@@ -167,7 +179,11 @@ export async function groups() {
   const field = $("#group-field").value;
   if (!page.query || page.query.positive || !field) {
     tbody.replaceChildren();
-    say(field ? "Query by a case or a file first: the closest case per value is relative to it." : "No field to group by.");
+    say(
+      field
+        ? "Query by a case or a file first: the closest case per value is relative to it."
+        : "No field to group by.",
+    );
     return;
   }
   try {
@@ -184,7 +200,9 @@ function groupRow(value, hit) {
   const row = element("tr");
   row.dataset.id = hit.id;
   const name = caseName(hit.payload);
-  const cells = [String(value), "", hit.score.toFixed(4), name].map((text) => element("td", "", text));
+  const cells = [String(value), "", hit.score.toFixed(4), name].map((text) =>
+    element("td", "", text),
+  );
   const frame = element("div", "frame group-frame");
   const img = element("img", "thumb");
   img.src = pictureURL(hit.id);

@@ -62,7 +62,9 @@ function offerWindows(info) {
   const select = $("#window-preset");
   select.replaceChildren(
     new Option("as embedded", ""),
-    ...windows.map((w, i) => new Option(`${w.name} (${number(w.center)}/${number(w.width)})`, String(i))),
+    ...windows.map(
+      (w, i) => new Option(`${w.name} (${number(w.center)}/${number(w.width)})`, String(i)),
+    ),
   );
   if (!windowed) setTool("pan");
 }
@@ -72,8 +74,9 @@ function show(window) {
   const img = $("#detail-picture");
   img.src = pictureURL(viewer.hit.id, "full", window);
   img.dataset.window = window ? `${window.center}/${window.width}` : "";
+  const numbers = window && `center ${number(window.center)}, width ${number(window.width)}`;
   $("#window-label").textContent = window
-    ? `rendered from the original data through ${window.name ?? "a window"}: center ${number(window.center)}, width ${number(window.width)}`
+    ? `rendered from the original data through ${window.name}: ${numbers}`
     : "as embedded: the picture the model saw";
 }
 
@@ -113,7 +116,10 @@ function zoom(event) {
   const factor = Math.exp(-event.deltaY * ZOOM_PER_DELTA);
   const scale = Math.min(MAX_SCALE, Math.max(MIN_SCALE, viewer.scale * factor));
   const applied = scale / viewer.scale;
-  const [px, py] = [event.clientX - stage.left - stage.width / 2, event.clientY - stage.top - stage.height / 2];
+  const [px, py] = [
+    event.clientX - stage.left - stage.width / 2,
+    event.clientY - stage.top - stage.height / 2,
+  ];
   viewer.x = px - (px - viewer.x) * applied;
   viewer.y = py - (py - viewer.y) * applied;
   viewer.scale = scale;
@@ -133,7 +139,9 @@ function drag(event) {
   event.preventDefault();
   const start = { x: event.clientX, y: event.clientY, panX: viewer.x, panY: viewer.y };
   const from = viewer.window ?? viewer.info?.embedded ?? spanOf(viewer.info?.range);
-  const step = viewer.info?.range ? (viewer.info.range[1] - viewer.info.range[0]) / $("#stage").clientWidth : 1;
+  const step = viewer.info?.range
+    ? (viewer.info.range[1] - viewer.info.range[0]) / $("#stage").clientWidth
+    : 1;
   const move = (e) => {
     const [dx, dy] = [e.clientX - start.x, e.clientY - start.y];
     if (viewer.tool === "pan" || !from) {
@@ -142,9 +150,14 @@ function drag(event) {
       place();
       return;
     }
-    const chosen = { name: "a dragged window", center: from.center + dy * step, width: Math.max(step, from.width + dx * step) };
+    const chosen = {
+      name: "a dragged window",
+      center: from.center + dy * step,
+      width: Math.max(step, from.width + dx * step),
+    };
     $("#window-preset").value = "";
-    $("#window-label").textContent = `center ${number(chosen.center)}, width ${number(chosen.width)}…`;
+    $("#window-label").textContent =
+      `center ${number(chosen.center)}, width ${number(chosen.width)}…`;
     clearTimeout(viewer.timer);
     viewer.timer = setTimeout(() => show(chosen), WINDOW_WAIT_MS);
   };
@@ -156,7 +169,8 @@ function drag(event) {
   window.addEventListener("mouseup", stop);
 }
 
-const spanOf = (range) => (range ? { center: (range[0] + range[1]) / 2, width: range[1] - range[0] || 1 } : null);
+const spanOf = (range) =>
+  range ? { center: (range[0] + range[1]) / 2, width: range[1] - range[0] || 1 } : null;
 
 export function wireViewer() {
   const stage = $("#stage");
@@ -172,4 +186,3 @@ export function wireViewer() {
   });
   $("#detail-close").addEventListener("click", () => $("#detail").close());
 }
-
