@@ -419,6 +419,7 @@ def test_browse_pages_through_the_collection(site: Site) -> None:
     count = keyed.get("/collections/skin/count", params={"filter": json.dumps(female)}).json()
     _wait(browser, lambda d: f"of {count['count']} matching" in place.text)
     assert all(_fields(c)["sex"] == "female" for c in _cards(browser, "browse"))
+    _all_pictures_loaded(browser)
     _shot(browser, "browse")
 
 
@@ -460,6 +461,7 @@ def test_type_ahead_and_histograms(site: Site) -> None:
     }
     _wait(browser, lambda d: _cards(d, "browse") and all(
         low <= float(_fields(c)["age"]) <= high for c in _cards(d, "browse")))  # fmt: skip
+    _all_pictures_loaded(browser)
     _shot(browser, "filters-type-ahead-histogram", height=1500)
 
 
@@ -583,6 +585,7 @@ def test_examples_recommend_and_export(site: Site) -> None:
     assert [r["id"] for r in rows] == shown == [r["id"] for r in json.loads(json_file.read_text())]
     assert list(rows[0]) == ["key", "name", "id", "score", "dx"]
     assert all(r["key"].startswith("ISIC_") and float(r["score"]) for r in rows)
+    _all_pictures_loaded(browser)
     _shot(browser, "recommended")
 
 
@@ -654,6 +657,7 @@ def test_errors_are_styled_as_errors(site: Site, tmp_path: Path) -> None:
     style = _style(browser, status)
     assert style["color"] == "rgb(185, 28, 28)" != calm["color"]  # red, not the muted grey
     assert style["background"] != calm["background"] and style["border"] == "4px"
+    _all_pictures_loaded(browser)
     _shot(browser, "error")
 
 
