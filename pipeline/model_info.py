@@ -73,6 +73,19 @@ def describe(model_name: str, pooling: str, preprocessing: str = "exact") -> dic
         raise ModelError(f"cannot load model {model_name!r}: {first_line(exc)}") from exc
 
 
+def random_weights(model_name: str | None) -> bool:
+    """Whether a local model folder holds randomly initialised weights (`medindex make-model`
+    marks its config.json): the neighbours its vectors find mean nothing. A hub id is a
+    trained model; nothing is downloaded to tell."""
+    if not model_name or not Path(model_name).is_dir():
+        return False
+    try:
+        config = json.loads((Path(model_name) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("medindex_random_weights"))
+
+
 def model_file(model_name: str, filename: str) -> Path:
     """One file of a model: from its folder, or from the hub through huggingface_hub's cache
     (which honours HF_HUB_OFFLINE and HF_HOME, as transformers does)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import redis
@@ -240,6 +241,12 @@ class JobTracker:
             pipe.hdel(f"{PREFIX}{job_id}:failed", *rows)
             pipe.sadd(f"{PREFIX}{job_id}:retrying", *rows)
             pipe.execute()
+
+    def failure_sample(self, job_id: str, most: int) -> list[dict]:
+        """Up to `most` of a job's failures, in no order: enough to name its common reasons
+        without reading every failure of a large job."""
+        found = self.redis.hscan_iter(f"{PREFIX}{job_id}:failed", count=most)
+        return [json.loads(value) for _, value in islice(found, most)]
 
     def failures(self, job_id: str) -> list[dict]:
         values = self.redis.hvals(f"{PREFIX}{job_id}:failed")

@@ -12,6 +12,9 @@ from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+# Written into the model's config.json: what made a collection's vectors says so on the page
+# (pipeline.model_info.random_weights). transformers keeps unknown config keys as they are.
+RANDOM_MARK = {"medindex_random_weights": True}
 
 
 def build_random_vit(out_dir: Path, num_layers: int = 12, seed: int = 0) -> Path:
@@ -25,6 +28,7 @@ def build_random_vit(out_dir: Path, num_layers: int = 12, seed: int = 0) -> Path
         image_size=224,
         patch_size=16,
         qkv_bias=True,
+        **RANDOM_MARK,
     )
     # Imported here: without torchvision, transformers warns on importing a processor.
     from transformers import ViTImageProcessor
@@ -47,7 +51,7 @@ def build_random_resnet50(out_dir: Path, seed: int = 0) -> Path:
     from transformers import ConvNextImageProcessor  # warns too, as above
 
     torch.manual_seed(seed)
-    ResNetModel(ResNetConfig()).save_pretrained(out_dir)  # the defaults are ResNet-50's
+    ResNetModel(ResNetConfig(**RANDOM_MARK)).save_pretrained(out_dir)  # defaults: ResNet-50's
     ConvNextImageProcessor(
         size={"shortest_edge": 224},
         crop_pct=0.875,

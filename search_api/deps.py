@@ -1,15 +1,18 @@
 """What the JSON API (search_api.http) and the page (search_api.web) share: one search client
-per process, the bounded reading of an uploaded query file, and the answer to an outage."""
+per process, a point and its recorded source, the bounded reading of an uploaded query file,
+and the answer to an outage."""
 
 from __future__ import annotations
 
 import logging
 from functools import cache
 
+import redis
 from fastapi import HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from pipeline.errors import mask_url
+from pipeline.progress import connect_redis
 from pipeline.settings import get_settings
 from search_api.client import SearchClient
 
@@ -24,6 +27,35 @@ MAX_BODY_BYTES = get_settings().max_image_bytes + 64 * 1024
 @cache
 def client() -> SearchClient:
     return SearchClient(get_settings())
+
+
+@cache
+def broker() -> redis.Redis:
+    """Redis: the page's sessions, the embedding maps, the jobs' state."""
+    return connect_redis(get_settings().broker_url)
+
+
+def made_of(version: str) -> float | None:
+    """When a collection version was made: a name made again (deleted, ingested anew) is
+    another version, whose pictures and maps are not the old one's."""
+    return client().store.metadata(version).get("created_at")
+
+
+def point_of(version: str, point: str) -> dict:
+    found = client().store.retrieve(version, [point])
+    if not found:
+        raise HTTPException(404, f"no point {point} in {version}")
+    return found[0]
+
+
+def recorded_source(version: str, point: str) -> dict:
+    """A point's `source` reference, only inside the collection's own dataset: a payload is
+    data, not a licence to read any path."""
+    source = point_of(version, point)["payload"].get("source")
+    recorded = client().store.metadata(version).get("dataset")
+    if not isinstance(source, dict) or source.get("dataset") != recorded:
+        raise HTTPException(404, f"point {point} has no picture recorded in {version}")
+    return source
 
 
 def read_upload(image: UploadFile) -> bytes:

@@ -1,5 +1,6 @@
 """What the page filters on: a collection's fields (its schema, or one guessed from its
-payloads), with the counts of each keyword value and each number's range.
+payloads), with the counts of each keyword value (all of them, for type-ahead) and each
+number's range and histogram; for DICOM, its patients, studies and series.
 
 Counted from a bounded scroll (the first `FACET_SAMPLE` points in id order, a fair sample: ids
 are hashes), not the store's facet API: the store interface has none yet (Qdrant Edge's
@@ -20,20 +21,71 @@ from search_api.deps import client
 
 FACET_SAMPLE = 10_000
 TOP_VALUES = 50  # a keyword field's values offered in its multi-select, the most common first
+TYPE_AHEAD_FROM = 25  # a keyword field with this many values also gets a type-ahead over them
+HISTOGRAM_BINS = 16
 GROUP_MAX_VALUES = 100  # a field with more values is no grouping for the per-label view
 # The field naming the patient: `patient` (DICOM's keyed hash), `patient_id` (a table's column);
 # not patient_age or patient_sex.
 PATIENT = re.compile(r"patient[ _-]?(id)?", re.IGNORECASE)
+# DICOM's identities (pipeline/sources/dicom.py IDENTITY_TAGS): its patient -> study -> series.
+STUDY, SERIES = "study", "series"
+
+
+@dataclass(frozen=True)
+class Bin:
+    low: float
+    high: float
+    count: int
 
 
 @dataclass(frozen=True)
 class FieldView:
     name: str
     type: str  # keyword | integer | float | datetime | bool
-    values: tuple[tuple[str, int], ...] = ()  # keyword: (value, count), most common first
-    distinct: int = 0  # keyword: distinct values in the sample
+    counts: tuple[tuple[str, int], ...] = ()  # keyword: (value, count), most common first
     low: float | None = None  # numbers: the sample's range
     high: float | None = None
+    histogram: tuple[Bin, ...] = ()  # numbers: counts in equal bins from low to high
+
+    @property
+    def values(self) -> tuple[tuple[str, int], ...]:
+        """What its multi-select offers: the most common values."""
+        return self.counts[:TOP_VALUES]
+
+    @property
+    def distinct(self) -> int:
+        return len(self.counts)
+
+    @property
+    def type_ahead(self) -> bool:
+        return self.distinct >= TYPE_AHEAD_FROM
+
+    def matching(self, text: str, limit: int) -> list[tuple[str, int]]:
+        """Values holding `text` (any case), those starting with it first, then by count."""
+        text = text.casefold()
+        found = [(v, n) for v, n in self.counts if text in v.casefold()]
+        return sorted(found, key=lambda vn: not vn[0].casefold().startswith(text))[:limit]
+
+
+@dataclass(frozen=True)
+class Series:
+    id: str  # the keyed hash, as the payload holds it
+    images: int
+    description: str | None
+    modality: str | None
+
+
+@dataclass(frozen=True)
+class Study:
+    id: str
+    date: str | None
+    series: tuple[Series, ...]
+
+
+@dataclass(frozen=True)
+class Patient:
+    id: str
+    studies: tuple[Study, ...]
 
 
 @dataclass(frozen=True)
@@ -46,6 +98,7 @@ class CollectionView:
     groupings: tuple[str, ...]  # keyword fields the per-label view may group by
     group_field: str | None  # its default: the label field
     patient_field: str | None
+    patients: tuple[Patient, ...]  # DICOM's patient -> study -> series (empty: no series)
 
     @property
     def exact(self) -> bool:
@@ -53,6 +106,15 @@ class CollectionView:
 
     def keyword_fields(self) -> list[FieldView]:
         return _multi_selects(self.fields, self.schema, self.sampled)
+
+    def field(self, name: str) -> FieldView | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def one_per(self) -> list[str]:
+        """Fields Results may show one hit of each: the patient, DICOM's study and series."""
+        names = {f.name for f in self.schema.fields}
+        return [name for name in (self.patient_field, STUDY, SERIES) if name and name in names]
 
 
 def version_of(collection: str) -> str:
@@ -80,8 +142,34 @@ def _view(version: str, points: int) -> CollectionView:
     label = schema.label_field
     group = label if label in groupings else next(iter(groupings), None)
     patient = next((f.name for f in schema.fields if PATIENT.fullmatch(f.name)), None)
+    patients = _patients(payloads, patient) if patient else ()
     return CollectionView(
-        version, points, len(payloads), schema, fields, tuple(groupings), group, patient
+        version, points, len(payloads), schema, fields, tuple(groupings), group, patient, patients
+    )
+
+
+def _patients(payloads: list[dict], patient: str) -> tuple[Patient, ...]:
+    """Patient -> study -> series, of the payloads that name all three (DICOM's)."""
+    tree: dict[str, dict[str, dict[str, list[dict]]]] = {}
+    for p in payloads:
+        if all(isinstance(p.get(name), str) for name in (patient, STUDY, SERIES)):
+            studies = tree.setdefault(p[patient], {})
+            studies.setdefault(p[STUDY], {}).setdefault(p[SERIES], []).append(p)
+    return tuple(
+        Patient(pid, tuple(_study(sid, series) for sid, series in sorted(studies.items())))
+        for pid, studies in sorted(tree.items())
+    )
+
+
+def _study(study: str, series: dict[str, list[dict]]) -> Study:
+    first = next(iter(series.values()))[0]
+    return Study(
+        study,
+        first.get("study_date"),
+        tuple(
+            Series(sid, len(images), images[0].get("series_description"), images[0].get("modality"))
+            for sid, images in sorted(series.items())
+        ),
     )
 
 
@@ -102,9 +190,25 @@ def _field_view(name: str, kind: str, payloads: list[dict]) -> FieldView:
     values = [p[name] for p in payloads if p.get(name) is not None]
     if kind == "keyword":  # a list (several findings) counts once for each of its values
         counts = Counter(str(v) for value in values for v in _each(value))
-        return FieldView(name, kind, tuple(counts.most_common(TOP_VALUES)), len(counts))
+        return FieldView(name, kind, tuple(counts.most_common()))
     if kind in ("integer", "float"):
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        low, high = (min(numbers), max(numbers)) if numbers else (None, None)
-        return FieldView(name, kind, low=low, high=high)
+        if not numbers:
+            return FieldView(name, kind)
+        low, high = min(numbers), max(numbers)
+        return FieldView(name, kind, low=low, high=high, histogram=histogram(numbers, kind))
     return FieldView(name, kind)
+
+
+def histogram(numbers: list[float], kind: str, bins: int = HISTOGRAM_BINS) -> tuple[Bin, ...]:
+    """Counts in `bins` equal bins from the lowest number to the highest (integers: a bin per
+    value when they span fewer); each number in exactly one bin, the highest in the last."""
+    low, high = min(numbers), max(numbers)
+    if kind == "integer" and high - low + 1 <= bins:
+        counts = Counter(numbers)
+        return tuple(Bin(v, v, counts[v]) for v in range(int(low), int(high) + 1))
+    if high == low:
+        return (Bin(low, high, len(numbers)),)
+    width = (high - low) / bins
+    counts = Counter(min(int((v - low) / width), bins - 1) for v in numbers)
+    return tuple(Bin(low + i * width, low + (i + 1) * width, counts[i]) for i in range(bins))

@@ -2,7 +2,8 @@
 the search page at `/` (search_api.web), both behind MEDINDEX_API_KEY when it is set.
 
 Run with `medindex serve`. Bounds: `limit` (search_api.client.MAX_LIMIT), upload size and
-query image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_QUERY_MAX_IMAGE_PIXELS).
+query image pixels (MEDINDEX_MAX_IMAGE_BYTES / MEDINDEX_QUERY_MAX_IMAGE_PIXELS). `/docs` and
+`/redoc` work offline: their scripts are served from the package (fastapi-offline), not a CDN.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 import redis
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from pipeline.errors import MedindexError, mask_url
@@ -20,7 +22,7 @@ from search_api import web
 from search_api.client import MAX_LIMIT, Query
 from search_api.deps import MAX_BODY_BYTES, client, read_upload, unavailable
 
-app = FastAPI(title="medindex search", version="1", max_body_size=MAX_BODY_BYTES)
+app: FastAPI = FastAPIOffline(title="medindex search", version="1", max_body_size=MAX_BODY_BYTES)
 web.install(app)
 
 
@@ -46,6 +48,14 @@ class GroupsBody(SearchBody):
     group_by: str
     groups: int = Field(10, ge=1, le=MAX_LIMIT)
     per_group: int = Field(1, ge=1, le=100)
+
+
+class ScrollBody(BaseModel):
+    """One page of points in id order; `offset`: the `next_offset` of the page before."""
+
+    filter: dict | None = None
+    limit: int = Field(20, ge=1, le=MAX_LIMIT)
+    offset: str | None = None
 
 
 class RecommendBody(BaseModel):
@@ -106,6 +116,11 @@ def groups(collection: str, body: GroupsBody) -> list[dict]:
 @app.post("/collections/{collection}/recommend")
 def recommend(collection: str, body: RecommendBody) -> list[dict]:
     return client().recommend(collection, body.positive, body.negative, body.filter, body.limit)
+
+
+@app.post("/collections/{collection}/scroll")
+def scroll(collection: str, body: ScrollBody) -> dict:
+    return client().scroll(collection, body.filter, body.limit, body.offset)
 
 
 @app.get("/collections/{collection}/count")

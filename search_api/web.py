@@ -1,13 +1,14 @@
-"""The search page at `/`: collections, query by file or by case, filters from the schema,
-results with their pictures, the closest case per label, the embedding map.
+"""The search page at `/`: browse a collection, query by file, by case or by examples, filters
+from the schema, results with their pictures, a viewer (search_api.viewer), the closest case
+per label, the embedding map, DICOM's patients and series, the collections and the jobs.
 
-Server-rendered (Jinja2) with one static script; every asset ships in the package. When
-MEDINDEX_API_KEY is set, every route but /healthz, /login, /logout and /static needs it: the
-header `X-API-Key`, or the cookie of a session the login form opened (kept in Redis: it
-expires, and sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost; sign-in
-attempts are bounded per client). Pictures are made only from a point's own recorded source
-(never a path from a request), with validators: a point's picture does not change within a
-collection version.
+Server-rendered (Jinja2) with static ES modules (static/js/); every asset ships in the
+package. When MEDINDEX_API_KEY is set, every route but /healthz, /login, /logout and /static
+needs it: the header `X-API-Key`, or the cookie of a session the login form opened (kept in
+Redis: it expires, and sign-out ends it; HttpOnly, SameSite=Strict, Secure beyond localhost;
+sign-in attempts are bounded per client). Pictures are made only from a point's own recorded
+source (never a path from a request), with validators: a point's picture does not change
+within a collection version.
 """
 
 from __future__ import annotations
@@ -18,24 +19,34 @@ import hmac
 import io
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 import redis
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
+from pydantic import BaseModel
 
-from pipeline.catalog import collection_rows
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError
 from pipeline.picture import picture_of
-from pipeline.progress import connect_redis
 from pipeline.projection import (
     MapVersion,
     cached_map,
@@ -45,12 +56,24 @@ from pipeline.projection import (
 )
 from pipeline.settings import get_settings
 from pipeline.sources import SourceError
-from search_api.deps import client, read_upload, unavailable
+from pipeline.sources.window import Window
+from search_api import jobs, viewer
+from search_api.collections import collection_facts, short_path
+from search_api.deps import (
+    broker,
+    client,
+    made_of,
+    point_of,
+    read_upload,
+    recorded_source,
+    unavailable,
+)
 from search_api.facets import collection_view, version_of
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["when"] = lambda t: t and time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+templates.env.filters["short_path"] = short_path
 router = APIRouter()
 
 COOKIE = "medindex_session"
@@ -60,6 +83,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 KEY_HEADER = "X-API-Key"
 OPEN_PATHS = ("/healthz", "/login", "/logout", "/static/")  # sign-out: even an expired one
 THUMB_PX = 256
+MATCHING_PAGE = 1000  # points per scroll when the map's points are matched against a filter
 # Scripts and styles from this origin only (no inline script), pictures also as data: URLs
 # (the query picture) and blob: (a dropped file's preview); never framed, no plugins.
 CSP = (
@@ -72,7 +96,8 @@ Size = Literal["thumb", "full"]
 
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(router)
+    for routes in (router, viewer.router, jobs.router):
+        app.include_router(routes)
     app.middleware("http")(_guard)
 
 
@@ -86,13 +111,13 @@ def _authorised(request: Request, key: str) -> bool:
     token = request.cookies.get(COOKIE)
     if not token:
         return False
-    opened_with = _redis().get(_session_key(token))
+    opened_with = broker().get(_session_key(token))
     return opened_with is not None and hmac.compare_digest(opened_with, _key_mark(key))
 
 
 async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     response = await _allowed(request, call_next)
-    if not request.url.path.startswith(("/docs", "/redoc")):  # FastAPI's docs load scripts
+    if not request.url.path.startswith(("/docs", "/redoc")):  # their pages run inline scripts
         response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
@@ -149,7 +174,7 @@ def login(request: Request, api_key: Annotated[str, Form()]) -> Response:
 def logout(request: Request) -> Response:
     """Ends the session itself, not only the browser's copy of its cookie."""
     if token := request.cookies.get(COOKIE):
-        _redis().delete(_session_key(token))
+        broker().delete(_session_key(token))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=_secure(request))
     return response
@@ -176,7 +201,7 @@ def _session_key(token: str) -> str:
 def _open_session(key: str, ttl_s: int) -> str:
     """A new session, kept in Redis for `ttl_s` seconds from now: its cookie's value."""
     token = secrets.token_urlsafe(32)
-    _redis().set(_session_key(token), _key_mark(key), ex=ttl_s)
+    broker().set(_session_key(token), _key_mark(key), ex=ttl_s)
     return token
 
 
@@ -184,7 +209,7 @@ def _login_wait(request: Request, per_minute: int) -> int:
     """Seconds until this client may try to sign in again (0: now), counting this attempt:
     at most `per_minute` attempts per client address in each minute."""
     counter = LOGIN_KEY + (request.client.host if request.client else "unknown")
-    with _redis().pipeline() as pipe:
+    with broker().pipeline() as pipe:
         pipe.set(counter, 0, ex=60, nx=True)  # the minute starts at its first attempt
         pipe.incr(counter)
         pipe.ttl(counter)
@@ -203,22 +228,28 @@ def _secure(request: Request) -> bool:
 
 @router.get("/", response_class=HTMLResponse)
 def page(request: Request, collection: str | None = None) -> Response:
-    rows = collection_rows(client().store)
-    aliases = sorted({row.alias for row in rows if row.alias})
-    names = [*aliases, *(row.collection for row in rows)]
+    """The page of one collection; one not in the store is a page saying so (404)."""
+    facts = collection_facts(client().store)
+    aliases = sorted({f.row.alias for f in facts if f.row.alias})
+    names = [*aliases, *(f.row.collection for f in facts)]
     chosen = collection or _default(names)
-    view = collection_view(chosen) if chosen else None
+    missing = chosen is not None and chosen not in names
+    view = collection_view(chosen) if chosen and not missing else None
+    shown = next((f for f in facts if view and f.row.collection == view.version), None)
     return templates.TemplateResponse(
         request,
         "index.html",
         {
-            "rows": rows,
+            "facts": facts,
             "names": names,
             "chosen": chosen,
+            "missing": missing,
             "view": view,
+            "shown": shown,
             "limit": 12,
             "api_key_set": get_settings().api_key is not None,
         },
+        status_code=404 if missing else 200,
     )
 
 
@@ -229,7 +260,18 @@ def _default(names: list[str]) -> str | None:
 
 @router.get("/collections/{collection}/points/{point}")
 def point(collection: str, point: str) -> dict:
-    return _point(version_of(collection), point)
+    return point_of(version_of(collection), point)
+
+
+@router.get("/collections/{collection}/values/{field}")
+def field_values(
+    collection: str, field: str, text: str = "", limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> list[dict]:
+    """A keyword field's values holding `text`, with their counts (the page's type-ahead)."""
+    found = collection_view(collection).field(field)
+    if found is None or found.type != "keyword":
+        raise HTTPException(404, f"no keyword field {field!r} in {collection}")
+    return [{"value": value, "count": n} for value, n in found.matching(text, limit)]
 
 
 @router.post("/collections/{collection}/embed")
@@ -242,11 +284,16 @@ def embed(collection: str, image: Annotated[UploadFile, File()]) -> dict:
 
 
 @router.get("/collections/{collection}/points/{point}/picture")
-def picture(collection: str, point: str, request: Request, size: Size = "thumb") -> Response:
+def picture(
+    collection: str, point: str, request: Request, size: Size = "thumb", window: str | None = None
+) -> Response:
+    """The embedded picture; with `window=CENTER/WIDTH` (DICOM, NIfTI) the same slice rendered
+    from the original data through that window instead (search_api.viewer)."""
+    chosen = viewer.parse_window(window) if window else None
     version = version_of(collection)
-    # A version's name may be made again (deleted, ingested anew): its creation time says which.
-    made = client().store.metadata(version).get("created_at")
-    digest = hashlib.sha256(f"{version}\0{made}\0{point}\0{size}".encode()).hexdigest()
+    made = made_of(version)  # a version's name made again: its creation time says which
+    asked = f"{version}\0{made}\0{point}\0{size}\0{chosen}"
+    digest = hashlib.sha256(asked.encode()).hexdigest()
     etag = f'"{digest[:32]}"'
     # Named by its version (as the page names it), a picture never changes; named by an
     # alias, it may once the alias moves: asked again each time, answered 304 while the same.
@@ -255,17 +302,17 @@ def picture(collection: str, point: str, request: Request, size: Size = "thumb")
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     media = "image/jpeg" if size == "thumb" else "image/png"
-    return Response(_picture_bytes(version, made, point, size), media_type=media, headers=headers)
+    content = _picture_bytes(version, made, point, size, chosen)
+    return Response(content, media_type=media, headers=headers)
 
 
 @lru_cache(maxsize=512)  # a results page's thumbnails, for every browser that asks
-def _picture_bytes(version: str, made: float | None, point: str, size: Size) -> bytes:
-    hit = _point(version, point)
-    source = hit["payload"].get("source")
-    recorded = client().store.metadata(version).get("dataset")
-    # Only the collection's own dataset: a payload is data, not a licence to read any path.
-    if not isinstance(source, dict) or source.get("dataset") != recorded:
-        raise HTTPException(404, f"point {point} has no picture recorded in {version}")
+def _picture_bytes(
+    version: str, made: float | None, point: str, size: Size, window: Window | None
+) -> bytes:
+    if window is not None:
+        return _encode(viewer.windowed(version, made, point, window), size)
+    source = recorded_source(version, point)
     try:
         return _encode(picture_of(source, get_settings()), size)
     except (ImageError, SourceError) as exc:
@@ -283,13 +330,6 @@ def _encode(picture: Image.Image, size: Size) -> bytes:
     return out.getvalue()
 
 
-def _point(version: str, point: str) -> dict:
-    found = client().store.retrieve(version, [point])
-    if not found:
-        raise HTTPException(404, f"no point {point} in {version}")
-    return found[0]
-
-
 # --- the embedding map -------------------------------------------------------------------
 
 
@@ -300,7 +340,7 @@ def embedding_map(collection: str) -> JSONResponse:
     name = version_of(collection)
     info = client().store.collection_info(name)
     version = MapVersion(name, info["metadata"].get("created_at"))
-    redis = _redis()
+    redis = broker()
     kept = cached_map(redis, version)
     due = map_due(kept, info["points"], get_settings().map_refresh_s)
     if due and claim_map(redis, version):
@@ -312,6 +352,29 @@ def embedding_map(collection: str) -> JSONResponse:
     return JSONResponse({"state": map_state(redis, version) or "computing"}, 202)
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return connect_redis(get_settings().broker_url)
+class FilterBody(BaseModel):
+    filter: dict | None = None
+
+
+@router.post("/collections/{collection}/map/matching")
+def map_matching(collection: str, body: FilterBody) -> dict:
+    """Which of the map's points a filter keeps (the page dims the others)."""
+    name = version_of(collection)
+    kept = cached_map(broker(), MapVersion(name, made_of(name)))
+    if kept is None:
+        raise HTTPException(409, f"no map of {name} yet")
+    ids = kept["ids"]
+    return {"ids": _matching(name, body.filter, uuid.UUID(ids[-1]).int) if ids else []}
+
+
+def _matching(collection: str, filter: dict | None, last: int) -> list[str]:
+    """The ids a filter keeps, up to the map's last: its sample is the first points in id
+    order (pipeline.catalog.first_points), and scrolling goes in id order too."""
+    found: list[str] = []
+    offset = None
+    while True:
+        page = client().scroll(collection, filter, MATCHING_PAGE, offset)
+        found += [hit["id"] for hit in page["points"] if uuid.UUID(hit["id"]).int <= last]
+        offset = page["next_offset"]
+        if offset is None or uuid.UUID(offset).int > last:
+            return found

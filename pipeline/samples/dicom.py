@@ -132,6 +132,7 @@ def _save(ds: Dataset, out: Path, patient: Patient, series: int, number: int) ->
 def _slices(ds: Dataset, z: float, spacing: float, thickness: float) -> None:
     ds.ImagePositionPatient = [-SIZE * spacing / 2, -SIZE * spacing / 2, z]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = z  # along the normal of axial slices: z itself
     ds.PixelSpacing = [spacing, spacing]
     ds.SliceThickness = thickness
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 VERSION_TTL_S = 5.0  # how often a reference without a version looks whether files changed
+_OPENING = threading.Lock()
 
 
 # format -> "module:class"; imported on demand (datasets, nibabel and pydicom load only where
@@ -105,7 +107,12 @@ def open_source(ref: SourceRef) -> Source:
     sent again by `medindex retry`) opens them anew; a reference without one (the page's
     thumbnails) looks at the files once per period."""
     period = int(time.monotonic() // VERSION_TTL_S)
-    return _open_source(ref, ref.version or _timed_version(ref.dataset, period))
+    version = ref.version or _timed_version(ref.dataset, period)
+    # One opening at a time, the others then find it open: the search API's threads ask for a
+    # page of thumbnails at once, and `datasets` cannot load in several threads (tqdm's shared
+    # lock: "'tqdm' object has no attribute '_lock'").
+    with _OPENING:
+        return _open_source(ref, version)
 
 
 @lru_cache(maxsize=8)

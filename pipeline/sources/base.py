@@ -16,13 +16,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from PIL import Image
 
 from pipeline.errors import MedindexError
 from pipeline.images import ImageError
 from pipeline.schemas import ReadOptions, SourceRef
+
+if TYPE_CHECKING:
+    from pipeline.sources.window import Levels  # pydicom: imported by the readers that need it
 
 FieldType = Literal["keyword", "integer", "float", "datetime", "bool"]
 
@@ -119,6 +122,12 @@ class Source(ABC):
         """The rows' keys, payloads and pictures. A picture that cannot be made is a row with
         a `refusal`; a passing error (I/O on a network file system) is raised."""
 
+    def levels(self, row: int, key: str | None, max_image_bytes: int) -> Levels:
+        """The row's picture before its window, for a viewer to show through another one
+        (`pipeline.sources.window.render`); `key`: the image the row is known as (refused if it
+        names another now). Formats of 8-bit pictures have none to give."""
+        raise SourceError(f"{self.format} pictures have no grey levels to window")
+
     def reference(self, row: int, key: str) -> dict:
         """The `source` payload field: enough to make the same picture again."""
         ref = {"dataset": self.ref.dataset, "split": self.ref.split, "row": row, "key": key}
@@ -170,6 +179,13 @@ def key_census(values: list) -> KeyCensus:
         digest.update(b"\x00" if key is None else b"\x01" + key.encode())
     duplicated = {key: n for key, n in counts.items() if n > 1}
     return KeyCensus(keys.count(None), duplicated, digest.hexdigest()[:16])
+
+
+def check_key(found: str, recorded: str | None, row: int) -> None:
+    """A row read again by a point's `source` must still be that point's image (a folder that
+    changed since its ingest may put another file at that row)."""
+    if recorded is not None and found != recorded:
+        raise ImageError(f"row {row} is no longer {recorded!r} (the dataset changed)")
 
 
 def read_file(path: Path, max_bytes: int, name: str | None = None) -> bytes:

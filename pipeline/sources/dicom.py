@@ -22,12 +22,12 @@ import os
 import re
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,7 @@ from pipeline.sources.base import (
     Source,
     SourceError,
     SourceRow,
+    check_key,
     inside,
     key_census,
     read_file,
@@ -67,6 +68,7 @@ from pipeline.sources.deid import Deidentifier, as_list, quiet_pydicom, scrub
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DETECT_SAMPLE = 64  # files `detect` looks at before giving up on a folder
 CODECS_HINT = "install the dicom-codecs extra: pip install 'medindex[dicom-codecs]'"
 
@@ -86,6 +88,8 @@ NUMBER_TAGS = {
     "rows": ("Rows", int),
     "columns": ("Columns", int),
     "slice_thickness": ("SliceThickness", float),
+    "instance_number": ("InstanceNumber", int),  # its place in its series
+    "slice_location": ("SliceLocation", float),  # mm along the slices' normal
 }
 # payload field -> tag of the identity it keeps (clear, or a keyed hash when de-identifying).
 IDENTITY_TAGS = {
@@ -105,6 +109,8 @@ FIELDS = (
     Field("columns", "integer"),
     Field("pixel_spacing", "float"),
     Field("slice_thickness", "float"),
+    Field("instance_number", "integer"),
+    Field("slice_location", "float"),
     *(Field(name, "keyword") for name in IDENTITY_TAGS),
 )
 # A dataset without the File Meta header starts with its group 0008 (SOP class, modality...).
@@ -199,10 +205,22 @@ class DicomSource(Source):
             return SourceRow(row, key, payload, None, refusal=str(exc))
         return SourceRow(row, key, payload, image)
 
+    def levels(self, row: int, key: str | None, max_image_bytes: int) -> window.Levels:
+        instance = self.instances[row]
+        found = self.keys.key(self._key_of(instance), row)
+        check_key(found, key, row)
+        if instance.refusal:
+            raise ImageError(instance.refusal)
+        data = self._bytes(instance.path, found, max_image_bytes)
+        return make_levels(data, self.ref.options, self.max_pixels, max_image_bytes, self.deid)
+
     def _picture(self, relative: str, key: str, max_bytes: int) -> Image.Image:
-        """Errors name the file by its key: paths often hold patients' names and UIDs."""
-        data = read_file(inside(self.root, relative, key), max_bytes, key)
+        data = self._bytes(relative, key, max_bytes)
         return make_picture(data, self.ref.options, self.max_pixels, max_bytes)
+
+    def _bytes(self, relative: str, key: str, max_bytes: int) -> bytes:
+        """Errors name the file by its key: paths often hold patients' names and UIDs."""
+        return read_file(inside(self.root, relative, key), max_bytes, key)
 
     def _key_of(self, instance: Instance) -> str:
         """A file's path (paths often hold names and UIDs: hashed when de-identifying); in
@@ -270,7 +288,7 @@ def payload_of(ds: Dataset, deid: Deidentifier) -> dict:
     for name, (tag, kind) in NUMBER_TAGS.items():
         if (value := _number(ds.get(tag), kind)) is not None:
             payload[name] = value
-    if spacing := [v for v in map(_number, as_list(ds.get("PixelSpacing"))) if v is not None]:
+    if spacing := _pixel_spacing(ds):
         payload["pixel_spacing"] = spacing
     if (date := _iso_date(ds.get("StudyDate"))) is not None:
         payload["study_date"] = date
@@ -293,11 +311,25 @@ def age_in_years(value: object) -> float | None:
 def make_picture(data: bytes, options: ReadOptions, max_pixels: int, max_bytes: int) -> Image.Image:
     """One DICOM file's picture, 8-bit "L" (or "RGB" for colour); ImageError with a reason
     that quotes no identifying value. `max_bytes`: what its dataset may inflate to."""
+    return _decoded(data, max_bytes, lambda ds: _picture(ds, options.dicom_window, max_pixels))
+
+
+def make_levels(
+    data: bytes, options: ReadOptions, max_pixels: int, max_bytes: int, deid: Deidentifier
+) -> window.Levels:
+    """The same frame before its window (`make_picture` is `render` of it through
+    `embedded`), with the file's own windows and pixel spacing; refused for colour."""
+    return _decoded(data, max_bytes, lambda ds: _levels(ds, options.dicom_window, max_pixels, deid))
+
+
+def _decoded(data: bytes, max_bytes: int, make: Callable[[Dataset], T]) -> T:
+    """`make` of the file's dataset; what goes wrong is an ImageError quoting no identifying
+    value."""
     with _reading():
         ds = _dataset(io.BytesIO(data), max_bytes)
     with quiet_pydicom():
         try:
-            return _picture(ds, options.dicom_window, max_pixels)
+            return make(ds)
         except ImageError as exc:
             raise ImageError(scrub(str(exc), ds)) from exc
         except Exception as exc:  # decoders raise many kinds on corrupt data
@@ -306,6 +338,32 @@ def make_picture(data: bytes, options: ReadOptions, max_pixels: int, max_bytes: 
 
 
 def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:
+    frame = _frame(ds, max_pixels)
+    if frame.ndim == 3:  # colour, already converted to RGB by pydicom
+        bits = int(ds.get("BitsStored") or 8)
+        return Image.fromarray(window.scale_bits(frame, bits), "RGB")
+    grey = window.to_8bit(ds, apply_modality_lut(frame, ds), preset)
+    return Image.fromarray(255 - grey if _inverted(ds) else grey, "L")
+
+
+def _levels(ds: Dataset, preset: str, max_pixels: int, deid: Deidentifier) -> window.Levels:
+    frame = _frame(ds, max_pixels)
+    if frame.ndim == 3:
+        raise ImageError("a colour picture: it has no grey levels to window")
+    values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
+    spacing = _pixel_spacing(ds)
+    return window.Levels(
+        values,
+        embedded=window.choose(ds, values, preset),
+        own=window.own_windows(ds, deid.cleaner(ds).text),
+        hounsfield=ds.get("Modality") == "CT",
+        inverted=_inverted(ds),
+        spacing_mm=(spacing[0], spacing[1]) if len(spacing) == 2 and all(spacing) else None,
+    )
+
+
+def _frame(ds: Dataset, max_pixels: int) -> np.ndarray:
+    """The middle frame's stored values (a multi-frame file's middle one, decoded alone)."""
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageError(_without_image(ds))
     _check_decoder(ds)
@@ -313,14 +371,16 @@ def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:
     if rows * columns > max_pixels:
         raise ImageError(f"image is {columns}x{rows} pixels (limit {max_pixels} pixels)")
     frames = int(ds.get("NumberOfFrames") or 1)
-    frame = pixel_array(ds, index=frames // 2)  # decodes that frame only
-    if frame.ndim == 3:  # colour, already converted to RGB by pydicom
-        bits = int(ds.get("BitsStored") or 8)
-        return Image.fromarray(window.scale_bits(frame, bits), "RGB")
-    grey = window.to_8bit(ds, apply_modality_lut(frame, ds), preset)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # low values are white
-        grey = 255 - grey
-    return Image.fromarray(grey, "L")
+    return pixel_array(ds, index=frames // 2)
+
+
+def _pixel_spacing(ds: Dataset) -> list[float]:
+    """PixelSpacing: mm between rows, then between columns (PS3.3 10.7.1.3)."""
+    return [v for v in map(_number, as_list(ds.get("PixelSpacing"))) if v is not None]
+
+
+def _inverted(ds: Dataset) -> bool:
+    return ds.get("PhotometricInterpretation") == "MONOCHROME1"  # low values are white
 
 
 def _without_image(ds: Dataset) -> str:

@@ -52,12 +52,14 @@ from pipeline.errors import first_line
 from pipeline.images import ImageError
 from pipeline.schemas import ReadOptions, SourceRef
 from pipeline.settings import Settings, get_settings
+from pipeline.sources import window
 from pipeline.sources.base import (
     Field,
     Schema,
     Source,
     SourceError,
     SourceRow,
+    check_key,
     inside,
     key_census,
     read_file,
@@ -67,6 +69,7 @@ SUFFIXES = (".nii.gz", ".nii")
 MASK_NAMES = frozenset({"seg"})  # the modality name of a case's tumour mask (BraTS: `_seg`)
 WINDOW_PERCENTILES = (0.5, 99.5)
 WINDOW_SAMPLE_SLICES = 16
+HOUNSFIELD_AIR = -500.0  # a low percentile at or below it: a CT volume in Hounsfield units
 SLAB_VOXELS = 4 * 1024 * 1024  # voxels read at once (at least one slice of the file's order)
 MAX_PLANE_VOXELS = 1024 * 1024  # a larger slice is a decompression bomb, not an MRI
 DETECT_ENTRIES = 5000  # `detect` looks at this many folder entries before giving up
@@ -110,6 +113,7 @@ FIELDS = (
     Field("tumour_area_mm2", "float"),
     Field("volume_shape", "integer"),
     Field("voxel_size_mm", "float"),
+    Field("pixel_spacing", "float"),  # mm between the picture's rows, then its columns
     Field("volume_index", "integer"),  # 4-D files only
     Field("volumes", "integer"),  # 4-D files only
 )
@@ -170,12 +174,23 @@ class _Geometry:
         first, second = self.plane_axes
         return self.voxel_size_mm[first] * self.voxel_size_mm[second]
 
+    @property
+    def display_axes(self) -> tuple[int, int]:
+        """The voxel axes of a shown slice's rows (anterior-posterior) and columns."""
+        first, second = self.plane_axes
+        return (first, second) if self.world[first] == 1 else (second, first)
+
+    @property
+    def display_spacing(self) -> tuple[float, float]:
+        """mm between a shown slice's rows, then between its columns."""
+        rows, cols = self.display_axes
+        return self.voxel_size_mm[rows], self.voxel_size_mm[cols]
+
     def display(self, plane: np.ndarray) -> np.ndarray:
         """A slice as read (its voxel axes in file order) -> rows anterior to posterior,
         columns patient right to left."""
-        first, second = self.plane_axes
-        rows, cols = (first, second) if self.world[first] == 1 else (second, first)
-        shown = plane if rows == first else plane.T
+        rows, cols = self.display_axes
+        shown = plane if rows == self.plane_axes[0] else plane.T
         if self.flips[rows] > 0:
             shown = shown[::-1, :]
         if self.flips[cols] > 0:
@@ -271,14 +286,41 @@ class NiftiSource(Source):
             payload[LABEL_FIELD] = self.labels[entry.case_id]
         source = {"source": self.reference(row, key)}
         try:
-            tumour = self._tumour(entry.mask, tumours, max_bytes) if entry.mask else None
+            image, geometry, tumour = self._open(entry, tumours, max_bytes)
             with _reading(entry.path):
-                image = _load(read_file(inside(self.root, entry.path), max_bytes))
-                geometry = _geometry(image, self.bounds)
-                picture, facts = self._slice(entry, image, geometry, tumour)
+                z, box, facts = self._choice(entry, geometry, tumour)
+                picture = _picture(image, geometry, z, box)
         except ImageError as exc:
             return SourceRow(row, key, {**payload, **source}, None, refusal=str(exc))
         return SourceRow(row, key, {**payload, **facts, **source}, picture)
+
+    def levels(self, row: int, key: str | None, max_image_bytes: int) -> window.Levels:
+        """The row's slice before its window. NIfTI names no unit for its voxels: a volume
+        whose low percentile is at or below `HOUNSFIELD_AIR` (air in a CT) is taken as
+        Hounsfield units; its header's display range (cal_min, cal_max) is its own window."""
+        entry = self.entries[row]
+        check_key(self.keys.key(entry.key, row), key, row)
+        image, geometry, tumour = self._open(entry, {}, max_image_bytes)
+        with _reading(entry.path):
+            z, box, _ = self._choice(entry, geometry, tumour)
+            values, (low, high) = _plane(image, geometry, z, box)
+        embedded = window.Window((low + high) / 2, max(high - low, 1e-6), "LINEAR_EXACT")
+        return window.Levels(
+            np.nan_to_num(values.astype(np.float64), nan=low, posinf=high, neginf=low),
+            embedded=embedded,
+            own=_display_range(image),
+            hounsfield=low <= HOUNSFIELD_AIR,
+            spacing_mm=geometry.display_spacing,
+        )
+
+    def _open(
+        self, entry: _Entry, tumours: dict[str, _Tumour | ImageError], max_bytes: int
+    ) -> tuple[nib.Nifti1Image, _Geometry, _Tumour | None]:
+        """A row's volume (lazy), where its slices lie, and its case's tumour."""
+        tumour = self._tumour(entry.mask, tumours, max_bytes) if entry.mask else None
+        with _reading(entry.path):
+            image = _load(read_file(inside(self.root, entry.path), max_bytes))
+            return image, _geometry(image, self.bounds), tumour
 
     def _tumour(
         self, mask: str, tumours: dict[str, _Tumour | ImageError], max_bytes: int
@@ -295,13 +337,14 @@ class NiftiSource(Source):
             raise found
         return found
 
-    def _slice(
-        self, entry: _Entry, image: nib.Nifti1Image, geometry: _Geometry, tumour: _Tumour | None
-    ) -> tuple[Image.Image, dict]:
-        """The row's picture and what the payload says about it."""
+    def _choice(
+        self, entry: _Entry, geometry: _Geometry, tumour: _Tumour | None
+    ) -> tuple[int, tuple[slice, slice] | None, dict]:
+        """The row's slice, its crop (None: whole) and what the payload says about them."""
         facts: dict = {
             "volume_shape": list(geometry.shape),
             "voxel_size_mm": [round(size, 6) for size in geometry.voxel_size_mm],
+            "pixel_spacing": [round(size, 6) for size in geometry.display_spacing],
         }
         if len(geometry.shape) > 3:
             facts.update(volume_index=0, volumes=geometry.volumes)
@@ -326,7 +369,7 @@ class NiftiSource(Source):
                 if self.ref.options.nifti_variant == "crop":
                     box = _widen(tumour.box, self.ref.options.nifti_crop_margin, geometry)
         facts["slice_index"] = z
-        return _picture(image, geometry, z, box), facts
+        return z, box, facts
 
     def _labels_path(self, labels: str) -> Path:
         path = Path(labels).expanduser()
@@ -580,12 +623,28 @@ def _picture(
     image: nib.Nifti1Image, geometry: _Geometry, z: int, box: tuple[slice, slice] | None
 ) -> Image.Image:
     """Axial slice `z` (cropped to `box`), windowed by the volume's percentiles, as 8 bits."""
+    plane, (low, high) = _plane(image, geometry, z, box)
+    return Image.fromarray(np.ascontiguousarray(_eight_bits(plane, low, high)))
+
+
+def _plane(
+    image: nib.Nifti1Image, geometry: _Geometry, z: int, box: tuple[slice, slice] | None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Axial slice `z` (cropped to `box`) as shown, and the volume's percentile window."""
     count = min(geometry.depth, WINDOW_SAMPLE_SLICES)
     sample = {round(i) for i in np.linspace(0, geometry.depth - 1, count)}
     planes = _planes(image, geometry, {*sample, z})
     low, high = _window([planes[i] for i in sample])
     plane = planes[z][box] if box else planes[z]
-    return Image.fromarray(np.ascontiguousarray(_eight_bits(geometry.display(plane), low, high)))
+    return geometry.display(plane), (low, high)
+
+
+def _display_range(image: nib.Nifti1Image) -> tuple[window.NamedWindow, ...]:
+    low, high = (float(image.header[name]) for name in ("cal_min", "cal_max"))
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        return ()
+    found = window.Window((low + high) / 2, high - low, "LINEAR_EXACT")
+    return (window.NamedWindow("file: display range", found),)
 
 
 def _window(planes: list[np.ndarray]) -> tuple[float, float]:

@@ -1,8 +1,12 @@
 """Grey values to 8 bits: a VOI window (the file's, a named CT preset, or the frame's own
-percentiles), applied by pydicom's windowing (PS3.3 C.11.2: LINEAR, LINEAR_EXACT, SIGMOID)."""
+percentiles), applied by pydicom's windowing (PS3.3 C.11.2: LINEAR, LINEAR_EXACT, SIGMOID).
+
+`Levels` is a picture before its window, as a reader gives it again for a viewer: the same
+values, slice and crop that were embedded, to be shown through any other window (`render`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +32,36 @@ class Window:
     center: float
     width: float
     function: str = "LINEAR"
+
+
+@dataclass(frozen=True)
+class NamedWindow:
+    name: str  # what a viewer calls it: the file's own explanation, or a preset's name
+    window: Window
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A picture's grey values before its window, oriented and cropped as it was embedded:
+    modality-LUT values for DICOM (Hounsfield units for CT), voxel values for NIfTI."""
+
+    values: np.ndarray  # 2-D, float: rows top to bottom, columns left to right
+    embedded: Window | None  # the window of the embedded picture (None: a VOI LUT table)
+    own: tuple[NamedWindow, ...]  # the windows the data itself names (DICOM's WindowCenter)
+    hounsfield: bool  # values in Hounsfield units (CT): the named presets apply
+    inverted: bool = False  # MONOCHROME1: low values are white
+    spacing_mm: tuple[float, float] | None = None  # between rows, between columns
+
+    def windows(self) -> tuple[NamedWindow, ...]:
+        """What a viewer offers: the data's own windows, then the CT presets where they apply."""
+        presets = [NamedWindow(name.replace("_", " "), Window(*cw)) for name, cw in PRESETS.items()]
+        return (*self.own, *(presets if self.hounsfield else ()))
+
+
+def render(levels: Levels, window: Window) -> np.ndarray:
+    """The picture through `window`, 8 bits, as its reader makes the embedded one."""
+    grey = apply(levels.values, window)
+    return 255 - grey if levels.inverted else grey
 
 
 def choose(ds: Dataset, values: np.ndarray, preset: str) -> Window | None:
@@ -73,6 +107,20 @@ def scale_bits(values: np.ndarray, bits: int) -> np.ndarray:
 
 def _byte(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def own_windows(ds: Dataset, clean: Callable[[str], str]) -> tuple[NamedWindow, ...]:
+    """Every window the file names (WindowCenter and WindowWidth hold one or several, VM 1-n),
+    with its explanation cleaned by `clean` (free text), else its number."""
+    centers, widths = as_list(ds.get("WindowCenter")), as_list(ds.get("WindowWidth"))
+    explained = as_list(ds.get("WindowCenterWidthExplanation"))
+    function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
+    found = []
+    for i, (center, width) in enumerate(zip(centers, widths, strict=False)):
+        text = clean(str(explained[i])).strip() if i < len(explained) else ""
+        name = f"file: {text}" if text else f"file window {i + 1}"
+        found.append(NamedWindow(name, Window(float(center), float(width), function)))
+    return tuple(found)
 
 
 def _first(value: object) -> float:

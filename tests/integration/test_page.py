@@ -2,7 +2,9 @@
 Debian's chromedriver, against the live stack with the skin sample indexed.
 
 The tests run in order on one browser: sign in, upload, filter, click through, the closest
-case per label, the map. Screenshots of each view go to test-artifacts/page/.
+case per label, the map. Screenshots of each view go to test-artifacts/page/. The browser
+reaches nothing but this machine (its host resolver maps every other name to nowhere), so a
+page that fetched anything from a CDN would show it. The viewer's tests: test_page_viewer.py.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ API_KEY = "page-test-key-3f9a"
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver: selenium never downloads one
 SHOTS = ARTIFACTS / "page"
 CLICKS = 8  # result clicks timed
+DOWNLOADS = ARTIFACTS / "page-downloads"  # the page's exports land here
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +62,15 @@ def browser() -> Iterator[WebDriver]:
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # the network cut off
     ):  # fmt: skip
         options.add_argument(argument)
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    options.add_experimental_option("prefs", {"download.default_directory": str(DOWNLOADS)})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(DOWNLOADS)}
+    )
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
@@ -100,6 +109,10 @@ def test_without_the_key_nothing_is_served(server: str) -> None:
             anonymous.get("/collections/skin/count", headers=headers),
             anonymous.post("/collections/skin/search", json=search, headers=headers),
             anonymous.get("/collections/skin/map", headers=headers),
+            anonymous.get("/jobs", headers=headers),
+            anonymous.post("/collections/skin/scroll", json={"limit": 3}, headers=headers),
+            anonymous.get("/collections/skin/values/dx", headers=headers),
+            anonymous.get("/docs", headers=headers),
         ]
         for answer in answers:
             assert answer.status_code in (303, 401), (headers, answer.status_code)
@@ -224,7 +237,7 @@ def test_click_a_result_to_search_from_it(browser: WebDriver) -> None:
         point = chosen.get_attribute("data-id")
         chosen.find_element(By.CSS_SELECTOR, "img.thumb").click()
         _wait(browser, lambda d, n=clicks: len(_measures(d, "click-to-pictures")) == n)
-        assert point in browser.find_element(By.ID, "query-caption").text
+        assert _query_id(browser) == point
         cards = _cards(browser)
         assert cards[0].get_attribute("data-id") == point  # the case itself comes first
         assert float(cards[0].find_element(By.CLASS_NAME, "score").text) > 0.999
@@ -252,7 +265,8 @@ def test_detail_view_and_similar_to_this(browser: WebDriver) -> None:
     _shot(browser, "detail")
     browser.find_element(By.ID, "detail-similar").click()
     _wait(browser, lambda d: _cards(d) and _cards(d)[0].get_attribute("data-id") == point)
-    assert point in browser.find_element(By.ID, "query-caption").text
+    assert _query_id(browser) == point
+    assert browser.find_element(By.ID, "query-caption").text.startswith(payload["image_id"])
 
 
 def test_closest_case_per_label(browser: WebDriver, server: str) -> None:
@@ -261,7 +275,7 @@ def test_closest_case_per_label(browser: WebDriver, server: str) -> None:
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#groups tbody tr"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#groups tbody tr")
     shown = [(r.find_elements(By.TAG_NAME, "td")[0].text, r.get_attribute("data-id")) for r in rows]
-    query = browser.find_element(By.ID, "query-caption").text.split()[1]
+    query = _query_id(browser)
     keyed = httpx.Client(base_url=server, headers={"X-API-Key": API_KEY}, timeout=60)
     body = {
         "point_id": query,
@@ -294,12 +308,14 @@ def test_embedding_map(browser: WebDriver, server: str) -> None:
     _wait(browser, lambda d: tip.is_displayed())
     tip_picture = browser.find_element(By.ID, "map-tip-picture")
     _wait(browser, lambda d: d.execute_script("return arguments[0].naturalWidth", tip_picture))
-    assert browser.find_element(By.ID, "map-tip-text").text.startswith("dx: ")
+    name, label = browser.find_element(By.ID, "map-tip-text").text.split("\n")
+    assert name.startswith("ISIC_") and label.startswith("dx: ")  # the case's key, its label
     _shot(browser, "map-hover")
     ActionChains(browser).click().perform()  # opens the case under the pointer
     dialog = browser.find_element(By.ID, "detail")
     _wait(browser, lambda d: dialog.is_displayed())
-    opened = browser.find_element(By.ID, "detail-title").text.split()[1]
+    opened = dialog.get_attribute("data-id")
+    assert browser.find_element(By.ID, "detail-title").text.startswith("ISIC_")
     assert opened in json.loads(keyed_map(server))["ids"]
     browser.find_element(By.ID, "detail-close").click()
     assert len(json.loads(keyed_map(server))["ids"]) == N_IMAGES  # kept: answered at once
@@ -371,8 +387,13 @@ def _wait(browser: WebDriver, condition: object, timeout: float = 60) -> None:
     )
 
 
-def _cards(browser: WebDriver) -> list[WebElement]:
-    return browser.find_elements(By.CSS_SELECTOR, "#results .card")
+def _cards(browser: WebDriver, grid: str = "results") -> list[WebElement]:
+    return browser.find_elements(By.CSS_SELECTOR, f"#{grid} .card")
+
+
+def _query_id(browser: WebDriver) -> str:
+    """The point the page queries by (the caption names it by its key)."""
+    return browser.find_element(By.ID, "query-figure").get_attribute("data-id")
 
 
 def _ids(browser: WebDriver) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from support import ROOT
 from transformers import AutoConfig, AutoImageProcessor
 
-from pipeline.model_info import ModelError, describe
+from pipeline.model_info import ModelError, describe, random_weights
 from pipeline.random_models import build_random_resnet50
 
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
@@ -108,3 +108,18 @@ def test_a_model_that_cannot_be_read_is_a_one_line_error(tiny_model: Path, tmp_p
         with pytest.raises(ModelError, match=f"cannot load model '{model}': ") as refused:
             describe(str(model), "mean")
         assert "\n" not in str(refused.value)
+
+
+def test_a_randomly_initialised_model_says_so(
+    tiny_model: Path, resnet50: Path, tmp_path: Path
+) -> None:
+    """`make-model`'s models mark their config.json; the page reads it to warn that their
+    neighbours mean nothing. A model without the mark, or a hub id, is taken as trained."""
+    assert random_weights(str(tiny_model)) and random_weights(str(resnet50))
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    config = json.loads((tiny_model / "config.json").read_text())
+    del config["medindex_random_weights"]
+    (trained / "config.json").write_text(json.dumps(config))
+    assert not random_weights(str(trained))
+    assert not random_weights("facebook/dino-vits16") and not random_weights(None)

@@ -273,6 +273,7 @@ def test_sample_data_reads_whole_with_its_tumour_classes(brain: Path) -> None:
         "tumour_area_mm2": "float",
         "volume_shape": "integer",
         "voxel_size_mm": "float",
+        "pixel_spacing": "float",
         "volume_index": "integer",
         "volumes": "integer",
         "tumour_class": "keyword",
