@@ -4,6 +4,7 @@ presets are offered; pixel spacing gives its proportions. No stack: the readers 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -25,6 +26,16 @@ from pipeline.sources.table import TableSource
 from pipeline.sources.window import render
 
 MAX_BYTES = 32 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deid_key() -> Iterator[None]:
+    """The de-identification key a worker that reads DICOM is started with."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MEDINDEX_DEID_KEY", "test-levels-key")
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()  # the environment as it was
 
 
 @pytest.fixture(scope="module")
