@@ -37,8 +37,9 @@ def use_stack_environment(**overrides: str) -> None:
             MEDINDEX_FLOWER_PORT=str(free_port()),
             MEDINDEX_FLOWER_USER="medindex",
             MEDINDEX_FLOWER_PASSWORD="flower-test-password",
-            # Long enough that a partial write (at most a quarter of it) waits for a full 1,000.
-            MEDINDEX_VISIBILITY_TIMEOUT_S="90",
+            # Long enough that a partial write (at most a quarter of it) waits for a full 1,000
+            # on a shared machine: under a load of 8, 1,000 test images took 41 s to embed.
+            MEDINDEX_VISIBILITY_TIMEOUT_S="240",
             MEDINDEX_STORE_RETRY_BUDGET_S="15",
             # A killed reindex frees its alias in seconds (test_reindex.py), not a minute.
             MEDINDEX_REINDEX_LOCK_S="8",

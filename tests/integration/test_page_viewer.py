@@ -616,11 +616,12 @@ def test_collections_and_jobs(site: Site) -> None:
     _shot(browser, "collections-facts")
     browser.find_element(By.ID, "tab-jobs").click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"))
-    rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
-    jobs = {
-        cells[2]: cells
-        for cells in ([c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows)
-    }
+    # Read in one call: the view redraws its table on a timer, which would stale the rows.
+    table = browser.execute_script(
+        "return [...document.querySelectorAll('#jobs tbody tr')]"
+        ".map(r => [...r.cells].map(c => c.innerText.trim()))"
+    )
+    jobs = {cells[2]: cells for cells in table}
     # This module's own jobs: the session's first ones (skin) may be older than the newest 20.
     brain = jobs[scans["brain"]]
     assert brain[1] == "ingest" and brain[3] == "done"

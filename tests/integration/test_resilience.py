@@ -157,7 +157,7 @@ def test_delivery_settings() -> None:
     assert defaults["store_retry_budget_s"] <= defaults["visibility_timeout_s"] / 2
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1
-    assert app.conf.broker_transport_options["visibility_timeout"] == 90  # this session's
+    assert app.conf.broker_transport_options["visibility_timeout"] == 240  # this session's
 
 
 def test_workers_refuse_pickle(stack: RunningStack) -> None:
