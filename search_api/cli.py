@@ -74,11 +74,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from search_api.client import Query, SearchClient, read_query_file  # qdrant-client: slow
+    from search_api.query import Query, read_query_file
 
     settings = get_settings()
     collection = args.collection or settings.collection
-    query = Query(  # arguments and the query file checked before anything connects
+    query = Query(  # the arguments and the query file, checked before anything is loaded
         image=read_query_file(args.image, settings.max_image_bytes) if args.image else None,
         point_id=args.point_id,
         vector=_json_arg(args.vector, "vector") if args.vector else None,
@@ -86,6 +86,8 @@ def _search(args: argparse.Namespace) -> int:
         limit=args.limit,
         score_threshold=args.score_threshold,
     )
+    from search_api.client import SearchClient  # qdrant-client: slow to import
+
     client = SearchClient(settings, model=args.model)
     if args.key:
         query.point_id = client.id_of_key(collection, args.key)

@@ -4,14 +4,12 @@ groups and recommendations. Callers get plain dicts: {"id", "score", "payload"}.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from pipeline.catalog import SOURCE_FIELD
-from pipeline.errors import MedindexError
 from pipeline.images import ImageError, check_header, decode_rgb, to_rgb
 from pipeline.model_info import TRIVIAL_MODEL, default_pooling, model_file
 from pipeline.schemas import ReadOptions
@@ -19,28 +17,12 @@ from pipeline.settings import PREPROCESSINGS, Settings, get_settings
 from pipeline.sources import source_class, upload_format
 from pipeline.store import Hit, RecommendRequest, SearchRequest, open_reader
 from pipeline.store.filters import condition_key, conditions, parse_filter
+from search_api.query import Query, QueryError, read_query_file
 
 if TYPE_CHECKING:
     from pipeline.embedder import Embedder
 
 MAX_LIMIT = 1000
-
-
-class QueryError(MedindexError):
-    """A query the caller got wrong; the message says how."""
-
-
-@dataclass
-class Query:
-    """One search: exactly one of image, point_id, vector."""
-
-    image: Path | bytes | None = None
-    point_id: str | None = None
-    vector: list[float] | None = None
-    filter: dict | None = None
-    limit: int = 10
-    score_threshold: float | None = None
-    with_payload: bool | list | dict = True
 
 
 # What a query image may be: the formats scanners and viewers export, nothing exotic.
@@ -256,16 +238,3 @@ def _bounded(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
         raise QueryError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
     return limit
-
-
-def read_query_file(path: Path, max_bytes: int) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise QueryError(f"query image {path} is {size} bytes (limit {max_bytes})")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise QueryError(f"cannot read query image {path}: {exc.strerror}") from exc
-    if not data:
-        raise QueryError(f"query image {path} is empty (0 bytes)")
-    return data

@@ -67,6 +67,7 @@ from pipeline.sources.base import (
     SourceError,
     SourceRow,
     inside,
+    is_identifier,
     is_missing,
     key_census,
     plain,
@@ -83,9 +84,6 @@ _IMAGE_PATH = "(" + "|".join(re.escape(s) for s in IMAGE_SUFFIXES) + r")\s*$"
 _AGE_UNITS = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}  # per year
 _OPENED, _CLOSED = re.compile(r"([^\[\]]+)\[([^\[\]]+)"), re.compile(r"([^\[\]]+)\]\s*")
 _WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # OriginalImage -> Original_Image
-# An identifier (`Patient ID`, `lesion_id`) is a keyword, numbers or not: no range of ids means
-# anything, and a filter matches it exactly.
-_IDENTIFIER = re.compile(r"(\w+_)?id")
 
 
 def field_name(column: str) -> str:
@@ -361,7 +359,7 @@ def _column(
 ) -> Column:
     """A string column may hold lists (`a|b`) or DICOM ages; an integer identifier is kept as
     text; the path and key columns are taken as they are."""
-    if kind == "integer" and _IDENTIFIER.fullmatch(field):
+    if kind == "integer" and is_identifier(field):
         return Column(name, field, "keyword", "identifier")
     if special or not _is_string(values.type):
         return Column(name, field, kind)

@@ -36,12 +36,13 @@ def register_reindex(cmd: argparse.ArgumentParser) -> None:
 
 
 def _reindex(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    spec = source_spec(args, settings)  # the arguments checked before the slow imports
     from producers.reindex import ReindexRequest, reindex  # datasets, qdrant-client: slow
 
-    settings = get_settings()
     request = ReindexRequest(
         alias=args.alias,
-        spec=source_spec(args, settings),
+        spec=spec,
         min_quality=args.min_quality,
         max_quality_drop=args.max_quality_drop,
         keep=args.keep,

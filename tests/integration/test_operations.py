@@ -52,12 +52,19 @@ def test_flower_lists_workers_and_counts_succeeded_tasks(ingested: dict) -> None
         assert counted >= N_IMAGES // 16, (task, counted)
 
 
-def test_ready_line_names_flower_and_each_queue_its_exchange(stack: RunningStack) -> None:
+def test_the_stack_log_names_flower_and_holds_no_library_noise(
+    stack: RunningStack, ingested: dict
+) -> None:
+    """After an ingest (the workers loaded the model): the ready line gives Flower's URL, each
+    queue's banner its own exchange, and no library notice that asks nothing of the user."""
     text = stack.log.read_text()
     ready = next(line for line in text.splitlines() if "medindex up: ready" in line)
     assert f"Flower http://127.0.0.1:{get_settings().flower_port}/" in ready
     for queue in ("embed", "upsert", "store"):  # the workers' banners
         assert re.search(rf"\.> {queue}\s+exchange={queue}\(direct\) key={queue}\b", text)
+    noise = ("superuser privileges", "LOAD REPORT", "requires torchvision", "Loading weights",
+             "Memory overcommit must be enabled")  # fmt: skip
+    assert not [words for words in noise if words in text]
 
 
 def test_no_payload_value_reaches_flower(ingested: dict, dataset: Path) -> None:
