@@ -5,30 +5,38 @@ every message through it."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from celery import Celery
 from celery.app.amqp import AMQP
+from celery.exceptions import SecurityWarning
 from celery.signals import after_setup_logger, after_setup_task_logger
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from pipeline import logs
-from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, Senders
+from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, UNLISTED_TASKS, Senders
 from pipeline.settings import Settings, get_settings
 
-TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map"]
+# Celery's warning to a worker run as root (a container's default): medindex never accepts
+# pickle, the case it guards against (`accept_content` below).
+warnings.filterwarnings("ignore", "You're running the worker with superuser", SecurityWarning)
+
+TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map", "tasks.control"]
 
 
 class ShortReprAMQP(AMQP):
     """Protocol 1 drops a message's `argsrepr`/`kwargsrepr` and puts a repr of the whole
     arguments in its events instead (a point batch's payloads: patient metadata, into Flower's
     task list and database). Given ones are kept: in the events sent and in the body, where the
-    worker's own events read them."""
+    worker's own events read them. An unlisted task's message is sent without its event."""
 
     def as_task_v1(
         self, *args: Any, argsrepr: str | None = None, kwargsrepr: str | None = None, **kw: Any
     ) -> Any:
         message = super().as_task_v1(*args, **kw)
+        if message.body["task"] in UNLISTED_TASKS:
+            return message._replace(sent_event=None)
         shown = {k: v for k, v in (("args", argsrepr), ("kwargs", kwargsrepr)) if v is not None}
         if message.sent_event is not None:
             message.sent_event.update(shown)
@@ -48,7 +56,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         # with protocol 2's headers, which repeat the task id three times).
         task_protocol=1,
         accept_content=["msgpack", "json"],
-        task_queues=[Queue(name) for name in QUEUES],
+        # Each queue its own exchange (the worker's banner shows it): sends go straight to the
+        # queue (celery's anonymous exchange) either way.
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_default_queue=EMBED_QUEUE,
         task_routes={task: {"queue": queue} for task, queue in ROUTES.items()},
         # At-least-once: a job is acknowledged after it ran, and comes back if its worker dies.
@@ -71,9 +81,10 @@ def create_app(settings: Settings | None = None) -> Celery:
             "interval_max": 2.0,
         },
         task_ignore_result=True,
-        # Flower and `medindex status` see every task.
+        # Flower and `medindex status` see every task but the unlisted ones (store queries).
         worker_send_task_events=True,
         task_send_sent_event=True,
+        task_annotations={name: {"send_events": False} for name in UNLISTED_TASKS},
         worker_hijack_root_logger=True,
     )
     return app

@@ -13,6 +13,7 @@ from functools import cache
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
@@ -29,6 +30,17 @@ from pipeline.model_info import (
 from pipeline.settings import PREPROCESSINGS, Settings
 
 log = logging.getLogger(__name__)
+
+
+def quiet_transformers() -> None:
+    """transformers' notices (its PIL fallback for a missing torchvision, each load's report
+    and bars) ask nothing of a medindex user; its errors still show. A randomly initialised
+    model says so where it matters: on the search page."""
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+quiet_transformers()
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -27,32 +27,46 @@ def decode_rgb(
     shrink by a whole factor, never below it, before converting (a 16-bit picture converts
     through float32). `formats`: PIL format names accepted (None: any PIL reads).
     """
+    image = check_header(data, max_pixels, max_bytes, formats)
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit (check_header); PIL's bomb warning would be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if draft_size:
+                image.draft(image.mode, draft_size)
+            image.load()
+            if draft_size and image.format != "JPEG":  # a JPEG was drafted already
+                image = _reduce(image, draft_size)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"decompression bomb refused: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    return to_rgb(image)
+
+
+def check_header(
+    data: bytes | None, max_pixels: int, max_bytes: int, formats: tuple[str, ...] | None = None
+) -> Image.Image:
+    """The image opened by its header alone (nothing decoded yet), refused when empty, too
+    large, too many pixels or not a format PIL (or `formats`) reads."""
     if not data:
         raise ImageError("empty image (0 bytes)")
     if len(data) > max_bytes:
         raise ImageError(f"image file is {len(data)} bytes (limit {max_bytes})")
     try:
         with warnings.catch_warnings():
-            # We enforce our own pixel limit below; PIL's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=formats)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height} pixels (limit {max_pixels} pixels)")
-            if draft_size:
-                image.draft(image.mode, draft_size)
-            image.load()
-            if draft_size and image.format != "JPEG":  # a JPEG was drafted already
-                image = _reduce(image, draft_size)
-    except ImageError:
-        raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError("not a readable image (unknown or corrupt format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    return to_rgb(image)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} pixels (limit {max_pixels} pixels)")
+    return image
 
 
 def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:

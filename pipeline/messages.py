@@ -39,6 +39,12 @@ UPSERT_TASK = "medindex.upsert"
 STORE_QUERY_TASK = "medindex.store_query"
 STORE_MANAGE_TASK = "medindex.store_manage"
 MAP_TASK = "medindex.project_map"
+# Sent without task events, so Flower never lists them: the store queries of searches and the
+# page (hundreds a session) would bury an ingest's embed and upsert tasks in its task list.
+UNLISTED_TASKS = frozenset({STORE_QUERY_TASK})
+# A remote control command (not a task): each worker answers its MEDINDEX_DEID_KEY's
+# fingerprint and the queues it consumes (tasks/control.py).
+DEID_COMMAND = "medindex_deid_fingerprint"
 
 ROUTES = {
     EMBED_TASK: EMBED_QUEUE,
@@ -124,6 +130,11 @@ class Senders:
         the version: a collection's name and when it was made."""
         kwargs = {"collection": collection, "made": made}
         self.app.send_task(MAP_TASK, kwargs=kwargs, argsrepr="()", kwargsrepr=repr(kwargs))
+
+    def worker_deid_fingerprints(self, timeout_s: float = 1.0) -> dict[str, dict]:
+        """worker -> {"fingerprint", "queues"}, from every worker answering within `timeout_s`."""
+        replies = self.app.control.broadcast(DEID_COMMAND, reply=True, timeout=timeout_s)
+        return {worker: answer for reply in replies for worker, answer in reply.items()}
 
 
 def jobs_in_flight(redis: Redis) -> set[str]:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 from typing import get_args
+from urllib.parse import urlsplit
 
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from pipeline.errors import MedindexError, first_line
 from pipeline.schemas import Pooling
@@ -88,11 +90,36 @@ def random_weights(model_name: str | None) -> bool:
 
 def model_file(model_name: str, filename: str) -> Path:
     """One file of a model: from its folder, or from the hub through huggingface_hub's cache
-    (which honours HF_HUB_OFFLINE and HF_HOME, as transformers does)."""
+    (which honours HF_HUB_OFFLINE and HF_HOME, as transformers does). A file neither cached
+    nor reachable is refused at once: huggingface_hub would retry an unreachable hub for half
+    a minute."""
     folder = Path(model_name)
     if folder.is_dir():
         return folder / filename
+    try:
+        return Path(hf_hub_download(model_name, filename, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if problem := hub_unreachable():
+        raise ModelError(
+            f"model {model_name!r} is not cached and {problem}: give a local model with "
+            "--model DIR (`medindex make-model --out DIR` saves one offline) or MEDINDEX_MODEL"
+        )
     return Path(hf_hub_download(model_name, filename))
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the model hub cannot be reached (offline mode, no route, no name), None if a
+    connection opens: one attempt, not huggingface_hub's retries."""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"the model hub ({endpoint.hostname}) cannot be reached ({first_line(exc)})"
+    return None
 
 
 def commit_of(path: Path) -> str | None:

@@ -73,8 +73,9 @@ class Progress:
 
     @property
     def state(self) -> str:
+        """running, cancelled, done; "failed" when it ended without one image indexed."""
         if self.done >= self.total:
-            return "done"
+            return "failed" if self.failed and not self.indexed else "done"
         return "cancelled" if self.cancelled else "running"
 
     def rate(self, now: float | None = None) -> float:

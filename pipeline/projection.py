@@ -58,6 +58,9 @@ def make_map(reader: Reader, version: MapVersion, max_points: int = MAP_MAX_POIN
     xy = project(_vectors(reader, collection, ids))
     schema = recorded_or_guessed_schema(reader.metadata(collection), [h["payload"] for h in sample])
     keywords = [f.name for f in schema.fields if f.type == "keyword"]
+    values = {name: [h["payload"].get(name) for h in sample] for name in keywords}
+    colours = [name for name, found in values.items()
+               if name == schema.label_field or _colours(found)]  # fmt: skip
     return EmbeddingMap(
         version=version,
         points=points,
@@ -65,8 +68,15 @@ def make_map(reader: Reader, version: MapVersion, max_points: int = MAP_MAX_POIN
         ids=ids,
         x=[round(float(v), 4) for v in xy[:, 0]],
         y=[round(float(v), 4) for v in xy[:, 1]],
-        fields={name: [h["payload"].get(name) for h in sample] for name in keywords},
+        fields={name: values[name] for name in colours},
     )
+
+
+def _colours(values: list) -> bool:
+    """Whether a keyword field colours a map: some points share a value. One that no point
+    carries, or with a value per point (a key, an id), would paint noise."""
+    present = [json.dumps(v) for v in values if v is not None]
+    return len(set(present)) < len(present)
 
 
 def map_due(kept: dict | None, points: int, refresh_s: float) -> bool:

@@ -10,6 +10,10 @@ import torch
 from PIL import Image
 from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
+from pipeline.embedder import quiet_transformers
+
+quiet_transformers()
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # Written into the model's config.json: what made a collection's vectors says so on the page

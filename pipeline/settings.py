@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 from functools import cache
@@ -170,6 +171,14 @@ class Settings(BaseSettings):
     # Seconds the page's embedding map of a version is served before a version that has grown
     # (or shrunk) since gets a new one: polling the map asks a worker at most this often.
     map_refresh_s: float = Field(300.0, ge=0)
+
+    def deid_fingerprint(self) -> str | None:
+        """A short keyed digest of `deid_key` (None: no key): two processes compare keys by it
+        without the key leaving either (workers answer it to producers, see tasks/control.py)."""
+        key = self.deid_key.get_secret_value() if self.deid_key else ""
+        if not key:
+            return None
+        return hmac.new(key.encode(), b"medindex deid key fingerprint", "sha256").hexdigest()[:12]
 
     @model_validator(mode="after")
     def _writes_end_before_redelivery(self) -> Settings:

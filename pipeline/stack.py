@@ -109,8 +109,10 @@ class Stack:
                 self._spawn("search-api", [sys.executable, "-m", "pipeline.cli", "serve",
                                            "--port", str(self.serve_port)])  # fmt: skip
             page = f"; search page http://127.0.0.1:{self.serve_port}/" if self.serve_port else ""
+            port = self.settings.flower_port
+            flower = f"; Flower http://127.0.0.1:{port}/" if port else ""
             broker = mask_url(self.settings.broker_url)
-            print(f"medindex up: ready (broker {broker}){page}; Ctrl-C stops", flush=True)
+            print(f"medindex up: ready (broker {broker}){page}{flower}; Ctrl-C stops", flush=True)
             if self.ready_file:
                 _write_private(
                     self.ready_file, {"pid": os.getpid(), "broker": self.settings.broker_url}
@@ -137,14 +139,20 @@ class Stack:
             raise MedindexError(
                 f"a Redis already listens on port {port}: stop it or set MEDINDEX_REDIS_URL"
             )
-        data = self.settings.local_redis_dir
+        data = self.settings.local_redis_dir.resolve()
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn("redis", redis_argv(port, data.resolve(), "127.0.0.1"))
+        # Its log in a file: its startup advice (memory overcommit) becomes one line of ours.
+        log = data / "redis.log"
+        self._spawn("redis", [*redis_argv(port, data, "127.0.0.1"), "--logfile", str(log)])
         deadline = time.monotonic() + 10
         while not _redis_answers(self.settings.broker_url):
             if time.monotonic() > deadline or self.children[-1].process.poll() is not None:
-                raise MedindexError(f"local Redis did not start on port {port}")
+                raise MedindexError(f"local Redis did not start on port {port} (its log: {log})")
             time.sleep(0.1)
+        if _overcommit() not in (None, "1"):
+            print("medindex up: note: vm.overcommit_memory is not 1: a Redis rewriting its "
+                  "append-only file may fail when memory is short (sysctl vm.overcommit_memory=1)",
+                  flush=True)  # fmt: skip
 
     def _start_workers(self) -> None:
         tag = os.getpid()
@@ -282,6 +290,14 @@ def redis_argv(port: int, data: Path, bind: str, conf: Path | None = None) -> li
         "--save", "",
         "--loglevel", "warning",
     ]  # fmt: skip
+
+
+def _overcommit() -> str | None:
+    """The kernel's vm.overcommit_memory (None: not Linux)."""
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip()
+    except OSError:
+        return None
 
 
 def _write_private(path: Path, value: dict) -> None:

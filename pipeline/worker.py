@@ -71,7 +71,9 @@ def worker_argv(role: Role, settings: Settings, concurrency: int | None, name: s
 
 
 def flower_argv(settings: Settings, address: str, db: str) -> list[str]:
-    """Flower on the broker of `settings`, listening on `address`, its state kept in `db`."""
+    """Flower on the broker of `settings`, listening on `address`, its state kept in `db`.
+    Its workers' replies are awaited 5 s, not 1: workers busy embedding on a few shared cores
+    answer late, and each late reply was a warning ("Inspect method stats failed")."""
     port = settings.flower_port
     return [
         *CELERY,
@@ -80,4 +82,5 @@ def flower_argv(settings: Settings, address: str, db: str) -> list[str]:
         f"--port={port}",
         "--persistent=True",
         f"--db={db}",
+        "--inspect_timeout=5000",
     ]

@@ -15,7 +15,7 @@ from redis import Redis, RedisError
 
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
-from pipeline.messages import jobs_in_flight
+from pipeline.messages import EMBED_QUEUE, jobs_in_flight
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
@@ -63,12 +63,17 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     """
     ref = source_ref(request.spec)
     source = source_class(ref.format)(ref)
+    if ref.format == "dicom" and ref.options.deidentify:
+        check_workers_key(settings)
     store = open_store(settings)
     recorded = _recorded_schema(request, store)
     ref, source = _keyed_as_recorded(request, ref, source, recorded)
     total = len(source)
     if problem := source.keys.describe(source.schema.key_field or "key"):
         log.warning("%s %s: %s", ref.dataset, ref.split, problem)
+    if not source.schema.fields:
+        log.warning("%s: its points carry no field but `source` (no metadata read: a table of "
+                    "the images' findings can be given as --dataset)", ref.dataset)  # fmt: skip
     model = request.spec.model or settings.model
     pooling = request.spec.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
@@ -91,6 +96,27 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
         todo = [r for r in shards(range(total), settings.job_size) if not done.issuperset(r)]
         enqueue(job_id, request.collection, ref, model, pooling, todo)
     return job_id, total, len(todo)
+
+
+def check_workers_key(settings: Settings) -> None:
+    """De-identified DICOM is read with the embed workers' MEDINDEX_DEID_KEY: a worker holding
+    none, or another than this producer's (patients hashed apart from the ones already
+    indexed), would fail or split every image. Asked of the workers before anything is queued;
+    with none answering (started later), nothing can be checked."""
+    answers = senders.worker_deid_fingerprints()
+    embedders = {w: a for w, a in answers.items() if EMBED_QUEUE in a.get("queues", ())}
+    if not embedders:
+        log.warning("no embed worker answered: cannot check that they hold this MEDINDEX_DEID_KEY")
+        return
+    mine = settings.deid_fingerprint()
+    others = sorted(w for w, a in embedders.items() if a["fingerprint"] != mine)
+    if others:
+        keyless = all(embedders[w]["fingerprint"] is None for w in others)
+        raise MedindexError(
+            f"embed worker {', '.join(others)} holds {'no' if keyless else 'another'} "
+            "MEDINDEX_DEID_KEY than this producer: every DICOM image would fail or be hashed "
+            "apart; give the workers this key and restart them"
+        )
 
 
 @contextmanager
@@ -316,7 +342,7 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
     for job_id in tracker.recent_jobs(limit=100):
         progress = tracker.progress(job_id)
         same = all(progress.meta.get(k) == meta[k] for k in ("dataset", "split", "collection"))
-        if same and progress.state != "done":
+        if same and progress.state not in ("done", "failed"):
             return job_id
     return None
 

@@ -19,6 +19,7 @@ def register_search(cmd: argparse.ArgumentParser) -> None:
     what = cmd.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", type=Path, help="a query image file")
     what.add_argument("--id", dest="point_id", help="an indexed point's id")
+    what.add_argument("--key", help="an indexed case's key (image id, file name, series)")
     what.add_argument("--vector", help="a JSON list of floats")
     cmd.add_argument("--filter", help="Qdrant JSON filter, or @file.json")
     cmd.add_argument(
@@ -73,18 +74,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from search_api.client import Query, SearchClient  # qdrant-client: slow to import
+    from search_api.query import Query, read_query_file
 
-    collection = args.collection or get_settings().collection
-    query = Query(
-        image=args.image,
+    settings = get_settings()
+    collection = args.collection or settings.collection
+    query = Query(  # the arguments and the query file, checked before anything is loaded
+        image=read_query_file(args.image, settings.max_image_bytes) if args.image else None,
         point_id=args.point_id,
         vector=_json_arg(args.vector, "vector") if args.vector else None,
         filter=_json_arg(args.filter, "filter") if args.filter else None,
         limit=args.limit,
         score_threshold=args.score_threshold,
     )
-    client = SearchClient(model=args.model)
+    from search_api.client import SearchClient  # qdrant-client: slow to import
+
+    client = SearchClient(settings, model=args.model)
+    if args.key:
+        query.point_id = client.id_of_key(collection, args.key)
     if args.group_by:
         groups = client.groups(collection, query, args.group_by, groups=args.limit)
         hits = [hit | {"group": g["group"]} for g in groups for hit in g["hits"]]
@@ -93,7 +99,9 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(hits))
     else:
-        _print_table(hits, shown_fields(client.store.metadata(collection), hits))
+        metadata = client.store.metadata(collection)
+        key_field = (metadata.get("schema") or {}).get("key_field")
+        print_hits(hits, shown_fields(metadata, hits), key_field)
     return 0
 
 
@@ -122,16 +130,48 @@ def shown_fields(metadata: dict, hits: list[dict]) -> list[str]:
     return [name for name in dict.fromkeys(keys) if name != "source"]
 
 
-def _print_table(hits: list[dict], fields: list[str]) -> None:
-    table = Table("score", "id", *fields)
-    for hit in hits:
-        payload = hit["payload"]
-        values = [_cell(payload.get(name)) for name in fields]
-        table.add_row(f"{hit['score']:.4f}", hit["id"], *values)
-    console = Console()
-    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console = Console(width=200)
+# Rich's table: a column costs its text, a space each side and a rule; the table one more.
+COLUMN_COST, TABLE_COST = 3, 1
+CELL_MOST, CELL_LEAST = 24, 8  # a payload column's width in a terminal (longer values end in …)
+
+
+def print_hits(
+    hits: list[dict], fields: list[str], key_field: str | None, console: Console | None = None
+) -> None:
+    """Key, score and id whole (the key and id are what `--key`, `--id` and `medindex image`
+    take), then the payload fields that fit the terminal; piped, every field whole."""
+    console = console or Console()
+    fields = [name for name in fields if name != key_field]
+    names = [key_field or "key", "score", "id", *fields]
+    rows = [
+        [_key_of(hit), f"{hit['score']:.4f}", hit["id"]]
+        + [_cell(hit["payload"].get(name)) for name in fields]
+        for hit in hits
+    ]
+    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(names)]
+    kept = len(names)
+    if console.is_terminal:
+        kept, left = 3, console.width - TABLE_COST - sum(w + COLUMN_COST for w in widths[:3])
+        for width in widths[3:]:
+            width = min(width, CELL_MOST, left - COLUMN_COST)
+            if width < min(widths[kept], CELL_LEAST):
+                break
+            widths[kept], left, kept = width, left - width - COLUMN_COST, kept + 1
+    else:  # piped: as wide as the table is
+        width = TABLE_COST + sum(w + COLUMN_COST for w in widths)
+        console = Console(file=console.file, width=width)
+    hidden = names[kept:]
+    caption = f"not shown: {', '.join(hidden)} (--json shows every field)" if hidden else None
+    table = Table(caption=caption, caption_justify="left")
+    for name, width in zip(names[:kept], widths, strict=False):
+        table.add_column(name, no_wrap=True, width=width, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*row[:kept])
     console.print(table)
+
+
+def _key_of(hit: dict) -> str:
+    return str((hit["payload"].get("source") or {}).get("key", ""))
 
 
 def _cell(value: object) -> str:

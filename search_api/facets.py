@@ -46,6 +46,7 @@ class FieldView:
     low: float | None = None  # numbers: the sample's range
     high: float | None = None
     histogram: tuple[Bin, ...] = ()  # numbers: counts in equal bins from low to high
+    lists: bool = False  # its values are lists (a volume's shape): matched, never ranged
 
     @property
     def values(self) -> tuple[tuple[str, int], ...]:
@@ -107,6 +108,11 @@ class CollectionView:
     def keyword_fields(self) -> list[FieldView]:
         return _multi_selects(self.fields, self.schema, self.sampled)
 
+    def range_fields(self) -> list[FieldView]:
+        """The numbers and dates a range filter helps with: not lists of them."""
+        ranged = ("integer", "float", "datetime")
+        return [f for f in self.fields if f.type in ranged and not f.lists]
+
     def field(self, name: str) -> FieldView | None:
         return next((f for f in self.fields if f.name == name), None)
 
@@ -133,7 +139,10 @@ def _view(version: str, points: int) -> CollectionView:
     """Per version and point count: a version being filled is counted again as it grows."""
     payloads = [hit["payload"] for hit in first_points(client().store, version, FACET_SAMPLE)]
     schema = recorded_or_guessed_schema(client().store.metadata(version), payloads)
-    fields = tuple(_field_view(f.name, f.type, payloads) for f in schema.fields)
+    # A field no sampled point carries (a column of another source, all missing here) offers
+    # nothing to filter on.
+    carried = [f for f in schema.fields if not payloads or any(f.name in p for p in payloads)]
+    fields = tuple(_field_view(f.name, f.type, payloads) for f in carried)
     groupings = [
         f.name
         for f in _multi_selects(fields, schema, len(payloads))
@@ -188,16 +197,17 @@ def _each(value: object) -> list:
 
 def _field_view(name: str, kind: str, payloads: list[dict]) -> FieldView:
     values = [p[name] for p in payloads if p.get(name) is not None]
+    lists = bool(values) and all(isinstance(v, list) for v in values)
     if kind == "keyword":  # a list (several findings) counts once for each of its values
         counts = Counter(str(v) for value in values for v in _each(value))
-        return FieldView(name, kind, tuple(counts.most_common()))
-    if kind in ("integer", "float"):
+        return FieldView(name, kind, tuple(counts.most_common()), lists=lists)
+    if kind in ("integer", "float") and not lists:
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if not numbers:
             return FieldView(name, kind)
         low, high = min(numbers), max(numbers)
         return FieldView(name, kind, low=low, high=high, histogram=histogram(numbers, kind))
-    return FieldView(name, kind)
+    return FieldView(name, kind, lists=lists)
 
 
 def histogram(numbers: list[float], kind: str, bins: int = HISTOGRAM_BINS) -> tuple[Bin, ...]:

@@ -29,6 +29,7 @@ __all__ = [
     "SourceError",
     "SourceRow",
     "detect_format",
+    "known_format",
     "open_source",
     "resolve",
     "source_class",
@@ -52,11 +53,16 @@ READERS = {
 DETECTION_ORDER = ("dicom", "nifti", "table", "hf")
 
 
-def source_class(fmt: str) -> type[Source]:
-    """The reader of a format."""
+def known_format(fmt: str) -> str:
+    """`fmt`, if a reader reads it (checked without importing one)."""
     if fmt not in READERS:
         raise SourceError(f"unknown format {fmt!r} (one of: {', '.join(READERS)})")
-    module, name = READERS[fmt].split(":")
+    return fmt
+
+
+def source_class(fmt: str) -> type[Source]:
+    """The reader of a format."""
+    module, name = READERS[known_format(fmt)].split(":")
     return getattr(importlib.import_module(module), name)
 
 

@@ -11,6 +11,7 @@ import datetime
 import decimal
 import hashlib
 import math
+import re
 import stat
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
     from pipeline.sources.window import Levels  # pydicom: imported by the readers that need it
 
 FieldType = Literal["keyword", "integer", "float", "datetime", "bool"]
+# An identifier (`Patient ID`, `lesion_id`) is a keyword, numbers or not: no range of ids means
+# anything, and a filter matches it exactly. Readers keep a numeric one's values as text.
+_IDENTIFIER = re.compile(r"(\w+_)?id")
+
+
+def is_identifier(column: str) -> bool:
+    """Whether a column (as written, or as a field name) names an identifier."""
+    return bool(_IDENTIFIER.fullmatch(re.sub(r"[\W_]+", "_", column.lower()).strip("_")))
 
 
 class SourceError(MedindexError):

@@ -20,6 +20,7 @@ from pipeline.sources.base import (
     Source,
     SourceError,
     SourceRow,
+    is_identifier,
     is_missing,
     key_census,
     plain,
@@ -56,6 +57,13 @@ class DatasetSource(Source):
             for name, feature in self.table.features.items()
             if isinstance(feature, datasets.ClassLabel)
         }
+        self._identifiers = {
+            name
+            for name, feature in self.table.features.items()
+            if isinstance(feature, datasets.Value)
+            and field_type(feature) == "integer"
+            and is_identifier(name)
+        }
         # Each row's key value, in row order (a worker reads any rows by index).
         self._key_values = (
             list(self.table[self.key_column]) if self.key_column else self._image_keys()
@@ -77,7 +85,7 @@ class DatasetSource(Source):
     @property
     def schema(self) -> Schema:
         fields = tuple(
-            Field(name, kind)
+            Field(name, "keyword" if name in self._identifiers else kind)
             for name, feature in self.table.features.items()
             if name != self.image_column and (kind := field_type(feature))
         )
@@ -110,7 +118,9 @@ class DatasetSource(Source):
 
     def _value(self, name: str, value: object) -> object:
         """Class labels as their names (what a filter or a reader of the payload expects); -1,
-        `datasets`' "no label", is missing."""
+        `datasets`' "no label", is missing; a numeric identifier as text."""
+        if name in self._identifiers and value is not None:
+            return str(value)
         names = self._class_names.get(name)
         if names is None:
             return plain(value)

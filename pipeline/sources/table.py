@@ -6,7 +6,9 @@ dataset is the table file (or a folder holding exactly one); image paths are rel
 
 Column names become payload field names by one rule: lower case, every run of characters that
 are not letters or digits becomes `_`, leading and trailing `_` are dropped (`Follow-up #` ->
-`follow_up`, `OriginalImage[Width` -> `originalimage_width`, `Height]` -> `height`). Columns
+`follow_up`, `Patient ID` -> `patient_id`); a pair split inside brackets takes the bracket's
+word for both, its words apart (`OriginalImage[Width`, `Height]` -> `original_image_width`,
+`original_image_height`). Columns
 with no name (ChestX-ray14's trailing comma) or no values are dropped, and so are columns of a
 type no payload index holds (binary, times of day, structs, nested lists). Two columns that
 normalise to the same name, or a column named `source` (the payload's reference to the
@@ -18,6 +20,8 @@ Values, per column:
   match each label; a column whose values are all ages written the DICOM way (`058Y`, `006M`,
   `003W`, `010D`) becomes a number of years (integer when all are in years, else float). The
   path and key columns are kept as written;
+- identifiers (`id`, `*_id`) are keywords, their integers kept as text: ids are matched,
+  never ranged;
 - integers, floats (and decimals), booleans keep their type; dates and timestamps are stored
   as ISO strings and indexed as datetimes; lists of these are kept as lists;
 - a missing value (empty cell, null, NaN, empty string) is left out of the payload, never 0.
@@ -43,8 +47,9 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +67,7 @@ from pipeline.sources.base import (
     SourceError,
     SourceRow,
     inside,
+    is_identifier,
     is_missing,
     key_census,
     plain,
@@ -76,11 +82,26 @@ LIST_SEPARATOR = "|"
 _AGE = r"^\s*\d{1,3}\s*[DWMYdwmy]\s*$"
 _IMAGE_PATH = "(" + "|".join(re.escape(s) for s in IMAGE_SUFFIXES) + r")\s*$"
 _AGE_UNITS = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}  # per year
+_OPENED, _CLOSED = re.compile(r"([^\[\]]+)\[([^\[\]]+)"), re.compile(r"([^\[\]]+)\]\s*")
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # OriginalImage -> Original_Image
 
 
 def field_name(column: str) -> str:
     """A column's payload field name (see the module's docstring)."""
     return re.sub(r"[\W_]+", "_", column.lower()).strip("_")
+
+
+def field_names(columns: list[str]) -> list[str]:
+    """Every column's field name; a pair a comma split inside brackets (ChestX-ray14's
+    `OriginalImage[Width`, `Height]`) named both from the bracket's word, its words apart:
+    `original_image_width`, `original_image_height`."""
+    names = [field_name(column) for column in columns]
+    for i, (first, second) in enumerate(pairwise(columns)):
+        opened, closed = _OPENED.fullmatch(first), _CLOSED.fullmatch(second)
+        if opened and closed:
+            stem = field_name(_WORD_START.sub("_", opened[1]))
+            names[i : i + 2] = [f"{stem}_{field_name(half)}" for half in (opened[2], closed[1])]
+    return names
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,8 @@ class Column:
     name: str
     field: str
     type: FieldType
-    kind: Literal["plain", "list", "age"] = "plain"  # list: split at `|`; age: `058Y` -> 58
+    # list: split at `|`; age: `058Y` -> 58; identifier: 30805 -> "30805"
+    kind: Literal["plain", "list", "age", "identifier"] = "plain"
 
 
 class TableSource(Source):
@@ -118,11 +140,16 @@ class TableSource(Source):
         key_values = table.column(key_column).to_pylist() if key_column else self._paths
         self.keys = key_census(key_values)
         self._key_values = key_values
-        self.key_column = field_name(key_column or self.image_column)
+        names = dict(zip(table.column_names, field_names(table.column_names), strict=True))
+        self.key_column = names[key_column or self.image_column]
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        return path.is_file() and path.name.lower().endswith(TABLE_SUFFIXES)
+        """A table file, or a folder holding a table whose path column names the folder's
+        images (ChestX-ray14 as downloaded: `Data_Entry_2017.csv` beside `images_00N/`)."""
+        if path.is_dir():
+            return _image_table(path) is not None
+        return _is_table(path)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -196,6 +223,8 @@ def _value(column: Column, cell: object) -> object:
         return labels or None
     if column.kind == "age":
         return _years(str(cell), integer=column.type == "integer")
+    if column.kind == "identifier":
+        return str(cell)
     if isinstance(cell, list):
         return [plain(v) for v in cell if not is_missing(v)] or None
     return plain(cell)
@@ -217,15 +246,50 @@ def _spelling(written: str) -> str:
 
 
 def _table_file(dataset: Path) -> Path:
-    """The table itself, or the one table file directly inside a folder."""
+    """The table itself, or the table inside a folder: its one table file, or the one that
+    names the folder's images."""
     if not dataset.is_dir():
         return dataset
-    tables = sorted(p.name for p in dataset.iterdir() if TableSource.detect(p))
+    tables = sorted(p.name for p in dataset.iterdir() if _is_table(p))
     if len(tables) == 1:
         return dataset / tables[0]
     if not tables:
         raise SourceError(f"folder {dataset} holds no table file ({', '.join(TABLE_SUFFIXES)})")
-    raise SourceError(f"folder {dataset} holds several tables ({', '.join(tables)}): name one")
+    return _image_table(dataset) or _several(dataset, tables)
+
+
+def _is_table(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(TABLE_SUFFIXES)
+
+
+def _image_table(folder: Path, sample: int = 20) -> Path | None:
+    """The table directly inside `folder` whose path column names images found below it (by
+    name, the first `sample` rows); None if none does. Several that do are refused by name."""
+    tables = sorted(p for p in folder.iterdir() if _is_table(p))
+    if not tables:
+        return None
+    images = {name for _, _, files in os.walk(folder) for name in files
+              if name.lower().endswith(IMAGE_SUFFIXES)}  # fmt: skip
+    naming = [table for table in tables if _names_images(table, images, sample)]
+    if len(naming) > 1:
+        _several(folder, [table.name for table in naming])
+    return naming[0] if naming else None
+
+
+def _names_images(table: Path, images: set[str], sample: int) -> bool:
+    try:
+        read = _read_table(table)
+        column = _path_column(read, None, table)
+    except SourceError:  # unreadable, or no column of image paths: not this folder's table
+        return False
+    written = read.column(column).slice(0, sample).drop_null().to_pylist()
+    return any(PurePosixPath(_spelling(path)).name in images for path in written)
+
+
+def _several(folder: Path, tables: list[str]) -> NoReturn:
+    raise SourceError(
+        f"folder {folder} holds several tables ({', '.join(tables)}): give one as --dataset"
+    )
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -271,11 +335,12 @@ def _decode_dictionaries(table: pa.Table) -> pa.Table:
 def _columns(table: pa.Table, always: set[str | None], path: Path) -> list[Column]:
     """The columns that go into payloads, with their field names, types and kinds."""
     columns = []
-    for name, values in zip(table.column_names, table.columns, strict=True):
+    fields = field_names(table.column_names)
+    for name, field, values in zip(table.column_names, fields, table.columns, strict=True):
         kind = _field_type(values.type)
-        if not field_name(name) or kind is None or values.null_count == len(values):
+        if not field or kind is None or values.null_count == len(values):
             continue
-        columns.append(_column(name, values, kind, special=name in always))
+        columns.append(_column(name, field, values, kind, special=name in always))
     clashes = Counter(c.field for c in columns)
     for field, count in clashes.items():
         if count > 1:
@@ -289,18 +354,22 @@ def _columns(table: pa.Table, always: set[str | None], path: Path) -> list[Colum
     return columns
 
 
-def _column(name: str, values: pa.ChunkedArray, kind: FieldType, special: bool) -> Column:
-    """A string column may hold lists (`a|b`) or DICOM ages; the path and key columns are
-    taken as they are."""
+def _column(
+    name: str, field: str, values: pa.ChunkedArray, kind: FieldType, special: bool
+) -> Column:
+    """A string column may hold lists (`a|b`) or DICOM ages; an integer identifier is kept as
+    text; the path and key columns are taken as they are."""
+    if kind == "integer" and is_identifier(field):
+        return Column(name, field, "keyword", "identifier")
     if special or not _is_string(values.type):
-        return Column(name, field_name(name), kind)
+        return Column(name, field, kind)
     if pc.any(pc.match_substring(values, LIST_SEPARATOR)).as_py():
-        return Column(name, field_name(name), "keyword", "list")
+        return Column(name, field, "keyword", "list")
     present = values.drop_null()
     if pc.all(pc.match_substring_regex(present, _AGE)).as_py():
         in_years = pc.all(pc.match_substring_regex(present, r"[Yy]\s*$")).as_py()
-        return Column(name, field_name(name), "integer" if in_years else "float", "age")
-    return Column(name, field_name(name), kind)
+        return Column(name, field, "integer" if in_years else "float", "age")
+    return Column(name, field, kind)
 
 
 def _field_type(kind: pa.DataType) -> FieldType | None:
@@ -330,7 +399,9 @@ def _named_column(table: pa.Table, wanted: str, role: str, path: Path) -> str:
     names = table.column_names
     if wanted in names:
         return wanted
-    matches = [name for name in names if field_name(name) == field_name(wanted)]
+    fields = field_names(names)
+    matches = [name for name, field in zip(names, fields, strict=True)
+               if field in (field_name(wanted), wanted)]  # fmt: skip
     if len(matches) == 1:
         return matches[0]
     raise SourceError(f"table {path} has no {role} {wanted!r} (columns: {', '.join(names)})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -64,9 +65,22 @@ def follow(
             "seconds": round(seconds, 3),
         }
         print(json.dumps(summary))
+    if final.failed:
+        err.print(failure_summary(tracker, final))
     if final.cancelled:
         err.print(f"job {job_id} was cancelled")
+    if final.state == "failed":  # not one image indexed: nothing of it can be searched
+        return 1
     return 0 if final.done >= final.total or (retry and final.finished) else 1
+
+
+def failure_summary(tracker: JobTracker, progress: Progress, sample: int = 500) -> str:
+    """The commonest reasons among a job's failures (of a sample, for a large job)."""
+    reasons = Counter(f["reason"] for f in tracker.failure_sample(progress.job_id, sample))
+    common = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(3))
+    more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    every = "every image" if progress.state == "failed" else f"{progress.failed} images"
+    return f"{every} failed: {common}{more}"
 
 
 @contextmanager

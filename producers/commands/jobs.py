@@ -28,11 +28,12 @@ def register_ingest(cmd: argparse.ArgumentParser) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    spec = source_spec(args, settings)  # the arguments checked before the slow imports
     from producers.ingest import IngestRequest, start_ingest  # datasets, qdrant-client: slow
 
-    settings = get_settings()
     request = IngestRequest(
-        spec=source_spec(args, settings),
+        spec=spec,
         collection=args.collection or settings.collection,
         job_id=args.job_id,
         resume=args.resume,

@@ -15,7 +15,7 @@ from pydantic.fields import FieldInfo
 from pipeline.errors import MedindexError
 from pipeline.schemas import ReadOptions
 from pipeline.settings import Settings
-from pipeline.sources import READERS, detect_format
+from pipeline.sources import READERS, detect_format, known_format
 from producers.commands import err
 from producers.schema import FIELD_TYPES, parse_index
 from producers.spec import SourceSpec
@@ -49,7 +49,7 @@ def add_source_flags(cmd: argparse.ArgumentParser) -> None:
 def source_spec(args: argparse.Namespace, settings: Settings) -> SourceSpec:
     """The format (detected and said when not given), read options and schema overrides of an
     ingest or reindex: fixed once, carried by every job."""
-    fmt = args.format
+    fmt = args.format and known_format(args.format)
     if fmt is None:
         fmt = detect_format(args.dataset)
         err.print(f"format: {fmt} (detected; --format chooses)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
+from pathlib import PurePath
 
 from rich.console import Console
 from rich.table import Table
@@ -34,12 +36,13 @@ def register_reindex(cmd: argparse.ArgumentParser) -> None:
 
 
 def _reindex(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    spec = source_spec(args, settings)  # the arguments checked before the slow imports
     from producers.reindex import ReindexRequest, reindex  # datasets, qdrant-client: slow
 
-    settings = get_settings()
     request = ReindexRequest(
         alias=args.alias,
-        spec=source_spec(args, settings),
+        spec=spec,
         min_quality=args.min_quality,
         max_quality_drop=args.max_quality_drop,
         keep=args.keep,
@@ -91,12 +94,52 @@ def _collections(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows]))
         return 0
-    table = Table("collection", "serving as", "points", "model", "dataset", "quality", "created")
-    for row in rows:
-        created = row.created_at and time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created_at))
-        table.add_row(
-            row.collection, row.alias or "", str(row.points), str(row.model),
-            str(row.dataset), str(row.quality), created or "",
-        )  # fmt: skip
-    Console(width=200).print(table)
+    print_collections(rows, Console())
     return 0
+
+
+def print_collections(rows: list, console: Console) -> None:
+    """One line a collection: its name, points, quality and creation time never cut (the
+    model and dataset columns wrap first), models and datasets by their distinguishing part."""
+    table = Table(caption="model, dataset: paths shown from where they differ (--json: whole)")
+    for name in ("collection", "alias", "points"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("model", overflow="fold")
+    table.add_column("dataset", overflow="fold")
+    table.add_column("quality", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    models = distinguishing([row.model for row in rows])
+    datasets = distinguishing([row.dataset for row in rows])
+    for row, model, dataset in zip(rows, models, datasets, strict=True):
+        created = row.created_at and time.strftime("%y-%m-%d %H:%M", time.localtime(row.created_at))
+        quality = "" if row.quality is None else f"{row.quality:.3f}"
+        table.add_row(row.collection, row.alias or "", str(row.points), model, dataset, quality,
+                      created or "")  # fmt: skip
+    console.print(table)
+
+
+def distinguishing(names: list[str | None]) -> list[str]:
+    """Local paths without the folders they all share (one path alone: its name, a file's with
+    its folder); hub ids (`facebook/dino-vits16`) and other names as they are."""
+    paths = {name: PurePath(name).parts for name in names if name and _is_path(name)}
+    shared = _common_prefix(list(paths.values())) if len(set(paths)) > 1 else None
+    shown = []
+    for name in names:
+        parts = paths.get(name or "")
+        if parts is None:
+            shown.append(name or "")
+            continue
+        alone = parts[-2:] if PurePath(*parts).suffix else parts[-1:]
+        rest = parts[len(shared) :] if shared is not None else alone
+        shown.append(str(PurePath(*(rest or parts[-1:]))))
+    return shown
+
+
+def _is_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def _common_prefix(parts: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The folders every path shares, short of any path's last part."""
+    shared = PurePath(os.path.commonpath([PurePath(*p) for p in parts])).parts
+    return shared[: min(len(shared), min(len(p) for p in parts) - 1)]

@@ -11,6 +11,7 @@ from pydicom.data import get_testdata_file
 from support import assert_one_line_error, free_port
 
 from pipeline.samples.bombs import dicom_deflate_bomb
+from pipeline.samples.dicom import write_dicom
 from producers.harness import RunningStack, run_medindex
 from search_api import SearchClient
 
@@ -118,3 +119,55 @@ def test_a_dicom_export_accounts_for_every_file_it_holds(
     not_dicom = "not a DICOM file (no File Meta header, and no dataset at its start)"
     assert reasons.count(not_dicom) == 10
     assert "deflated dataset inflates to over 33554432 bytes (the limit)" in reasons
+
+
+def test_search_checks_files_collection_and_filter_before_the_model(
+    stack: RunningStack, ingested: dict, tmp_path: Path
+) -> None:
+    """The cheap checks come first: the query file (before anything connects), then the
+    collection, then the filter (a field the collection lacks, a range nothing is in); only a
+    query that passes them all loads the model."""
+    empty, text = tmp_path / "empty.png", tmp_path / "notes.png"
+    empty.write_bytes(b"")
+    text.write_text("not a picture")
+    unknown_field = '{"must": [{"key": "diagnosis", "match": {"value": "melanoma"}}]}'
+    inverted = '{"must": [{"key": "age", "range": {"gte": 60, "lte": 20}}]}'
+    cases = [
+        (["--collection", "nope", "--image", str(empty)], ("empty.png", "is empty")),
+        (["--collection", "nope", "--image", str(text)], ("nope", "does not exist")),
+        (["--image", str(text), "--filter", unknown_field], ("no field 'diagnosis'", " dx,")),
+        (["--image", str(text), "--filter", inverted], ("inverted range on 'age'",)),
+        (["--image", str(text)], ("not a readable image",)),
+    ]
+    for argv, words in cases:
+        argv = argv if "--collection" in argv else ["--collection", "skin", *argv]
+        assert_one_line_error(stack.medindex("search", *argv), *words)
+
+
+def test_an_ingest_in_which_every_image_failed_exits_non_zero(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    (tmp_path / "scans").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "scans" / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    table = tmp_path / "findings.csv"
+    table.write_text("path,finding\nscans/a.png,mass\nscans/b.png,none\nscans/c.png,mass\n")
+    result = stack.medindex("ingest", "--dataset", str(table), "--collection", "broken", "--json")
+    assert result.returncode == 1, result.stderr
+    assert result.json()["indexed"] == 0 and result.json()["failed"] == 3
+    summary = next(line for line in result.stderr.splitlines() if "every image failed" in line)
+    assert summary.startswith("every image failed: 3x ")
+    status = stack.medindex("status", result.json()["job_id"], "--json")
+    assert status.json()["jobs"][0]["state"] == "failed"
+
+
+def test_dicom_is_refused_when_the_workers_hold_another_deid_key(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """The producer asks the embed workers for their key's fingerprint before it enqueues."""
+    studies = write_dicom(tmp_path / "studies", 6, seed=3)
+    other = stack.env | {"MEDINDEX_DEID_KEY": "not-the-workers-key"}
+    result = stack.medindex("ingest", "--dataset", str(studies), "--collection", "keyed",
+                            env=other)  # fmt: skip
+    assert_one_line_error(result, "embed worker", "another MEDINDEX_DEID_KEY")
+    assert "keyed" not in SearchClient().store.collections()

@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from support import png
 
 from pipeline.progress import connect_redis
 from pipeline.samples.brain_mri import write_brain_mri
@@ -20,6 +21,7 @@ from pipeline.samples.xray import write_xray
 from pipeline.settings import get_settings
 from producers.harness import RunningStack
 from search_api import SearchClient
+from search_api.facets import collection_view
 
 N_XRAYS = 40
 N_CASES = 6  # the last has no mask, the one before an all-zero mask
@@ -161,6 +163,26 @@ def test_brain_mri_cases_with_tumour_masks(brains: dict) -> None:
 
     groups = client.groups("brain", Query(point_id=points[0]["id"]), "tumour_class", groups=5)
     assert {g["group"] for g in groups} >= {"glioblastoma", "low_grade_glioma", "meningioma"}
+
+
+def test_the_page_offers_ranges_of_numbers_not_of_lists(brains: dict) -> None:
+    """A volume's shape and voxel size are lists of numbers: matched, never ranged."""
+    view = collection_view("brain")
+    ranged = {field.name for field in view.range_fields()}
+    assert {"slice_index", "tumour_area_mm2"} <= ranged
+    assert not ranged & {"volume_shape", "voxel_size_mm"}
+    assert {"volume_shape", "voxel_size_mm"} <= {field.name for field in view.fields}
+
+
+def test_a_folder_of_bare_images_says_its_points_carry_only_source(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"scan-{i}.png").write_bytes(png(i)["bytes"])
+    summary = ingest(stack, "--dataset", str(folder), "--collection", "bare")
+    assert "carry no field but `source`" in summary["stderr"]
 
 
 def test_medindex_image_gives_back_the_slice_that_was_embedded(

@@ -205,7 +205,14 @@ def test_upload_a_scanner_file_through_the_page(
     _shot(browser, f"upload-{kind}")
 
 
-def test_keyword_filter_and_age_range(browser: WebDriver, server: str) -> None:
+def test_keyword_filter_and_age_range(
+    browser: WebDriver, server: str, query_file: tuple[Path, str]
+) -> None:
+    """A lesion queried in the skin collection (the scanner files before it are other data),
+    filtered: the README's picture (docs/search-page.png is this test's filtered.png)."""
+    browser.find_element(By.ID, "file-input").send_keys(str(query_file[0]))
+    caption = browser.find_element(By.ID, "query-caption")
+    _wait(browser, lambda d: caption.text == "uploaded lesion.jpg" and _cards(d))
     Select(_facet(browser, "sex")).select_by_value("female")
     _range(browser, "age", "40", "70")
     limit = browser.find_element(By.ID, "limit")
@@ -225,6 +232,7 @@ def test_keyword_filter_and_age_range(browser: WebDriver, server: str) -> None:
     for card in cards:
         fields = _fields(card)
         assert fields["sex"] == "female" and 40 <= float(fields["age"]) <= 70, fields
+    assert caption.text == "uploaded lesion.jpg"
     _all_pictures_loaded(browser)
     _shot(browser, "filtered", height=1500)  # the filters and the results in one picture
 

@@ -649,6 +649,7 @@ def test_errors_are_styled_as_errors(site: Site, tmp_path: Path) -> None:
     browser, server, _, _ = site
     _open(browser, server, "skin")
     status = browser.find_element(By.ID, "status")
+    _wait(browser, lambda d: _cards(d, "browse"))  # the grid's page comes after the document
     _cards(browser, "browse")[0].find_element(By.CSS_SELECTOR, "img.thumb").click()
     _wait(browser, lambda d: status.text.endswith("results"))
     calm = _style(browser, status)

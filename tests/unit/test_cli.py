@@ -4,6 +4,7 @@ command's module; the flags of ingest and reindex built from `SourceSpec` and `R
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from typing import get_args
@@ -80,3 +81,65 @@ def test_read_option_flags_come_from_the_model(command: str) -> None:
         spec("--nifti-crop-margin", "257")
     with pytest.raises(SystemExit):  # argparse: "invalid int value", exit 2
         spec("--nifti-crop-margin", "wide")
+
+
+def test_search_table_at_80_columns_keeps_key_and_id_whole() -> None:
+    """In an 80-column terminal the key and the id (what `--key`, `--id` and `medindex image`
+    take) are whole; the payload fields that do not fit are named below the table."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from search_api.cli import print_hits
+
+    payload = {
+        "image_id": "ISIC_0024329", "lesion_id": "HAM_0002557",
+        "dx": "benign_keratosis-like_lesions", "dx_type": "histo", "age": 55.0,
+        "sex": "female", "localization": "lower extremity",
+        "source": {"key": "ISIC_0024329"},
+    }  # fmt: skip
+    hit_id = "e131a0bf-1f61-54f0-9a3c-0c5a0f1d2e3b"
+    hits = [{"id": hit_id, "score": 0.98765, "payload": payload}]
+    fields = ["image_id", "dx", "lesion_id", "dx_type", "age", "sex", "localization"]
+    out = StringIO()
+    terminal = Console(file=out, width=80, force_terminal=True, color_system=None)
+    print_hits(hits, fields, "image_id", terminal)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "score" in line)
+    assert header.split()[1:6] == ["image_id", "┃", "score", "┃", "id"]  # the key first
+    row = next(line for line in lines if "0.9877" in line)
+    assert row.split()[1] == "ISIC_0024329" and hit_id in row.split()
+    assert "not shown:" in out.getvalue() and "--json" in out.getvalue()
+    # Piped (no terminal): every field, every value whole.
+    piped = StringIO()
+    print_hits(hits, fields, "image_id", Console(file=piped, width=80))
+    assert all(
+        value in piped.getvalue() for value in ("benign_keratosis-like_lesions", "lower extremity")
+    )
+
+
+def test_collections_at_80_columns_keep_quality_and_creation_time() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline.catalog import CollectionRow
+    from producers.commands.versions import distinguishing, print_collections
+
+    home = "/tmp/medindex-demo-8f3k2/.medindex"
+    rows = [
+        CollectionRow("skin_v2", "skin", 200, 384, f"{home}/models/vit-s16-random", "mean",
+                      f"{home}/data/skin", 0.8125, "green", 1_795_000_000.0),
+        CollectionRow("xray", None, 48, 2048, "microsoft/resnet-50", "pooler",
+                      f"{home}/data/xray/Data_Entry_2017.csv", None, "green", 1_795_000_100.0),
+    ]  # fmt: skip
+    out = StringIO()
+    print_collections(rows, Console(file=out, width=80, force_terminal=True, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    skin = next(line for line in lines if "skin_v2" in line)
+    assert "0.812" in skin and re.search(r"\d\d-\d\d-\d\d \d\d:\d\d", skin)
+    assert "medindex-demo-8f3k2" not in out.getvalue()  # the shared folders left out
+    assert distinguishing([r.dataset for r in rows]) == ["skin", "xray/Data_Entry_2017.csv"]
+    assert distinguishing([r.model for r in rows]) == ["vit-s16-random", "microsoft/resnet-50"]

@@ -8,10 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from huggingface_hub import constants
+from support import ROOT, free_port
 from transformers import AutoConfig, AutoImageProcessor
 
 from pipeline.model_info import ModelError, describe, random_weights
@@ -123,3 +125,21 @@ def test_a_randomly_initialised_model_says_so(
     (trained / "config.json").write_text(json.dumps(config))
     assert not random_weights(str(trained))
     assert not random_weights("facebook/dino-vits16") and not random_weights(None)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_model_not_cached_and_not_reachable_is_refused_at_once(
+    offline: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Offline, or with the hub refusing connections, one attempt and one line naming the way
+    out (a local model folder), instead of huggingface_hub's half minute of retries."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(ModelError) as refused:
+        describe("facebook/dino-vits16", "mean")
+    assert time.monotonic() - started < 5
+    message = str(refused.value)
+    assert "\n" not in message and "--model DIR" in message and "make-model" in message
+    assert ("HF_HUB_OFFLINE" if offline else "cannot be reached") in message

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,22 +20,22 @@ from pipeline.picture import picture_of, to_picture
 from pipeline.samples.xray import HEADER, LABEL_COUNTS, NO_FINDING, write_xray
 from pipeline.schemas import ReadOptions
 from pipeline.settings import Settings
-from pipeline.sources import SourceError, resolve
-from pipeline.sources.table import TableSource, field_name
+from pipeline.sources import SourceError, detect_format, resolve
+from pipeline.sources.table import TableSource, field_name, field_names
 
 LIMIT = 32 * 1024 * 1024
 XRAY_FIELDS = {
     "image_index": "keyword",
     "finding_labels": "keyword",
     "follow_up": "integer",
-    "patient_id": "integer",
+    "patient_id": "keyword",  # an identifier, though numeric
     "patient_age": "integer",
     "patient_gender": "keyword",
     "view_position": "keyword",
-    "originalimage_width": "integer",
-    "height": "integer",
-    "originalimagepixelspacing_x": "float",
-    "y": "float",
+    "original_image_width": "integer",
+    "original_image_height": "integer",
+    "original_image_pixel_spacing_x": "float",
+    "original_image_pixel_spacing_y": "float",
 }
 
 
@@ -104,13 +105,13 @@ def test_chestxray14_rows_come_back_as_the_csv_says(xray: Path, entries: list[di
             "image_index": name,
             "finding_labels": entry["Finding Labels"].split("|"),
             "follow_up": int(entry["Follow-up #"]),
-            "patient_id": int(entry["Patient ID"]),
+            "patient_id": str(int(entry["Patient ID"])),
             "patient_gender": entry["Patient Gender"],
             "view_position": entry["View Position"],
-            "originalimage_width": int(entry["OriginalImage[Width"]),
-            "height": int(entry["Height]"]),
-            "originalimagepixelspacing_x": float(entry["OriginalImagePixelSpacing[x"]),
-            "y": float(entry["y]"]),
+            "original_image_width": int(entry["OriginalImage[Width"]),
+            "original_image_height": int(entry["Height]"]),
+            "original_image_pixel_spacing_x": float(entry["OriginalImagePixelSpacing[x"]),
+            "original_image_pixel_spacing_y": float(entry["y]"]),
             "source": source.reference(record.row, record.key),
         }
         if entry["Patient Age"]:  # "058Y" -> 58; missing stays missing
@@ -307,6 +308,10 @@ def test_field_names_follow_one_rule() -> None:
     assert field_name("OriginalImage[Width") == "originalimage_width"
     assert field_name("  Patient   ID ") == "patient_id"
     assert field_name("__x__y__") == "x_y"
+    # A pair split inside brackets: both halves named from the bracket's word.
+    assert field_names(["OriginalImage[Width", "Height]", "Follow-up #"]) == [
+        "original_image_width", "original_image_height", "follow_up"
+    ]  # fmt: skip
 
 
 def test_detection_is_by_file_name(tmp_path: Path, xray: Path) -> None:
@@ -316,7 +321,19 @@ def test_detection_is_by_file_name(tmp_path: Path, xray: Path) -> None:
         assert TableSource.detect(tmp_path / name)
     (tmp_path / "c.txt").write_text("")
     assert not TableSource.detect(tmp_path / "c.txt")
-    assert not TableSource.detect(xray.parent)  # a folder is the hf reader's
+    assert not TableSource.detect(tmp_path)  # its tables name no image: the hf reader's
+
+
+def test_a_folder_whose_table_names_its_images_is_a_table(tmp_path: Path) -> None:
+    """ChestX-ray14 as downloaded: `Data_Entry_2017.csv` beside `images_00N/images/`; read with
+    its findings, ages and patients, not as a bare image folder."""
+    table = write_xray(tmp_path / "xray", n=4, seed=1)
+    (table.parent / "README.csv").write_text("title,year\nChestX-ray14,2017\n")  # names none
+    assert detect_format(str(table.parent)) == "table"
+    assert open_table(table.parent).path == table
+    shutil.copy(table, table.parent / "copy.csv")
+    with pytest.raises(SourceError, match=r"several tables \(Data_Entry_2017.csv, copy.csv\)"):
+        detect_format(str(table.parent))
 
 
 def test_a_folder_holding_one_table_opens_it(tmp_path: Path) -> None:

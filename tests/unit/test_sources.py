@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from support import TYPED, png, write_typed
+from support import TYPED, png, write_table, write_typed
 
 from pipeline.schemas import ReadOptions
 from pipeline.sources import (
@@ -93,6 +93,18 @@ def test_the_schema_comes_from_the_features(tmp_path: Path) -> None:
     assert record.payload["kind"] == "malignant"  # a class label as its name
     assert record.payload["findings"] == ["mass", "nodule"][:0]
     assert record.payload["taken"] == "2024-01-04T00:00:00"
+
+
+def test_a_numeric_identifier_is_a_keyword(tmp_path: Path) -> None:
+    """`patient_id` 30805 is matched, never ranged: a keyword, its value text."""
+    rows = {"image": [png(i) for i in range(3)], "patient_id": [30805, 30805, 17],
+            "follow_up": [0, 1, 0]}  # fmt: skip
+    features = {"image": datasets.Image(), "patient_id": datasets.Value("int64"),
+                "follow_up": datasets.Value("int32")}  # fmt: skip
+    folder = write_table(tmp_path / "ids", rows, features)
+    source = DatasetSource(resolve(str(folder)))
+    assert source.schema.indexes() == {"patient_id": "keyword", "follow_up": "integer"}
+    assert [r.payload["patient_id"] for r in source.read([0, 2], 1 << 20)] == ["30805", "17"]
 
 
 def test_a_job_sent_after_its_files_change_reads_the_change_at_once(tmp_path: Path) -> None:

@@ -225,6 +225,12 @@ def test_refusals_keep_their_kind(store: Store) -> None:
     malformed = {"must": [{"key": "age", "range": {"gte": "old"}}]}
     with pytest.raises(StoreError, match="malformed filter"):
         store.search("c", SearchRequest(vector=QUERY, filter=malformed))
+    # A range nothing can fall in is a mistake, in a nested clause too; an equal pair is not.
+    for bounds in ({"gte": 60, "lte": 20}, {"gt": 5, "lt": 5}, {"gte": 5, "lt": 5}):
+        inverted = {"should": [{"must": [{"key": "age", "range": bounds}]}]}
+        with pytest.raises(StoreError, match="inverted range on 'age'"):
+            store.count("c", filter=inverted)
+    assert store.count("c", filter={"must": [{"key": "age", "range": {"gte": 5, "lte": 5}}]}) >= 0
 
 
 # --- Edge only -------------------------------------------------------------------------------
