@@ -48,7 +48,11 @@ def _reading(source: object) -> str:
     if not isinstance(source, dict):
         return ""
     options = source.get("options") or {}
-    told = ", ".join(f"{name}={value}" for name, value in sorted(options.items()))
+    # A path option (a labels table) by its end, like the dataset column: it must not widen it.
+    told = ", ".join(
+        f"{name}={short_path(value) if isinstance(value, str) else value}"
+        for name, value in sorted(options.items())
+    )
     return f"{source.get('format', 'hf')}: {told}" if told else source.get("format", "hf")
 
 
