@@ -27,6 +27,17 @@ def decode_rgb(
     shrink by a whole factor, never below it, before converting (a 16-bit picture converts
     through float32). `formats`: PIL format names accepted (None: any PIL reads).
     """
+    return to_rgb(decode(data, max_pixels, max_bytes, draft_size, formats))
+
+
+def decode(
+    data: bytes | None,
+    max_pixels: int,
+    max_bytes: int,
+    draft_size: tuple[int, int] | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> Image.Image:
+    """`decode_rgb` before its conversion: the picture in its own mode and depth."""
     if not data:
         raise ImageError("empty image (0 bytes)")
     if len(data) > max_bytes:
@@ -52,7 +63,7 @@ def decode_rgb(
         raise ImageError("not a readable image (unknown or corrupt format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    return to_rgb(image)
+    return image
 
 
 def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
