@@ -16,7 +16,7 @@ from pipeline import logs
 from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, Senders
 from pipeline.settings import Settings, get_settings
 
-TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map"]
+TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map", "tasks.audit"]
 
 
 class ShortReprAMQP(AMQP):

@@ -39,6 +39,7 @@ UPSERT_TASK = "medindex.upsert"
 STORE_QUERY_TASK = "medindex.store_query"
 STORE_MANAGE_TASK = "medindex.store_manage"
 MAP_TASK = "medindex.project_map"
+AUDIT_TASK = "medindex.audit_shard"
 
 ROUTES = {
     EMBED_TASK: EMBED_QUEUE,
@@ -47,6 +48,8 @@ ROUTES = {
     STORE_MANAGE_TASK: STORE_QUEUE,
     # The search page's embedding maps: minutes of CPU, on the embed workers.
     MAP_TASK: EMBED_QUEUE,
+    # An audit's shards of neighbour queries: the embed workers ask the store, as maps do.
+    AUDIT_TASK: EMBED_QUEUE,
 }
 
 
@@ -124,6 +127,26 @@ class Senders:
         the version: a collection's name and when it was made."""
         kwargs = {"collection": collection, "made": made}
         self.app.send_task(MAP_TASK, kwargs=kwargs, argsrepr="()", kwargsrepr=repr(kwargs))
+
+    def send_audit_shard(
+        self,
+        job_id: str,
+        plan: dict,
+        shard: int,
+        rows: list[int],
+        ids: list[str],
+        producer: Producer | None = None,
+    ) -> None:
+        """One shard of an audit (`pipeline.neighbours`). Flower shows the audit and the
+        shard's rows, never point ids."""
+        self.app.send_task(
+            AUDIT_TASK,
+            kwargs={"job_id": job_id, "plan": plan, "shard": shard, "rows": rows, "ids": ids},
+            argsrepr="()",
+            kwargsrepr=f"audit {job_id} shard {shard}: rows {rows[0]}-{rows[-1]}",
+            headers={JOB_HEADER: job_id},
+            producer=producer,
+        )
 
 
 def jobs_in_flight(redis: Redis) -> set[str]:

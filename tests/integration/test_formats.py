@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 import pytest
 
+from pipeline.fingerprint import INDEXES as FINGERPRINTS
 from pipeline.progress import connect_redis
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import identifying_values, write_dicom
@@ -51,7 +52,7 @@ def assert_self_hit(collection: str, point: dict) -> None:
 def assert_indexes_follow_schema(collection: str) -> dict:
     store = SearchClient().store
     schema = store.metadata(collection)["schema"]
-    assert store.collection_info(collection)["payload_indexes"] == schema["fields"]
+    assert store.collection_info(collection)["payload_indexes"] == schema["fields"] | FINGERPRINTS
     return schema
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from pipeline.fingerprint import MAX_FOUND_DISTANCE, bands, fingerprint, hamming
+from pipeline.fingerprint import FINE_DISTANCE, MAX_FOUND_DISTANCE, bands, fingerprint, hamming
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import write_dicom
 from pipeline.schemas import ReadOptions
@@ -66,6 +66,7 @@ def test_each_copy_meets_its_tier() -> None:
         near = of(edited)
         assert near["fp_pixels"] != png["fp_pixels"]
         assert hamming(near["fp_phash"], png["fp_phash"]) <= MAX_FOUND_DISTANCE
+        assert hamming(near["fp_phash256"], png["fp_phash256"]) <= FINE_DISTANCE
         assert set(near["fp_bands"]) & set(png["fp_bands"])
     other = of(encoded(picture.rotate(90), "PNG"))
     assert hamming(other["fp_phash"], png["fp_phash"]) > 10
