@@ -6,17 +6,23 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.audit import Findings
 
+if TYPE_CHECKING:
+    from redis import Redis
+
 PAIR_COLUMNS = (
     "key_a", "key_b", "point_a", "point_b", "tier", "similarity",
     "cross_split", "cross_patient", "label_conflict", "cluster", "same_volume",
 )  # fmt: skip
 HISTOGRAM = "nn_histogram.png"
+REPORT_KEY = "medindex:audit:report:"
+PAGE_PAIRS = 500  # pairs the page's galleries get; pairs.csv holds all
 
 
 def summary(findings: Findings, collection: str, runtime_s: float, job_id: str) -> dict:
@@ -40,7 +46,10 @@ def summary(findings: Findings, collection: str, runtime_s: float, job_id: str) 
 
 def histogram_data(findings: Findings, bins: int = 40) -> dict:
     nn = [p.nn[0] for p in findings.points if p.nn]
-    low = min([*nn, findings.thresholds.outlier, 0.0])
+    # From a little below the lowest value or threshold: a collection whose neighbours all lie
+    # within 0.99-1 shows its shape, not one bar at the right end.
+    low = min([*nn, findings.thresholds.outlier])
+    low = max(-1.0, low - 0.05 * max(1.0 - low, 1e-3))
     counts, edges = np.histogram(nn, bins=bins, range=(low, 1.0))
     return {"counts": counts.tolist(), "edges": [round(float(e), 6) for e in edges]}
 
@@ -69,6 +78,16 @@ def write_report(findings: Findings, report: dict, out: Path) -> None:
     )
     (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     draw_histogram(report["histogram"], findings.thresholds).save(out / HISTOGRAM)
+
+
+def keep_report(redis: Redis, collection: str, report: dict, pairs: list[dict]) -> None:
+    """The collection's last audit, for the page: its summary and its first pairs."""
+    redis.set(REPORT_KEY + collection, json.dumps({**report, "pairs": pairs[:PAGE_PAIRS]}))
+
+
+def last_report(redis: Redis, collection: str) -> dict | None:
+    raw = redis.get(REPORT_KEY + collection)
+    return json.loads(raw) if raw else None
 
 
 def pair_records(findings: Findings) -> list[dict]:

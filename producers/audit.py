@@ -4,13 +4,13 @@ findings (pipeline.audit) and the report (pipeline.audit_report).
 
 The job's rows are the collection's points in id order: a resumed audit (`--job-id`) sends
 again only the shards not yet answered, and refuses a collection whose points changed since.
-The last audit of each collection is kept in Redis for the page's Audit view.
+The last audit of each collection (version, for an alias) is kept in Redis for the page's
+Audit view (`pipeline.audit_report.keep_report`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -21,11 +21,17 @@ import numpy as np
 from redis import Redis
 
 from pipeline import audit
-from pipeline.audit_report import pair_records, summary, write_report
+from pipeline.audit_report import (
+    keep_report,
+    last_report,
+    pair_records,
+    summary,
+    write_report,
+)
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
 from pipeline.fingerprint import FINE_DISTANCE, MAX_FOUND_DISTANCE
-from pipeline.neighbours import AuditPlan, shard_results
+from pipeline.neighbours import AuditPlan, ShardResult, keep_shard, shard_results
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import Settings
 from pipeline.sources import Schema
@@ -36,8 +42,6 @@ from producers.ingest import shards, wait
 # together (one lesion, one case), when not given: the readers' and seeds' names for them.
 PATIENT_FIELDS = ("patient", "patient_id", "subject_id", "case_id")
 GROUP_FIELDS = ("lesion_id", "patient_id", "patient", "case_id")
-REPORT_KEY = "medindex:audit:report:"
-PAGE_PAIRS = 500  # pairs the page's galleries get; the CSV holds all
 _PAGE = 1000
 
 
@@ -58,6 +62,9 @@ class AuditRequest:
     patient_field: str | None = None
     group_field: str | None = None
     shard_size: int = 64
+    # Only the points the collection's last audit has not seen are queried (against all of
+    # them); that audit's results are carried into this one (`medindex ingest --audit`).
+    incremental: bool = False
 
 
 def run_audit(
@@ -75,12 +82,18 @@ def run_audit(
     tracker = JobTracker(connect_redis(settings.broker_url))
     ids, splits, schema = _points(reader, request.collection)
     plan = _plan(request, schema, len(splits))
-    job_id = _start(tracker, request, plan, ids)
+    version = reader.aliases().get(request.collection, request.collection)
+    earlier = _earlier(tracker.redis, version) if request.incremental else {}
+    seen = {f.id for r in earlier.values() for f in r.facts}
+    job_id = _start(tracker, request, plan, [i for i in ids if i not in seen])
+    for n, result in enumerate(earlier.values()):  # carried on, for the next increment
+        keep_shard(tracker.redis, job_id, -1 - n, result)
     final = wait(tracker, job_id, on_progress)
     if final.cancelled:
         raise AuditError(f"audit {job_id} was cancelled; `--job-id {job_id}` resumes it")
     results = shard_results(tracker.redis, job_id)
-    facts = [f for r in results.values() for f in r.facts]
+    present = set(ids)  # points deleted since an earlier audit drop out
+    facts = [f for r in results.values() for f in r.facts if f.id in present]
     edges = [e for r in results.values() for e in r.edges]
     limits = audit.thresholds(
         facts, edges, request.embedding_threshold, request.phash_distance,
@@ -91,19 +104,17 @@ def run_audit(
     report = summary(findings, request.collection, time.monotonic() - started, job_id)
     report["fields"] = {"patient": plan.patient_field, "label": plan.label_field,
                         "group": plan.group_field, "splits": sorted(splits)}  # fmt: skip
+    report["points_queried"] = final.total  # all of them, or an increment's new ones
     if request.out:
         write_report(findings, report, request.out)
-    keep_report(tracker.redis, request.collection, report, pair_records(findings))
+    keep_report(tracker.redis, version, report, pair_records(findings))
     return report
 
 
-def keep_report(redis: Redis, collection: str, report: dict, pairs: list[dict]) -> None:
-    redis.set(REPORT_KEY + collection, json.dumps({**report, "pairs": pairs[:PAGE_PAIRS]}))
-
-
-def last_report(redis: Redis, collection: str) -> dict | None:
-    raw = redis.get(REPORT_KEY + collection)
-    return json.loads(raw) if raw else None
+def _earlier(redis: Redis, version: str) -> dict[int, ShardResult]:
+    """The shard results of the collection's last audit, while Redis keeps them."""
+    report = last_report(redis, version)
+    return shard_results(redis, report["job_id"]) if report else {}
 
 
 def _points(reader: Reader, collection: str) -> tuple[list[str], set[str], Schema]:

@@ -40,6 +40,10 @@ def register_audit(cmd: argparse.ArgumentParser) -> None:
         help="images that belong together, never duplicates (default: lesion_id, patient_id, ...)",
     )  # fmt: skip
     cmd.add_argument("--shard-size", type=_positive, default=64, help="points per shard")
+    cmd.add_argument(
+        "--incremental", action="store_true",
+        help="query only the points the last audit has not seen, and add them to it",
+    )  # fmt: skip
     cmd.set_defaults(run=_audit)
 
 
@@ -66,6 +70,7 @@ def _audit(args: argparse.Namespace) -> int:
         patient_field=args.patient_field,
         group_field=args.group_field,
         shard_size=args.shard_size,
+        incremental=args.incremental,
     )
     with progress_bar(f"audit of {request.collection}", None) as show:
         report = run_audit(request, settings, show)
@@ -78,6 +83,17 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit_after_ingest(collection: str) -> None:
+    """`medindex ingest --audit`: the new points checked against the collection and added to
+    its last audit (a whole audit when there is none); the summary on stderr."""
+    from producers.audit import AuditRequest, run_audit
+
+    request = AuditRequest(collection=collection, incremental=True)
+    with progress_bar(f"audit of {collection}", None) as show:
+        report = run_audit(request, get_settings(), show)
+    err.print(describe(report))
+
+
 def describe(report: dict) -> str:
     """The summary in a few lines, for people."""
     counts, limits = report["counts"], report["thresholds"]
@@ -85,7 +101,7 @@ def describe(report: dict) -> str:
     return "\n".join(
         [
             f"audit {report['job_id']} of {report['collection']}: {report['points_audited']} "
-            f"points in {report['runtime_s']}s",
+            f"points ({report['points_queried']} queried) in {report['runtime_s']}s",
             f"  duplicate clusters: {counts['duplicate_clusters']} "
             f"({counts['redundant_images']} redundant images); duplicate pairs: {tiers}",
             f"  leaks: {counts['image_leaks_across_splits']} images across splits, "

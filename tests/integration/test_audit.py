@@ -19,10 +19,13 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from support import assert_one_line_error
 
+from pipeline.audit_report import last_report
+from pipeline.progress import connect_redis
 from pipeline.samples import write_sample_dataset
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import write_dicom
 from pipeline.samples.xray import HEADER, write_xray
+from pipeline.settings import get_settings
 from producers.harness import RunningStack
 
 
@@ -152,14 +155,16 @@ def test_the_proposed_split_has_no_patient_in_two(xray_audit: dict, stack: Runni
     assert all(len(s) == 1 for s in splits.values())
 
 
-def test_skin_copies_with_another_diagnosis_conflict(stack: RunningStack, tmp_path: Path) -> None:
-    folder = write_sample_dataset(tmp_path / "skin", 24, 31)
+def planted_skin(folder: Path, n: int, seed: int) -> tuple[dict, dict]:
+    """The skin sample with two rows planted: `ISIC_copy`, the first image's bytes under
+    another diagnosis, and `ISIC_reencoded`, the second image as a JPEG of quality 70.
+    Returns the first and second rows."""
+    write_sample_dataset(folder, n, seed)
     table = datasets.load_dataset(str(folder), split="train")
     first, second = table[0], table[1]
     other_dx = next(dx for dx in table["dx"] if dx != first["dx"])
-    picture = second["image"]
     copied = {"bytes": _jpeg_bytes(folder, 0), "path": None}
-    reencoded = {"bytes": encoded(picture, "JPEG", quality=70), "path": None}
+    reencoded = {"bytes": encoded(second["image"], "JPEG", quality=70), "path": None}
     extra = [
         first | {"image_id": "ISIC_copy", "dx": other_dx, "image": copied},
         second | {"image_id": "ISIC_reencoded", "image": reencoded},
@@ -169,6 +174,12 @@ def test_skin_copies_with_another_diagnosis_conflict(stack: RunningStack, tmp_pa
     shutil.rmtree(folder / "data")
     (folder / "data").mkdir()
     planted.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    return first, second
+
+
+def test_skin_copies_with_another_diagnosis_conflict(stack: RunningStack, tmp_path: Path) -> None:
+    folder = tmp_path / "skin"
+    first, second = planted_skin(folder, 24, 31)
     ingest(stack, "--dataset", str(folder), "--collection", "audit-skin", "--label-field", "dx")
     summary = audit(stack, "audit-skin", tmp_path / "report")
     found = duplicates(tmp_path / "report")
@@ -235,3 +246,28 @@ def test_an_unknown_collection_is_one_line(stack: RunningStack) -> None:
     assert_one_line_error(stack.medindex("audit", "--collection", "no-such"), "no-such")
     result = stack.medindex("audit", "--collection", "audit-xray", "--phash-distance", "9")
     assert_one_line_error(result, "phash-distance")
+
+
+def test_ingest_with_audit_adds_the_new_points(stack: RunningStack, tmp_path: Path) -> None:
+    """`medindex ingest --audit`: the second ingest's points alone are queried, against the
+    whole collection, and added to its audit; a copy of a first-ingest image is found."""
+    table = write_xray(tmp_path / "x", 10, seed=33)
+    folder = table.parent / "images_001" / "images"
+    lines = table.read_text().splitlines()[1:]
+    first_image = lines[0].split(",")[0]
+    (folder / "again.png").write_bytes((folder / first_image).read_bytes())
+    again = ",".join(["again.png", *lines[0].split(",")[1:]])
+    for name, content in (("first.csv", lines[:6]), ("second.csv", [*lines[6:], again])):
+        (table.parent / name).write_text("\n".join([HEADER, *content]) + "\n")
+    queried = []
+    for name in ("first.csv", "second.csv"):
+        result = stack.medindex(
+            "ingest", "--dataset", str(table.parent / name), "--collection", "audit-grow", "--audit"
+        )
+        assert result.returncode == 0, result.stderr
+        queried.append(result.stderr)
+    assert "6 points (6 queried)" in queried[0]
+    assert "11 points (5 queried)" in queried[1]
+    report = last_report(connect_redis(get_settings().broker_url), "audit-grow")
+    pairs = {frozenset((p["key_a"], p["key_b"])): p for p in report["pairs"]}
+    assert pairs[frozenset(("again.png", first_image))]["tier"] == "bytes"
