@@ -196,7 +196,9 @@ def dicom_images(out: Path, originals: int) -> list[Image_]:
         noisy = dcmread(path)
         values = noisy.pixel_array.astype(np.float64)
         values += np.random.default_rng(1).normal(0, 5, values.shape)
-        noisy.PixelData = np.clip(values, 0, 65535).astype(noisy.pixel_array.dtype).tobytes()
+        kind = noisy.pixel_array.dtype
+        limits = np.iinfo(kind)
+        noisy.PixelData = np.clip(values, limits.min, limits.max).astype(kind).tobytes()
         noisy.SOPInstanceUID = generate_uid()
         noisy.save_as(planted / f"{path.stem}-noise.dcm")
         made[f"planted/{path.stem}-noise.dcm"] = (group, "noise sigma 5 (stored values)")
@@ -287,14 +289,16 @@ def hash_pairs(images: list[Image_]) -> dict[str, set[tuple[int, int]]]:
 
 
 def apart(images: list[Image_], found: dict[str, set]) -> tuple[dict[str, set], int]:
-    """As the audit reports them: two slices of one volume are no duplicates (adjacent slices,
-    listed apart); returns the pairs left, and how many were set apart."""
+    """As the audit reports them: two slices of one volume that are alike, not the same, are no
+    duplicates (adjacent slices, listed apart); returns the pairs left, and how many were set
+    apart."""
 
     def same_volume(pair: tuple[int, int]) -> bool:
         a, b = (images[n].payload.get("fp_volume") for n in pair)
         return a is not None and a == b
 
-    set_apart = {pair for got in found.values() for pair in got if same_volume(pair)}
+    same = found["bytes"] | found["pixels"]  # an instance stored twice is a duplicate
+    set_apart = {p for got in found.values() for p in got if same_volume(p) and p not in same}
     return {tier: got - set_apart for tier, got in found.items()}, len(set_apart)
 
 

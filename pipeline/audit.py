@@ -63,8 +63,13 @@ class Pair:
 
     @property
     def same_volume(self) -> bool:
-        """Two slices of one volume: alike by nature, reported apart from duplicates."""
         return self.a.volume is not None and self.a.volume == self.b.volume
+
+    @property
+    def adjacent(self) -> bool:
+        """Two slices of one volume that are alike, not the same (an instance stored twice is
+        a duplicate): alike by nature, reported apart from duplicates."""
+        return self.same_volume and self.tier not in ("bytes", "pixels")
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,7 @@ def _components(ids: list[str], links: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def _clusters(pairs: list[Pair], by_id: dict[str, Facts]) -> tuple[list[Pair], list[Cluster]]:
-    duplicates = [p for p in pairs if not p.same_volume]
+    duplicates = [p for p in pairs if not p.adjacent]
     ids = sorted({i for p in duplicates for i in (p.a.id, p.b.id)})
     if not ids:
         return pairs, []
@@ -195,7 +200,7 @@ def _clusters(pairs: list[Pair], by_id: dict[str, Facts]) -> tuple[list[Pair], l
     number = {component[m[0]]: n + 1 for n, m in enumerate(order)}
     numbered = [
         Pair(p.a, p.b, p.tier, p.similarity, p.cosine, number[component[p.a.id]])
-        if not p.same_volume
+        if not p.adjacent
         else p
         for p in pairs
     ]
@@ -276,7 +281,7 @@ def _counts(f: Findings) -> dict:
         "patients_across_splits": len(f.patient_leaks),
         "images_across_patients": sum(p.cross_patient for p in duplicates),
         "label_conflicts": sum(p.label_distance > 0 for p in duplicates),
-        "adjacent_slices": sum(p.same_volume for p in f.pairs),
+        "adjacent_slices": sum(p.adjacent for p in f.pairs),
         "outliers": len(f.outliers),
         "moved_to_another_split": sum(split != p.split for p, _, split, _ in f.keep),
     }

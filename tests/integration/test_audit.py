@@ -1,8 +1,9 @@
 """`medindex audit` through the session stack, on each format with duplicates and leaks planted:
 byte copies, lossless and lossy re-encodes, a resize, a DICOM re-exported with a new patient
-id and UIDs, an instance repeated inside its series, one patient in two splits, a label
-conflict. The CSVs must name each planted pair with its tier and flags, and nothing else as a
-duplicate; a collection that is not there is a one-line error."""
+id and UIDs, an instance stored twice in its series and a slice alike but not the same (an
+adjacent slice, reported apart), one patient in two splits, a label conflict. The CSVs must
+name each planted pair with its tier and flags, and nothing else as a duplicate; a collection
+that is not there is a one-line error."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
@@ -209,17 +211,29 @@ def test_dicom_reexport_under_another_patient_and_a_repeated_instance(
         setattr(ds, tag, generate_uid())
     (folder / "reexport").mkdir()
     ds.save_as(folder / "reexport" / "IM_0001.dcm")
-    repeated = dcmread(ct[1])  # the same slice again inside its own series
+    repeated = dcmread(ct[1])  # the same slice stored twice in its series: a duplicate
     repeated.SOPInstanceUID, repeated.InstanceNumber = generate_uid(), 99
     repeated.save_as(ct[1].parent / "IM_0099.dcm")
+    near = dcmread(ct[2])  # a slice alike but not the same (noise): an adjacent slice
+    values = near.pixel_array.astype(np.int64) + np.random.default_rng(0).integers(
+        -2, 3, near.pixel_array.shape
+    )
+    limits = np.iinfo(near.pixel_array.dtype)
+    near.PixelData = (
+        np.clip(values, limits.min, limits.max).astype(near.pixel_array.dtype).tobytes()
+    )
+    near.SOPInstanceUID, near.InstanceNumber = generate_uid(), 98
+    near.save_as(ct[2].parent / "IM_0098.dcm")
     # The sample's structured report has no pixels: it fails alone.
     ingest(stack, "--dataset", str(folder), "--collection", "audit-dicom", failed=1)
     summary = audit(stack, "audit-dicom", tmp_path / "report")
     pairs = rows(tmp_path / "report" / "pairs.csv")
     reexport = [p for p in pairs if p["tier"] == "pixels" and p["cross_patient"] == "true"]
     assert len(reexport) == 1 and reexport[0]["cluster"] and reexport[0]["same_volume"] == "false"
-    inside = [p for p in pairs if p["tier"] == "pixels" and p["same_volume"] == "true"]
-    assert len(inside) == 1 and inside[0]["cluster"] == ""  # reported apart, no cluster
+    twice = [p for p in pairs if p["tier"] == "pixels" and p["same_volume"] == "true"]
+    assert len(twice) == 1 and twice[0]["cluster"]  # the same slice twice: a duplicate
+    alike = [p for p in pairs if p["tier"] == "phash" and p["same_volume"] == "true"]
+    assert alike and all(p["cluster"] == "" for p in alike)  # adjacent: reported apart
     assert summary["counts"]["images_across_patients"] >= 1
     assert summary["counts"]["adjacent_slices"] >= 1
     assert summary["fields"]["patient"] == "patient"
