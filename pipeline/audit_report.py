@@ -152,8 +152,9 @@ def draw_histogram(data: dict, limits: object, size: tuple[int, int] = (640, 320
     ):
         if low <= value <= high:
             draw.line((x_of(value), margin, x_of(value), height - margin), colour, 2)
-            draw.text((x_of(value) + 3, margin), f"{name} {value:.3f}", fill=colour)
-    draw.text((margin, height - margin + 6), f"{low:.2f}", fill="black")
-    draw.text((width - margin - 24, height - margin + 6), f"{high:.2f}", fill="black")
+            draw.text((x_of(value) + 3, margin), f"{name} {value:.4f}", fill=colour)
+    # Four decimals: a collection's neighbours often all lie within 0.99-1.
+    draw.text((margin, height - margin + 6), f"{low:.4f}", fill="black")
+    draw.text((width - margin - 36, height - margin + 6), f"{high:.4f}", fill="black")
     draw.text((margin, 8), f"nearest-neighbour cosine similarity (max {top} points)", fill="black")
     return image
