@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up page test test-unit test-integration test-system chaos cluster capacity bench bench-formats bench-cpu bench-startup lint format clean
+.PHONY: help install browser demo up page test test-unit test-integration test-system chaos cluster capacity bench bench-formats bench-cpu bench-startup bench-audit lint format clean
 
 help:
-	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches"
+	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches, an audit"
 	@echo "make test    unit + integration tests (real Redis, Celery workers, embedded Qdrant)"
 	@echo "make test-system  kills, outages, fused passes, the drills and the bench, as tests"
 	@echo "make up      the local stack in the foreground (Redis + workers)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-formats per data format: images/s, reading+decoding vs embedding"
 	@echo "make bench-cpu the CPU's ceilings side by side: one process of threads vs a process a core"
 	@echo "make bench-startup  medindex --help and refused arguments, timed beside a bare interpreter"
+	@echo "make bench-audit the audit's precision/recall on planted duplicates, per format and tier"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove the virtual environment and local state"
 
@@ -86,6 +87,9 @@ bench-cpu: install
 # How fast `medindex` answers: --help and refusals that need no broker, store or model.
 bench-startup: install
 	$(BIN)/python docs/startup.py
+# The audit's tiers on planted duplicates and hard negatives; --model for real weights.
+bench-audit: install
+	$(BIN)/python docs/audit_quality.py
 
 lint: install
 	$(BIN)/ruff check .

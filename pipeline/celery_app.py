@@ -22,7 +22,14 @@ from pipeline.settings import Settings, get_settings
 # pickle, the case it guards against (`accept_content` below).
 warnings.filterwarnings("ignore", "You're running the worker with superuser", SecurityWarning)
 
-TASK_MODULES = ["tasks.embed", "tasks.upsert", "tasks.store", "tasks.map", "tasks.control"]
+TASK_MODULES = [
+    "tasks.embed",
+    "tasks.upsert",
+    "tasks.store",
+    "tasks.map",
+    "tasks.control",
+    "tasks.audit",
+]
 
 
 class ShortReprAMQP(AMQP):

@@ -46,6 +46,10 @@ COMMANDS = {
     "cancel": Command(
         "producers.commands.jobs:register_cancel", "stop a job: its queued shards are skipped"
     ),
+    "audit": Command(
+        "producers.commands.audit:register_audit",
+        "duplicates, leaks across splits and patients, label conflicts, outliers",
+    ),
     "reindex": Command(
         "producers.commands.versions:register_reindex",
         "build a new version behind an alias, verify it, then switch atomically",

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.embedder import Embedder, TrivialEmbedder, is_jpeg
+from pipeline.fingerprint import fingerprint
 from pipeline.images import ImageError
 from pipeline.picture import to_picture
 from pipeline.schemas import EmbedJob, PointBatch, point_id
@@ -53,8 +54,12 @@ def read_job(job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Sett
     source = open_source(job.source)
     read = ReadJob(job, [], [], [], [], [])
     for record in source.read(job.rows, settings.max_image_bytes):
+        payload = record.payload
         try:
             picture = _picture(record, embedder, settings) if embedder.needs_pixels else None
+            if embedder.needs_pixels:  # the audit's evidence, made while the bytes are here
+                found = fingerprint(record, settings.max_image_pixels, settings.max_image_bytes)
+                payload = {**payload, **found.payload()}
         except ImageError as exc:
             read.failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
             log.warning("job=%s row %s (%s) refused: %s", job.job_id, record.row, record.key, exc)
@@ -62,7 +67,7 @@ def read_job(job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Sett
         read.pictures.append(picture)
         read.ids.append(point_id(job.source.identity, job.source.split, record.key))
         read.rows.append(record.row)
-        read.payloads.append(record.payload)
+        read.payloads.append(payload)
     return read
 
 

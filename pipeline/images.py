@@ -27,6 +27,17 @@ def decode_rgb(
     shrink by a whole factor, never below it, before converting (a 16-bit picture converts
     through float32). `formats`: PIL format names accepted (None: any PIL reads).
     """
+    return to_rgb(decode(data, max_pixels, max_bytes, draft_size, formats))
+
+
+def decode(
+    data: bytes | None,
+    max_pixels: int,
+    max_bytes: int,
+    draft_size: tuple[int, int] | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> Image.Image:
+    """`decode_rgb` before its conversion: the picture in its own mode and depth."""
     image = check_header(data, max_pixels, max_bytes, formats)
     try:
         with warnings.catch_warnings():
@@ -41,7 +52,7 @@ def decode_rgb(
         raise ImageError(f"decompression bomb refused: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    return to_rgb(image)
+    return image
 
 
 def check_header(

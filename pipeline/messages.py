@@ -45,6 +45,7 @@ UNLISTED_TASKS = frozenset({STORE_QUERY_TASK})
 # A remote control command (not a task): each worker answers its MEDINDEX_DEID_KEY's
 # fingerprint and the queues it consumes (tasks/control.py).
 DEID_COMMAND = "medindex_deid_fingerprint"
+AUDIT_TASK = "medindex.audit_shard"
 
 ROUTES = {
     EMBED_TASK: EMBED_QUEUE,
@@ -53,6 +54,8 @@ ROUTES = {
     STORE_MANAGE_TASK: STORE_QUEUE,
     # The search page's embedding maps: minutes of CPU, on the embed workers.
     MAP_TASK: EMBED_QUEUE,
+    # An audit's shards of neighbour queries: the embed workers ask the store, as maps do.
+    AUDIT_TASK: EMBED_QUEUE,
 }
 
 
@@ -135,6 +138,26 @@ class Senders:
         """worker -> {"fingerprint", "queues"}, from every worker answering within `timeout_s`."""
         replies = self.app.control.broadcast(DEID_COMMAND, reply=True, timeout=timeout_s)
         return {worker: answer for reply in replies for worker, answer in reply.items()}
+
+    def send_audit_shard(
+        self,
+        job_id: str,
+        plan: dict,
+        shard: int,
+        rows: list[int],
+        ids: list[str],
+        producer: Producer | None = None,
+    ) -> None:
+        """One shard of an audit (`pipeline.neighbours`). Flower shows the audit and the
+        shard's rows, never point ids."""
+        self.app.send_task(
+            AUDIT_TASK,
+            kwargs={"job_id": job_id, "plan": plan, "shard": shard, "rows": rows, "ids": ids},
+            argsrepr="()",
+            kwargsrepr=f"audit {job_id} shard {shard}: rows {rows[0]}-{rows[-1]}",
+            headers={JOB_HEADER: job_id},
+            producer=producer,
+        )
 
 
 def jobs_in_flight(redis: Redis) -> set[str]:

@@ -61,6 +61,7 @@ def run_demo(settings: Settings, n: int, xrays: int = 48, mri_cases: int = 8) ->
                 "--model", resnet, "--pooling", "pooler")  # fmt: skip
         client = SearchClient(settings)
         _xray_search(env, client)
+        _audit(env, XRAY, demo / "audit-xray")
         labels = _csv_in(mri_data)  # the sample's case -> tumour class table
         _ingest(env, up_log, mri_data, MRI, "--format", "nifti", "--model", model,
                 *(["--labels-csv", str(labels)] if labels else []))  # fmt: skip
@@ -194,6 +195,14 @@ def _first_point(client: SearchClient, collection: str, *fields: str) -> dict:
     """A point carrying every one of `fields`, to query with."""
     carrying = {"must_not": [{"is_empty": {"key": field}} for field in fields]}
     return client.scroll(collection, carrying, limit=1)["points"][0]
+
+
+def _audit(env: dict, collection: str, report: Path) -> None:
+    """The dataset audit of one collection: its summary here, its CSVs and histogram in
+    `report` (the page's Audit view shows the same)."""
+    argv = ("audit", "--collection", collection, "--out", str(report))
+    out.print(f"\n[bold]5. dataset audit[/]: medindex {' '.join(argv)}")
+    subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], env=env, check=True)
 
 
 def _quoted(arg: str) -> str:

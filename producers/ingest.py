@@ -13,6 +13,7 @@ from pathlib import Path
 
 from redis import Redis, RedisError
 
+from pipeline import fingerprint
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
 from pipeline.messages import EMBED_QUEUE, jobs_in_flight
@@ -206,7 +207,8 @@ def _schema_spec(request: IngestRequest, source: Source, recorded: dict | None) 
     merged into what the collection already records."""
     label, indexes = request.spec.label_field, dict(request.spec.indexes)
     schema = collection_schema(source.schema, label, indexes, recorded)
-    return {"schema": schema.to_dict(), "payload_indexes": schema.indexes()}
+    indexes = schema.indexes() | fingerprint.INDEXES  # what `medindex audit` filters on
+    return {"schema": schema.to_dict(), "payload_indexes": indexes}
 
 
 def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:

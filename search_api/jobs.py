@@ -37,7 +37,7 @@ def _job(tracker: JobTracker, job_id: str) -> dict:
     reasons = Counter(f["reason"] for f in tracker.failure_sample(job_id, REASON_SAMPLE))
     return {
         "job_id": job_id,
-        "kind": f"reindex of {version['alias']}" if version else "ingest",
+        "kind": _kind(progress.meta, version),
         "collection": collection,
         "dataset": progress.meta.get("dataset"),
         "state": progress.state,
@@ -49,3 +49,9 @@ def _job(tracker: JobTracker, job_id: str) -> dict:
         "created_at": progress.created_at,
         "reasons": reasons.most_common(REASONS),
     }
+
+
+def _kind(meta: dict, version: re.Match | None) -> str:
+    if meta.get("kind") == "audit":
+        return "audit"
+    return f"reindex of {version['alias']}" if version else "ingest"

@@ -57,7 +57,7 @@ from pipeline.projection import (
 from pipeline.settings import get_settings
 from pipeline.sources import SourceError
 from pipeline.sources.window import Window
-from search_api import jobs, viewer
+from search_api import audit, jobs, viewer
 from search_api.collections import collection_facts, short_path
 from search_api.deps import (
     broker,
@@ -96,7 +96,7 @@ Size = Literal["thumb", "full"]
 
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for routes in (router, viewer.router, jobs.router):
+    for routes in (router, viewer.router, jobs.router, audit.router):
         app.include_router(routes)
     app.middleware("http")(_guard)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+import numpy as np
 from PIL import Image
 
 from pipeline.errors import MedindexError
@@ -91,6 +92,12 @@ class SourceRow:
     payload: dict
     image: bytes | Image.Image | None
     refusal: str | None = None  # why the picture could not be made (the row fails alone)
+    # What an audit's fingerprints need from readers that make the picture themselves: the
+    # file's sha256 when the picture is that file's alone, the values before any window at
+    # their stored depth, and the volume a slice belongs to (adjacent slices are no duplicates).
+    file_sha256: str | None = None
+    pixels: np.ndarray | None = None
+    volume: str | None = None
 
 
 class Source(ABC):

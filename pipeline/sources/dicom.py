@@ -16,6 +16,7 @@ Basic Profile asks, failure reasons and errors name a file by its key, never its
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -200,10 +201,15 @@ class DicomSource(Source):
         try:
             if instance.refusal:
                 raise ImageError(instance.refusal)
-            image = self._picture(instance.path, key, max_bytes)
+            data = self._bytes(instance.path, key, max_bytes)
+            image, frame = make_picture_and_frame(
+                data, self.ref.options, self.max_pixels, max_bytes
+            )
         except ImageError as exc:
             return SourceRow(row, key, payload, None, refusal=str(exc))
-        return SourceRow(row, key, payload, image)
+        sha = hashlib.sha256(data).hexdigest()
+        volume = self.deid.identity("series", instance.series)
+        return SourceRow(row, key, payload, image, file_sha256=sha, pixels=frame, volume=volume)
 
     def levels(self, row: int, key: str | None, max_image_bytes: int) -> window.Levels:
         instance = self.instances[row]
@@ -213,10 +219,6 @@ class DicomSource(Source):
             raise ImageError(instance.refusal)
         data = self._bytes(instance.path, found, max_image_bytes)
         return make_levels(data, self.ref.options, self.max_pixels, max_image_bytes, self.deid)
-
-    def _picture(self, relative: str, key: str, max_bytes: int) -> Image.Image:
-        data = self._bytes(relative, key, max_bytes)
-        return make_picture(data, self.ref.options, self.max_pixels, max_bytes)
 
     def _bytes(self, relative: str, key: str, max_bytes: int) -> bytes:
         """Errors name the file by its key: paths often hold patients' names and UIDs."""
@@ -311,7 +313,20 @@ def age_in_years(value: object) -> float | None:
 def make_picture(data: bytes, options: ReadOptions, max_pixels: int, max_bytes: int) -> Image.Image:
     """One DICOM file's picture, 8-bit "L" (or "RGB" for colour); ImageError with a reason
     that quotes no identifying value. `max_bytes`: what its dataset may inflate to."""
-    return _decoded(data, max_bytes, lambda ds: _picture(ds, options.dicom_window, max_pixels))
+    return make_picture_and_frame(data, options, max_pixels, max_bytes)[0]
+
+
+def make_picture_and_frame(
+    data: bytes, options: ReadOptions, max_pixels: int, max_bytes: int
+) -> tuple[Image.Image, np.ndarray]:
+    """`make_picture`, with the frame's stored values it was made from (an audit's pixel
+    fingerprint: the same after a re-export with a new header)."""
+
+    def make(ds: Dataset) -> tuple[Image.Image, np.ndarray]:
+        frame = _frame(ds, max_pixels)
+        return _picture(ds, frame, options.dicom_window), frame
+
+    return _decoded(data, max_bytes, make)
 
 
 def make_levels(
@@ -337,8 +352,7 @@ def _decoded(data: bytes, max_bytes: int, make: Callable[[Dataset], T]) -> T:
             raise ImageError(scrub(reason, ds)) from exc
 
 
-def _picture(ds: Dataset, preset: str, max_pixels: int) -> Image.Image:
-    frame = _frame(ds, max_pixels)
+def _picture(ds: Dataset, frame: np.ndarray, preset: str) -> Image.Image:
     if frame.ndim == 3:  # colour, already converted to RGB by pydicom
         bits = int(ds.get("BitsStored") or 8)
         return Image.fromarray(window.scale_bits(frame, bits), "RGB")

@@ -289,10 +289,12 @@ class NiftiSource(Source):
             image, geometry, tumour = self._open(entry, tumours, max_bytes)
             with _reading(entry.path):
                 z, box, facts = self._choice(entry, geometry, tumour)
-                picture = _picture(image, geometry, z, box)
+                plane, (low, high) = _plane(image, geometry, z, box)
         except ImageError as exc:
             return SourceRow(row, key, {**payload, **source}, None, refusal=str(exc))
-        return SourceRow(row, key, {**payload, **facts, **source}, picture)
+        payload = {**payload, **facts, **source}
+        picture = _as_picture(plane, low, high)
+        return SourceRow(row, key, payload, picture, pixels=plane, volume=entry.path)
 
     def levels(self, row: int, key: str | None, max_image_bytes: int) -> window.Levels:
         """The row's slice before its window. NIfTI names no unit for its voxels: a volume
@@ -624,6 +626,10 @@ def _picture(
 ) -> Image.Image:
     """Axial slice `z` (cropped to `box`), windowed by the volume's percentiles, as 8 bits."""
     plane, (low, high) = _plane(image, geometry, z, box)
+    return _as_picture(plane, low, high)
+
+
+def _as_picture(plane: np.ndarray, low: float, high: float) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(_eight_bits(plane, low, high)))
 
 

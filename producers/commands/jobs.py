@@ -23,6 +23,10 @@ def register_ingest(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--resume", action="store_true", help="continue the last unfinished job of this dataset"
     )
+    cmd.add_argument(
+        "--audit", action="store_true",
+        help="once indexed, check the new points against the collection (`medindex audit`)",
+    )  # fmt: skip
     add_follow_flags(cmd)
     cmd.set_defaults(run=_ingest)
 
@@ -42,7 +46,12 @@ def _ingest(args: argparse.Namespace) -> int:
     job_id, total, enqueued = start_ingest(request, settings)
     size, collection = settings.job_size, request.collection
     err.print(f"job {job_id}: {total} images, {enqueued} jobs of {size} queued -> {collection}")
-    return follow(job_id, total, started, args)
+    code = follow(job_id, total, started, args)
+    if args.audit and code == 0 and not args.no_wait:
+        from producers.commands.audit import audit_after_ingest
+
+        audit_after_ingest(collection)
+    return code
 
 
 def register_retry(cmd: argparse.ArgumentParser) -> None:

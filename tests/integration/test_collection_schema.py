@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from support import TYPED, assert_one_line_error, png, write_typed
 
+from pipeline.fingerprint import INDEXES as FINGERPRINTS
 from pipeline.images import decode_rgb
 from pipeline.quality import knn_agreement, label_field
 from pipeline.samples import write_sample_dataset
@@ -63,7 +64,7 @@ def test_the_schema_is_recorded_and_the_indexes_follow_it(typed: dict) -> None:
         "key_field": "scan_name",
         "label_field": "kind",
     }
-    assert store.collection_info("typed")["payload_indexes"] == EXPECTED_FIELDS
+    assert store.collection_info("typed")["payload_indexes"] == EXPECTED_FIELDS | FINGERPRINTS
     # The indexes answer filters on each kind of field.
     client = SearchClient()
     when = {"key": "taken", "range": {"gte": "2024-01-11T00:00:00Z"}}
@@ -101,7 +102,7 @@ def test_a_second_source_adds_fields_and_a_conflicting_type_is_refused(
     schema = store.metadata("typed")["schema"]
     assert schema["fields"]["localization"] == "keyword" and schema["fields"]["age"] == "float"
     assert schema["label_field"] == "kind" and schema["key_field"] == "scan_name"  # kept
-    assert store.collection_info("typed")["payload_indexes"] == schema["fields"]
+    assert store.collection_info("typed")["payload_indexes"] == schema["fields"] | FINGERPRINTS
     refused = stack.medindex(
         "ingest", "--dataset", str(typed["folder"]), "--collection", "typed", "--index",
         "grade:keyword",

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from support import png
 
+from pipeline.fingerprint import INDEXES as FINGERPRINTS
 from pipeline.progress import connect_redis
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import identifying_values, write_dicom
@@ -53,7 +54,7 @@ def assert_self_hit(collection: str, point: dict) -> None:
 def assert_indexes_follow_schema(collection: str) -> dict:
     store = SearchClient().store
     schema = store.metadata(collection)["schema"]
-    assert store.collection_info(collection)["payload_indexes"] == schema["fields"]
+    assert store.collection_info(collection)["payload_indexes"] == schema["fields"] | FINGERPRINTS
     return schema
 
 

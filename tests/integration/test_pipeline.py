@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from support import N_IMAGES
 
+from pipeline.fingerprint import INDEXES as FINGERPRINTS
 from pipeline.samples import skin
 from pipeline.schemas import point_id
 from producers.harness import RunningStack
@@ -51,7 +52,8 @@ def test_the_skin_schema_is_recorded_and_indexed(client: SearchClient) -> None:
     schema = client.store.metadata(COLLECTION)["schema"]
     assert schema == {"fields": skin.payload_indexes(), "key_field": skin.KEY_FIELD,
                       "label_field": None}  # fmt: skip
-    assert client.store.collection_info(COLLECTION)["payload_indexes"] == schema["fields"]
+    indexes = client.store.collection_info(COLLECTION)["payload_indexes"]
+    assert indexes == schema["fields"] | FINGERPRINTS  # and the audit's fingerprints
 
 
 def test_every_image_finds_itself_first(client: SearchClient, all_points: list[dict]) -> None:

@@ -12,6 +12,7 @@ import {
   wireHistograms,
   wireTypeAhead,
 } from "./filters.js";
+import { loadAudit } from "./audit.js";
 import { loadJobs } from "./jobs.js";
 import { drawMap, loadMap, refreshMatching, wireMap } from "./map.js";
 import {
@@ -63,6 +64,7 @@ function loadView() {
   if (page.view === "groups") return groups();
   if (page.view === "map") return loadMap();
   if (page.view === "jobs") return loadJobs();
+  if (page.view === "audit") return loadAudit(openCase);
 }
 
 // Filters apply as they change: the view shown is loaded again with them.

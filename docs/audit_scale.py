@@ -1,0 +1,211 @@
+"""The audit at scale: time, memory and store load of `medindex audit` over N points, and the
+searches served meanwhile. Figures in BENCHMARKS.md.
+
+    .venv/bin/python docs/audit_scale.py --points 10000 20000 [--json]
+
+Per size, a fresh `medindex up` (Redis, an embed worker, the store worker owning the embedded
+Qdrant Edge engine); N points written through the upsert queue as the embed step sends them:
+384-d vectors in clusters, fingerprints as ingest makes them (random pHashes, 2 % of points
+planted as near copies of another), a patient and a split each. Then `medindex audit`, timed,
+while a client runs one search after another; the same searches before it give the baseline.
+Memory: the audit process' peak RSS, the store worker's and the embed worker's peak RSS
+sampled during the audit, Redis' peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+DIM = 384
+BATCH = 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = [measure(n) for n in args.points]
+    print(json.dumps(results, indent=1) if args.json else "\n".join(map(str, results)))
+
+
+def measure(n: int) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="audit-scale-"))
+    os.environ.update(
+        MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(_port()),
+        MEDINDEX_MODEL=str(home / "model"),
+    )  # fmt: skip
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    from producers.harness import running_stack
+
+    with running_stack(dict(os.environ), home / "up.log") as stack:
+        written = _write(n)
+        search = _searcher()
+        before = _latencies(search, 50)
+        during: list[float] = []
+        stop = threading.Event()
+        loop = threading.Thread(target=_search_loop, args=(search, during, stop))
+        peaks = {"store_worker_rss_mb": 0.0, "embed_worker_rss_mb": 0.0}
+        sampler = threading.Thread(target=_sample, args=(stack.process.pid, peaks, stop))
+        loop.start()
+        sampler.start()
+        started = time.monotonic()
+        audit = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "audit", "--collection", "scale", "--json"],
+            env=dict(os.environ), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+        # Only the audit has ended among this process' children: the stack still runs.
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        stop.set()
+        loop.join()
+        sampler.join()
+        if audit.returncode:
+            raise SystemExit(audit.stderr[-2000:])
+        summary = json.loads(audit.stdout.strip().splitlines()[-1])
+        redis_peak = _redis_peak_mb()
+    return {
+        "points": n,
+        "write_s": round(written, 1),
+        "audit_s": round(seconds, 1),
+        "points_per_s": round(n / seconds, 1),
+        "audit_process_peak_rss_mb": round(child, 1),
+        **{k: round(v, 1) for k, v in peaks.items()},
+        "redis_peak_mb": redis_peak,
+        "search_ms_before": _percentiles(before),
+        "search_ms_during": _percentiles(during),
+        "searches_during": len(during),
+        "pairs": summary["counts"]["pairs"],
+        "clusters": summary["counts"]["duplicate_clusters"],
+        "load_average": os.getloadavg(),
+    }
+
+
+def _write(n: int) -> float:
+    """N points through the upsert queue; seconds until the store counts them all."""
+    from pipeline.celery_app import senders
+    from pipeline.fingerprint import INDEXES, bands
+    from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
+    from pipeline.settings import get_settings
+    from pipeline.store import open_store
+
+    store = open_store(get_settings())
+    store.ensure_collection(
+        "scale", {"dim": DIM, "payload_indexes": INDEXES | {"patient": "keyword"}}
+    )
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(max(1, n // 50), DIM)).astype(np.float32)
+    phashes = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * 2
+    copies = rng.choice(n, size=n // 50, replace=False)
+    phashes[copies] = phashes[(copies + 1) % n] ^ 1  # a near copy of its neighbour: 1 bit apart
+    ref = SourceRef(dataset="scale", name="scale")
+    started = time.monotonic()
+    with senders.connection() as producer:
+        for start in range(0, n, BATCH):
+            rows = list(range(start, min(n, start + BATCH)))
+            vectors = centres[rng.integers(0, len(centres), len(rows))] + rng.normal(
+                scale=0.3, size=(len(rows), DIM)
+            ).astype(np.float32)
+            payloads = [
+                {
+                    "source": {"key": f"img-{r}", "split": "test" if r % 10 == 0 else "train"},
+                    "patient": f"p{r // 4}",
+                    "fp_pixels": f"{r:032x}",
+                    "fp_phash": f"{int(phashes[r]):016x}",
+                    "fp_phash256": f"{int(phashes[r]):016x}" * 4,
+                    "fp_bands": bands(int(phashes[r])),
+                }
+                for r in rows
+            ]
+            job = EmbedJob(job_id="scale", collection="scale", source=ref, model="m", rows=rows)
+            ids = [point_id("scale", "train", f"img-{r}") for r in rows]
+            senders.send_points(
+                PointBatch.build(job, ids, rows, payloads, vectors), True, producer=producer
+            )
+    while store.count("scale") < n:
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _searcher():
+    from pipeline.settings import get_settings
+    from search_api import Query, SearchClient
+
+    client = SearchClient(get_settings())
+    rng = np.random.default_rng(1)
+    flt = {"must": [{"key": "source.split", "match": {"value": "train"}}]}
+
+    def search() -> float:
+        vector = rng.normal(size=DIM).tolist()
+        started = time.perf_counter()
+        client.search("scale", Query(vector=vector, limit=10, filter=flt, with_payload=False))
+        return (time.perf_counter() - started) * 1000
+
+    return search
+
+
+def _latencies(search, count: int) -> list[float]:
+    return [search() for _ in range(count)]
+
+
+def _search_loop(search, out: list[float], stop: threading.Event) -> None:
+    while not stop.is_set():
+        out.append(search())
+        time.sleep(0.05)
+
+
+def _sample(root: int, peaks: dict, stop: threading.Event) -> None:
+    """The workers' peak RSS: the store worker holds the engine; the embed worker's pool runs
+    the shards."""
+    while not stop.is_set():
+        for proc in psutil.Process(root).children(recursive=True):
+            try:
+                line = " ".join(proc.cmdline())
+                rss = proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            key = "store_worker_rss_mb" if "store" in line else "embed_worker_rss_mb"
+            if "worker" in line:
+                peaks[key] = max(peaks[key], rss)
+        time.sleep(0.5)
+
+
+def _redis_peak_mb() -> float:
+    from pipeline.progress import connect_redis
+    from pipeline.settings import get_settings
+
+    info = connect_redis(get_settings().broker_url).info("memory")
+    return round(info["used_memory_peak"] / 2**20, 1)
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1)}
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()

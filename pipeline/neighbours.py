@@ -1,0 +1,189 @@
+"""An audit's shard, run on a worker: each point's neighbours found by the store itself.
+
+Per point, one batched search asks three questions of the index: which points share a
+fingerprint with it (`fp_sha256`, `fp_pixels`, or any `fp_bands` band: a payload filter, so
+the engine's keyword indexes find them, whatever the vectors say); which are its `k` nearest
+vectors; and, where the collection has splits, which is its nearest in another split (the
+filter `split != own` makes the answer a leak's candidate even when its own split holds
+closer images). Nothing is decided here but the hash tiers: the embedding's threshold comes
+from the whole collection's distribution (pipeline.audit).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.fingerprint import FINE_DISTANCE, hamming
+from pipeline.store import Hit, Reader, SearchRequest
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+TIERS = ("bytes", "pixels", "phash", "embedding")  # strongest evidence first
+SPLIT_FIELD = "source.split"
+KEY_FIELD = "source.key"
+CANDIDATES = 64  # fingerprint matches asked per point: more are one cluster anyway
+SHARDS_TTL_S = 7 * 24 * 3600  # a shard's result waits this long for its audit's merge
+FACT_FIELDS = ["source", "fp_sha256", "fp_pixels", "fp_phash", "fp_phash256", "fp_volume"]
+
+
+class AuditPlan(BaseModel):
+    """What every shard of one audit asks (fixed when the audit starts)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    collection: str
+    k: int = 5
+    phash_distance: int = 3
+    fine_distance: int = FINE_DISTANCE  # of the 256-bit hash, confirming a 64-bit match
+    patient_field: str | None = None
+    label_field: str | None = None
+    group_field: str | None = None  # images of one lesion or case: near by nature
+    splits: int = 1
+
+
+class Facts(BaseModel):
+    """What the report needs of one point."""
+
+    id: str
+    key: str
+    split: str
+    patient: str | None = None
+    label: list[str] | None = None
+    multi_label: bool = False  # a list of findings: conflicts are their Hamming distance
+    group: str | None = None
+    volume: str | None = None
+    nn: list[float] = []  # its k nearest neighbours' cosine similarities, best first
+    fingerprinted: bool = True
+
+
+class Edge(BaseModel):
+    """Evidence that two points are one image: the strongest tier found, and its score."""
+
+    a: str
+    b: str
+    tier: str
+    similarity: float
+    cosine: float
+
+
+class ShardResult(BaseModel):
+    facts: list[Facts]
+    edges: list[Edge]
+
+
+def audit_shard(reader: Reader, plan: AuditPlan, ids: list[str]) -> ShardResult:
+    points = reader.retrieve(plan.collection, ids, with_vectors=True)
+    requests = [r for point in points for r in _questions(plan, point)]
+    answers = iter(reader.search_batch(plan.collection, requests) if requests else [])
+    facts, edges = [], []
+    for point in points:
+        payload = point["payload"]
+        fp = next(answers) if "fp_phash" in payload else []
+        near = next(answers)
+        far = next(answers) if plan.splits > 1 else []
+        facts.append(_facts(plan, point, [h["score"] for h in near]))
+        edges += [e for hit in fp if (e := _hash_edge(plan, point, hit))]
+        edges += [_vector_edge(point, hit) for hit in [*near, *far]]
+    return ShardResult(facts=facts, edges=edges)
+
+
+def _questions(plan: AuditPlan, point: Hit) -> list[SearchRequest]:
+    payload, vector = point["payload"], list(point["vector"])
+    itself = {"has_id": [point["id"]]}
+    asked = []
+    if "fp_phash" in payload:
+        same = [
+            {"key": field, "match": {"value": payload[field]}}
+            for field in ("fp_sha256", "fp_pixels")
+            if payload.get(field)
+        ]
+        same.append({"key": "fp_bands", "match": {"any": payload["fp_bands"]}})
+        asked.append(
+            SearchRequest(
+                vector=vector,
+                filter={"should": same, "must_not": [itself]},
+                limit=CANDIDATES,
+                with_payload=FACT_FIELDS,
+            )
+        )
+    near = {"must_not": [itself]}
+    asked.append(SearchRequest(vector=vector, filter=near, limit=plan.k, with_payload=False))
+    if plan.splits > 1:
+        other = {"key": SPLIT_FIELD, "match": {"value": _split(payload)}}
+        apart = {"must_not": [itself, other]}
+        asked.append(SearchRequest(vector=vector, filter=apart, limit=1, with_payload=False))
+    return asked
+
+
+def _hash_edge(plan: AuditPlan, point: Hit, hit: Hit) -> Edge | None:
+    mine, theirs = point["payload"], hit["payload"]
+    cosine = float(hit["score"])
+    for tier, field in (("bytes", "fp_sha256"), ("pixels", "fp_pixels")):
+        if mine.get(field) and mine.get(field) == theirs.get(field):
+            return Edge(a=point["id"], b=hit["id"], tier=tier, similarity=1.0, cosine=cosine)
+    if hamming(mine["fp_phash"], theirs["fp_phash"]) > plan.phash_distance:
+        return None  # a band shared by chance
+    fine = hamming(mine["fp_phash256"], theirs["fp_phash256"])
+    if fine > plan.fine_distance:
+        return None  # the same layout, another picture
+    similarity = 1 - fine / 256
+    return Edge(a=point["id"], b=hit["id"], tier="phash", similarity=similarity, cosine=cosine)
+
+
+def _vector_edge(point: Hit, hit: Hit) -> Edge:
+    score = float(hit["score"])
+    return Edge(a=point["id"], b=hit["id"], tier="embedding", similarity=score, cosine=score)
+
+
+def _facts(plan: AuditPlan, point: Hit, nn: list[float]) -> Facts:
+    payload = point["payload"]
+    label = payload.get(plan.label_field) if plan.label_field else None
+    return Facts(
+        id=point["id"],
+        key=str(payload.get("source", {}).get("key", point["id"])),
+        split=_split(payload),
+        patient=_text(payload.get(plan.patient_field)) if plan.patient_field else None,
+        label=_labels(label),
+        multi_label=isinstance(label, list) or "|" in str(label or ""),
+        group=_text(payload.get(plan.group_field)) if plan.group_field else None,
+        volume=payload.get("fp_volume"),
+        nn=nn,
+        fingerprinted="fp_phash" in payload,
+    )
+
+
+def _split(payload: dict) -> str:
+    return str(payload.get("source", {}).get("split", "train"))
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _labels(value: object) -> list[str] | None:
+    """A label as a set: one class, or a multi-label finding's labels ("A|B" or a list)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return sorted(str(v) for v in value)
+    return sorted(str(value).split("|"))
+
+
+def _shards_key(job_id: str) -> str:
+    return f"medindex:audit:{job_id}:shards"
+
+
+def keep_shard(redis: Redis, job_id: str, shard: int, result: ShardResult) -> None:
+    """A shard's result, kept until the producer merges it (a redelivered shard overwrites)."""
+    redis.hset(_shards_key(job_id), str(shard), result.model_dump_json())
+    redis.expire(_shards_key(job_id), SHARDS_TTL_S)
+
+
+def shard_results(redis: Redis, job_id: str) -> dict[int, ShardResult]:
+    return {
+        int(shard): ShardResult.model_validate_json(raw)
+        for shard, raw in redis.hgetall(_shards_key(job_id)).items()
+    }

@@ -1,0 +1,190 @@
+"""`medindex audit`: a collection's points sharded into jobs of neighbour queries, run on the
+workers like an ingest's jobs (progress, resume, cancel, Flower), then merged here into the
+findings (pipeline.audit) and the report (pipeline.audit_report).
+
+The job's rows are the collection's points in id order: a resumed audit (`--job-id`) sends
+again only the shards not yet answered, and refuses a collection whose points changed since.
+The last audit of each collection (version, for an alias) is kept in Redis for the page's
+Audit view (`pipeline.audit_report.keep_report`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from redis import Redis
+
+from pipeline import audit
+from pipeline.audit_report import (
+    keep_report,
+    last_report,
+    pair_records,
+    summary,
+    write_report,
+)
+from pipeline.celery_app import senders
+from pipeline.errors import MedindexError
+from pipeline.fingerprint import FINE_DISTANCE, MAX_FOUND_DISTANCE
+from pipeline.neighbours import AuditPlan, ShardResult, keep_shard, shard_results
+from pipeline.progress import JobTracker, Progress, connect_redis
+from pipeline.settings import Settings
+from pipeline.sources import Schema
+from pipeline.store import Reader, open_reader
+from producers.ingest import shards, wait
+
+# Payload fields taken for the patient (the unit of leakage) and for images that belong
+# together (one lesion, one case), when not given: the readers' and seeds' names for them.
+PATIENT_FIELDS = ("patient", "patient_id", "subject_id", "case_id")
+GROUP_FIELDS = ("lesion_id", "patient_id", "patient", "case_id")
+_PAGE = 1000
+
+
+class AuditError(MedindexError):
+    """An audit that cannot run as asked; the message says why, on one line."""
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    collection: str
+    out: Path | None = None
+    job_id: str | None = None
+    k: int = 5
+    embedding_threshold: float | None = None
+    phash_distance: int = 3
+    fine_distance: int = FINE_DISTANCE
+    outlier_threshold: float | None = None
+    patient_field: str | None = None
+    group_field: str | None = None
+    shard_size: int = 64
+    # Only the points the collection's last audit has not seen are queried (against all of
+    # them); that audit's results are carried into this one (`medindex ingest --audit`).
+    incremental: bool = False
+
+
+def run_audit(
+    request: AuditRequest, settings: Settings, on_progress: Callable[[Progress], None]
+) -> dict:
+    """The audit's summary (written to `request.out` with the other files, if given)."""
+    if not 0 <= request.phash_distance <= MAX_FOUND_DISTANCE:
+        raise AuditError(
+            f"--phash-distance must be 0-{MAX_FOUND_DISTANCE}: the index misses more distant ones"
+        )
+    if not 0 <= request.fine_distance <= 256:
+        raise AuditError("--phash256-distance must be 0-256")
+    started = time.monotonic()
+    reader = open_reader(settings)
+    tracker = JobTracker(connect_redis(settings.broker_url))
+    ids, splits, schema = _points(reader, request.collection)
+    plan = _plan(request, schema, len(splits))
+    version = reader.aliases().get(request.collection, request.collection)
+    earlier = _earlier(tracker.redis, version) if request.incremental else {}
+    seen = {f.id for r in earlier.values() for f in r.facts}
+    job_id = _start(tracker, request, plan, [i for i in ids if i not in seen])
+    for n, result in enumerate(earlier.values()):  # carried on, for the next increment
+        keep_shard(tracker.redis, job_id, -1 - n, result)
+    final = wait(tracker, job_id, on_progress)
+    if final.cancelled:
+        raise AuditError(f"audit {job_id} was cancelled; `--job-id {job_id}` resumes it")
+    results = shard_results(tracker.redis, job_id)
+    present = set(ids)  # points deleted since an earlier audit drop out
+    facts = [f for r in results.values() for f in r.facts if f.id in present]
+    edges = [e for r in results.values() for e in r.edges]
+    limits = audit.thresholds(
+        facts, edges, request.embedding_threshold, request.phash_distance,
+        request.outlier_threshold, request.fine_distance,
+    )  # fmt: skip
+    findings = audit.find(facts, edges, limits)
+    findings.clusters = [_pairwise(reader, plan.collection, c) for c in findings.clusters]
+    report = summary(findings, request.collection, time.monotonic() - started, job_id)
+    report["fields"] = {"patient": plan.patient_field, "label": plan.label_field,
+                        "group": plan.group_field, "splits": sorted(splits)}  # fmt: skip
+    report["points_queried"] = final.total  # all of them, or an increment's new ones
+    if request.out:
+        write_report(findings, report, request.out)
+    keep_report(tracker.redis, version, report, pair_records(findings))
+    return report
+
+
+def _earlier(redis: Redis, version: str) -> dict[int, ShardResult]:
+    """The shard results of the collection's last audit, while Redis keeps them."""
+    report = last_report(redis, version)
+    return shard_results(redis, report["job_id"]) if report else {}
+
+
+def _points(reader: Reader, collection: str) -> tuple[list[str], set[str], Schema]:
+    """Every point id in id order, the splits they come from, the collection's schema."""
+    names = set(reader.collections()) | set(reader.aliases())
+    if collection not in names:
+        raise AuditError(f"no collection {collection!r} (see `medindex collections`)")
+    ids, splits, offset = [], set(), None
+    while True:
+        page = reader.scroll(collection, limit=_PAGE, offset=offset)
+        for hit in page["points"]:
+            ids.append(hit["id"])
+            splits.add(str(hit["payload"].get("source", {}).get("split", "train")))
+        offset = page["next_offset"]
+        if offset is None:
+            break
+    if not ids:
+        raise AuditError(f"collection {collection!r} holds no points")
+    return ids, splits, Schema.from_dict(reader.metadata(collection).get("schema") or {})
+
+
+def _plan(request: AuditRequest, schema: Schema, splits: int) -> AuditPlan:
+    fields = {f.name for f in schema.fields}
+    for given in (request.patient_field, request.group_field):
+        if given and given not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise AuditError(f"field {given!r} is not in the collection's schema ({known})")
+    return AuditPlan(
+        collection=request.collection,
+        k=request.k,
+        phash_distance=request.phash_distance,
+        fine_distance=request.fine_distance,
+        patient_field=request.patient_field
+        or next((f for f in PATIENT_FIELDS if f in fields), None),
+        label_field=schema.label_field,
+        group_field=request.group_field or next((f for f in GROUP_FIELDS if f in fields), None),
+        splits=splits,
+    )
+
+
+def _start(tracker: JobTracker, request: AuditRequest, plan: AuditPlan, ids: list[str]) -> str:
+    """A new audit job, or the one `--job-id` names resumed: its unanswered shards sent."""
+    points = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    meta = {"kind": "audit", "collection": request.collection, "plan": plan.model_dump(),
+            "points": points, "shard_size": request.shard_size}  # fmt: skip
+    job_id = request.job_id or f"audit-{uuid.uuid4().hex[:12]}"
+    if tracker.exists(job_id):
+        known = tracker.progress(job_id).meta
+        if known.get("kind") != "audit" or known.get("collection") != request.collection:
+            raise AuditError(f"job {job_id} is no audit of {request.collection!r}")
+        if known.get("points") != points:
+            raise AuditError(f"the points of {request.collection!r} changed since audit "
+                             f"{job_id} started: start a new audit")  # fmt: skip
+        meta = known
+        tracker.resume(job_id)
+    else:
+        tracker.create(job_id, len(ids), meta)
+    done = tracker.done_rows(job_id)
+    size = meta["shard_size"]
+    with senders.connection() as producer:
+        for shard, rows in enumerate(shards(range(len(ids)), size)):
+            if not set(rows) <= done:
+                shard_ids = [ids[row] for row in rows]
+                senders.send_audit_shard(job_id, meta["plan"], shard, rows, shard_ids, producer)
+    return job_id
+
+
+def _pairwise(reader: Reader, collection: str, cluster: audit.Cluster) -> audit.Cluster:
+    hits = {h["id"]: h for h in reader.retrieve(collection, [m.id for m in cluster.members], True)}
+    if len(hits) != len(cluster.members):
+        return cluster  # a member deleted meanwhile: the links' minimum stands
+    vectors = np.array([hits[m.id]["vector"] for m in cluster.members], dtype=np.float64)
+    return audit.pairwise(cluster, vectors)
