@@ -376,6 +376,36 @@ class EdgeStore(Store):
         with self._errors():
             return shard.count(request)
 
+    def facet(
+        self, name: str, key: str, filter: dict | None = None, limit: int = 10_000
+    ) -> list[dict]:
+        request = edge.FacetRequest(key, limit, True, edge_filter(parse_filter(filter)))
+        shard = self._shard(name)
+        with self._errors():
+            hits = shard.facet(request).hits
+        ordered = sorted(hits, key=lambda hit: (-hit.count, str(hit.value)))
+        return [{"value": hit.value, "count": hit.count} for hit in ordered]
+
+    def value_range(self, name: str, key: str, filter: dict | None = None) -> list[float] | None:
+        ends = []  # the first point in each order
+        shard = self._shard(name)
+        for direction in (edge.Direction.Asc, edge.Direction.Desc):
+            request = edge.ScrollRequest(
+                limit=1,
+                filter=edge_filter(parse_filter(filter)),
+                with_payload=True,
+                with_vector=False,
+                order_by=edge.OrderBy(key, direction),
+            )
+            with self._errors():
+                points, _ = shard.scroll(request)
+            if not points:
+                return None
+            value = points[0].payload[key]  # a list: its end on this side
+            pick = min if direction == edge.Direction.Asc else max
+            ends.append(pick(value) if isinstance(value, list) else value)
+        return ends
+
     def scroll(
         self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
     ) -> dict:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,23 @@ def test_filtered_search_count_and_threshold(store: Store, reference: Store, whe
         assert ids_scores(got) == ids_scores(want)
         assert [h["payload"] for h in got] == [h["payload"] for h in want]
     assert store.count("c", where) == reference.count("c", where)
+
+
+@pytest.mark.parametrize("where", FILTERS, ids=range(len(FILTERS)))
+def test_facets_and_ranges_equal_the_counts(store: Store, where: dict) -> None:
+    """Issue 23, item 4: each value's count over the whole collection, filter-aware, as
+    counting the matching points' payloads gives, most first; a numeric field's lowest and
+    highest value among them."""
+    matching = [hit["payload"] for hit in store.scroll("c", where, limit=N)["points"]]
+    assert len(matching) == store.count("c", where)
+    for key in ("dx", "sex"):
+        counts = Counter(payload[key] for payload in matching)
+        facets = store.facet("c", key, where)
+        assert {hit["value"]: hit["count"] for hit in facets} == counts
+        assert [hit["count"] for hit in facets] == sorted(counts.values(), reverse=True)
+        assert store.facet("c", key, where, limit=2) == facets[:2]
+    ages = [payload["age"] for payload in matching if "age" in payload]
+    assert store.value_range("c", "age", where) == ([min(ages), max(ages)] if ages else None)
 
 
 def test_payload_selectors_and_vectors(store: Store, reference: Store) -> None:
