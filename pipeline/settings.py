@@ -30,8 +30,8 @@ PREPROCESSINGS: tuple[str, ...] = get_args(Preprocessing)
 # Autocast of the forward pass; vectors leave it as float32 whatever runs inside. "auto": bf16 on
 # CUDA, float32 on CPU (the seed's vectors). Parity of half precision printed by `medindex bench`.
 Precision = Literal["auto", "float32", "bf16", "fp16"]
-# Vectors as kept by a Qdrant server: float32, or int8 scalar quantization (4x smaller, kept in
-# RAM) with searches rescored on the float32 originals.
+# Vectors as kept by a Qdrant server or the embedded store: float32, or int8 scalar
+# quantization (4x smaller, kept in RAM) with searches rescored on the float32 originals.
 Quantization = Literal["none", "int8"]
 
 
@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     qdrant_shard_number: int = Field(1, ge=1, le=64)
     qdrant_replication_factor: int = Field(1, ge=1, le=9)
     qdrant_write_consistency: int = Field(1, ge=1, le=9)
+    # These two lay out embedded (Edge) collections too, recorded in each one's metadata.
     qdrant_on_disk: bool = False
     qdrant_quantization: Quantization = "none"
     qdrant_prefer_grpc: bool = False

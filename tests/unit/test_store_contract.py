@@ -61,13 +61,15 @@ FILTERS = [
 ]
 
 
-@pytest.fixture(params=["edge", "local"])
+@pytest.fixture(params=["edge", "edge-int8", "local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = (
-        EdgeStore(tmp_path / "edge")
-        if request.param == "edge"
-        else ServerStore.local(tmp_path / "local")
-    )
+    """Edge as made by default, and quantized (int8, originals on disk, searches rescored on
+    them); local mode: the server's API."""
+    opened = {
+        "edge": lambda: EdgeStore(tmp_path / "edge"),
+        "edge-int8": lambda: EdgeStore(tmp_path / "edge", "int8", on_disk=True),
+        "local": lambda: ServerStore.local(tmp_path / "local"),
+    }[request.param]()
     opened.ensure_collection("c", SPEC)
     opened.upsert("c", IDS, VECTORS, PAYLOADS)
     yield opened
@@ -359,4 +361,34 @@ def test_groups_read_a_bounded_part_of_the_collection(tmp_path: Path) -> None:
     assert [g["group"] for g in groups] == expected
     assert [g["hits"][0]["id"] for g in groups] == [ids[best[label]] for label in expected]
     assert shard.points_read <= 101 < n, shard.points_read  # 100 hits, then the rare one
+    store.close()
+
+
+def test_an_int8_collection_records_its_layout_and_keeps_its_recall(tmp_path: Path) -> None:
+    """Issue 23, item 3: int8 scalar quantization on the embedded store, recorded like the
+    server layout; once indexed, searches rescored on the originals find the exact top 10.
+
+    Clustered vectors, as embeddings are: on unclustered Gaussian noise HNSW itself misses
+    (measured here: recall@10 0.87 float32, 0.89 int8, the same graph settings)."""
+    rng = np.random.default_rng(5)
+    n, dim = 8000, 384  # 12 MB: above the size Qdrant indexes (and quantizes) from
+    centres = rng.normal(size=(40, dim))
+    noise = rng.normal(size=(n, dim))
+    vectors = (centres[rng.integers(0, 40, n)] + noise).astype(np.float32)
+    ids = [point_id("int8", "train", str(i)) for i in range(n)]
+    store = EdgeStore(tmp_path / "edge", "int8", on_disk=True)
+    store.ensure_collection("q", {"dim": dim}, bulk=True)
+    store.upsert("q", ids, vectors, [{"i": i} for i in range(n)])
+    finish_bulk(store, "q", timeout_s=300, poll_s=0.1)
+    layout = store.metadata("q")["layout"]
+    assert (layout["quantization"], layout["on_disk"]) == ("int8", True)
+    quantized = list((tmp_path / "edge" / "collections" / "q").rglob("*quantized*"))
+    assert quantized, "no quantized vectors on disk"
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = []
+    for q in range(50):
+        exact = set(np.argsort(-unit @ unit[q])[:10])
+        hits = store.search("q", SearchRequest(vector=vectors[q].tolist(), limit=10))
+        found.append(len(exact & {h["payload"]["i"] for h in hits}) / 10)
+    assert np.mean(found) >= 0.95, np.mean(found)
     store.close()
