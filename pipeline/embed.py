@@ -54,7 +54,8 @@ def read_job(job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Sett
     read = ReadJob(job, [], [], [], [], [])
     for record in source.read(job.rows, settings.max_image_bytes):
         try:
-            picture = _picture(record, embedder, settings) if embedder.needs_pixels else None
+            # The trivial embedder takes the row's key instead: its vector is made of it.
+            picture = _picture(record, embedder, settings) if embedder.needs_pixels else record.key
         except ImageError as exc:
             read.failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
             log.warning("job=%s row %s (%s) refused: %s", job.job_id, record.row, record.key, exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from functools import cache
 
@@ -235,14 +236,30 @@ def is_jpeg(data: object) -> bool:
 
 
 class TrivialEmbedder:
-    """The stand-in for TRIVIAL_MODEL: ones, without decoding or inference."""
+    """The stand-in for TRIVIAL_MODEL: no decoding, no inference. Each row's vector is a
+    function of its key (`trivial_vectors`): distinct, clustered as embeddings are, and known
+    to whoever knows the keys (the scale bench's exact search)."""
 
     needs_pixels = False
     draft_size = None
     dim = TRIVIAL_DIM
 
-    def embed(self, images: list) -> np.ndarray:
-        return np.ones((len(images), self.dim), dtype=np.float32)
+    def embed(self, keys: list) -> np.ndarray:
+        return trivial_vectors([str(key) for key in keys], self.dim)
+
+
+TRIVIAL_CLUSTERS = 64
+
+
+def trivial_vectors(keys: list[str], dim: int = TRIVIAL_DIM) -> np.ndarray:
+    """A clustered vector per key, the same wherever it is made: a centre picked by the key's
+    hash, plus noise of the same scale seeded by it."""
+    centres = np.random.default_rng(0).normal(size=(TRIVIAL_CLUSTERS, dim))
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    for i, key in enumerate(keys):
+        seed = zlib.crc32(key.encode())
+        out[i] = centres[seed % TRIVIAL_CLUSTERS] + np.random.default_rng(seed).normal(size=dim)
+    return out
 
 
 @cache
