@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import zlib
 from dataclasses import dataclass
 from functools import cache
 
@@ -26,6 +25,7 @@ from pipeline.model_info import (
     ModelError,
     fixed_input_size,
     hidden_size,
+    trivial_vectors,
 )
 from pipeline.settings import PREPROCESSINGS, Settings
 
@@ -246,20 +246,6 @@ class TrivialEmbedder:
 
     def embed(self, keys: list) -> np.ndarray:
         return trivial_vectors([str(key) for key in keys], self.dim)
-
-
-TRIVIAL_CLUSTERS = 64
-
-
-def trivial_vectors(keys: list[str], dim: int = TRIVIAL_DIM) -> np.ndarray:
-    """A clustered vector per key, the same wherever it is made: a centre picked by the key's
-    hash, plus noise of the same scale seeded by it."""
-    centres = np.random.default_rng(0).normal(size=(TRIVIAL_CLUSTERS, dim))
-    out = np.empty((len(keys), dim), dtype=np.float32)
-    for i, key in enumerate(keys):
-        seed = zlib.crc32(key.encode())
-        out[i] = centres[seed % TRIVIAL_CLUSTERS] + np.random.default_rng(seed).normal(size=dim)
-    return out
 
 
 @cache

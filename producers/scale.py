@@ -2,7 +2,7 @@
 
 The real stack (`medindex up` in a home of its own: Redis, an embed worker, the store worker)
 with the trivial embedder (no decoding, no model: each row's vector is made from its key,
-`pipeline.embedder.trivial_vectors`, so that the exact answers are known here) ingests a
+`pipeline.model_info.trivial_vectors`, so that the exact answers are known here) ingests a
 generated table shaped like ChestX-ray14's `Data_Entry_2017.csv` (findings lists, patient ids,
 ages, views) through the real producer, in one job. Every `STEP` points it prints a line: the
 write rate of that step, the store process' RSS, the store's disk, Redis' used memory, and the
@@ -30,8 +30,7 @@ import psutil
 from PIL import Image
 
 from pipeline.celery_app import app
-from pipeline.embedder import trivial_vectors
-from pipeline.model_info import TRIVIAL_MODEL
+from pipeline.model_info import TRIVIAL_MODEL, trivial_vectors
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.schemas import point_id
 from pipeline.settings import Settings
