@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The project's own torch range admits it, so nothing bigger is downloaded after.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install browser demo up page test test-unit test-integration test-system chaos cluster capacity bench bench-formats bench-cpu bench-startup bench-audit lint format clean
+.PHONY: help install browser demo up page test test-unit test-integration test-system chaos cluster capacity bench bench-scale bench-formats bench-cpu bench-startup bench-audit lint format clean
 
 help:
 	@echo "make demo    sample data -> the whole pipeline on real processes -> seed searches, an audit"
@@ -18,6 +18,7 @@ help:
 	@echo "make cluster hosts as network namespaces over TCP; links cut, workers and broker killed (root)"
 	@echo "make capacity the capacity model (docs/capacity.md) from measured inputs"
 	@echo "make bench   pipeline vs the seed's loop vs the hardware's ceilings (BENCHMARKS.md)"
+	@echo "make bench-scale the scale curve to POINTS (default 1,000,000): rate, RSS, latency, recall"
 	@echo "make bench-formats per data format: images/s, reading+decoding vs embedding"
 	@echo "make bench-cpu the CPU's ceilings side by side: one process of threads vs a process a core"
 	@echo "make bench-startup  medindex --help and refused arguments, timed beside a bare interpreter"
@@ -74,6 +75,11 @@ capacity: install
 
 bench: install
 	$(BIN)/medindex bench
+
+# One collection ingested to POINTS through the stack (trivial embedder), a line per 100,000.
+POINTS ?= 1000000
+bench-scale: install
+	$(BIN)/medindex bench-scale --points $(POINTS) --json
 
 # Per format (skin, X-ray, brain MRI, DICOM): pipeline images/s and read+decode vs embed time.
 bench-formats: install

@@ -55,7 +55,7 @@ def sample_points(n: int) -> tuple[list[str], np.ndarray, list[dict]]:
          "site": "back", "source": "/data/skin", "row": i}
         for i in range(n)
     ]  # fmt: skip
-    return [point_id("capacity", str(i)) for i in range(n)], vectors, payloads
+    return [point_id("capacity", "train", str(i)) for i in range(n)], vectors, payloads
 
 
 def measure() -> Measured:
@@ -116,6 +116,9 @@ def tracking_bytes(n: int = 100_000) -> int:
 
 
 def model(m: Measured, gpu_rate: float) -> list[str]:
+    from pipeline.settings import Settings
+
+    bound = Settings.model_fields["max_queued_jobs"].default
     per_vector = DIM * 4
     graph = 2 * HNSW_M * 4  # level-0 links, 4-byte ids
     lines = [
@@ -124,7 +127,9 @@ def model(m: Measured, gpu_rate: float) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in SIZES:
-        redis = n / JOB_SIZE * m.queued_job + n * m.tracking_per_image
+        # At most `bound` messages of the ingest out (a job briefly both itself and points).
+        queued = min(n / JOB_SIZE, bound) * (m.queued_job + m.upsert_message)
+        redis = queued + n * m.tracking_per_image
         wire = n * (m.queued_job / JOB_SIZE + m.upsert_message / JOB_SIZE + m.write_grpc / WRITE)
         ram_plain = 1.5 * n * per_vector + n * graph  # Qdrant's rule of thumb: vectors x 1.5
         ram_int8 = n * (DIM + graph)  # quantized vectors always in RAM, graph in RAM
@@ -144,7 +149,9 @@ def model(m: Measured, gpu_rate: float) -> list[str]:
         f"One {WRITE:,}-point {DIM}-d write: JSON {m.write_json:,} B ({m.write_json / 2**20:.2f} "
         f"MiB), gRPC {m.write_grpc:,} B ({m.write_grpc / 2**20:.2f} MiB): "
         f"{m.write_json / m.write_grpc:.2f}x smaller over gRPC.",
-        f"Redis bookkeeping: {m.tracking_per_image} B per image (two row sets, measured).",
+        f"Redis bookkeeping: {m.tracking_per_image} B per image (two row sets, measured); "
+        f"queued messages: at most {bound} jobs and their points "
+        f"({bound * (m.queued_job + m.upsert_message) / 2**20:.1f} MiB, MEDINDEX_MAX_QUEUED_JOBS).",
         f"100 M images in 24 h need {target:,.0f} images/s: {gpus} GPU node(s) at "
         f"{gpu_rate:,.0f} images/s each (ASSUMED: no GPU figure in BENCHMARKS.md yet), "
         f"{SIZES[-1] / gpu_rate / 3600:,.1f} GPU-hours; on CPU at the measured {CPU_RATE} "

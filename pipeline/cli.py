@@ -66,6 +66,10 @@ COMMANDS = {
         "producers.commands.bench:register_bench",
         "pipeline vs the seed's loop vs the model and orchestration ceilings",
     ),
+    "bench-scale": Command(
+        "producers.commands.bench:register_bench_scale",
+        "the scale curve: ingest N points through the stack, then search and index them",
+    ),
     "demo": Command(
         "producers.demo:register", "run the whole pipeline on sample data, then search"
     ),

@@ -56,10 +56,13 @@ def read_job(job: EmbedJob, embedder: Embedder | TrivialEmbedder, settings: Sett
     for record in source.read(job.rows, settings.max_image_bytes):
         payload = record.payload
         try:
-            picture = _picture(record, embedder, settings) if embedder.needs_pixels else None
-            if embedder.needs_pixels:  # the audit's evidence, made while the bytes are here
+            if embedder.needs_pixels:
+                picture = _picture(record, embedder, settings)
+                # The audit's evidence, made while the bytes are here.
                 found = fingerprint(record, settings.max_image_pixels, settings.max_image_bytes)
                 payload = {**payload, **found.payload()}
+            else:  # the trivial embedder makes its vector of the row's key
+                picture = record.key
         except ImageError as exc:
             read.failures.append({"row": record.row, "key": record.key, "reason": str(exc)})
             log.warning("job=%s row %s (%s) refused: %s", job.job_id, record.row, record.key, exc)

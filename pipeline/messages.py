@@ -14,6 +14,7 @@ under the names here; producers, tasks and search_api send only through those se
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -163,7 +164,13 @@ class Senders:
 def jobs_in_flight(redis: Redis) -> set[str]:
     """The jobs that have a message queued (embed, upsert) or delivered and not yet
     acknowledged (a worker's prefetched or buffered messages): those messages will be handled,
-    or come back after the visibility timeout, by themselves.
+    or come back after the visibility timeout, by themselves."""
+    return set(messages_in_flight(redis))
+
+
+def messages_in_flight(redis: Redis, task: str | None = None) -> Counter[str]:
+    """How many messages of each job (of one `task`, or all) are queued (embed, upsert) or
+    delivered and not yet acknowledged.
 
     Read from kombu's Redis layout: queues are lists of JSON envelopes, the unacknowledged ones
     a hash of [envelope, exchange, routing key]. A message without the job header (a map
@@ -171,4 +178,7 @@ def jobs_in_flight(redis: Redis) -> set[str]:
     envelopes = [json.loads(raw) for queue in (EMBED_QUEUE, UPSERT_QUEUE)
                  for raw in redis.lrange(queue, 0, -1)]  # fmt: skip
     envelopes += [json.loads(raw)[0] for raw in redis.hvals(UNACKED)]
-    return {job for e in envelopes if (job := (e.get("headers") or {}).get(JOB_HEADER))}
+    headers = [e.get("headers") or {} for e in envelopes]
+    return Counter(
+        job for h in headers if (job := h.get(JOB_HEADER)) and task in (None, h.get("task"))
+    )

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import re
 import socket
+import zlib
 from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 from typing import get_args
 from urllib.parse import urlsplit
 
+import numpy as np
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -41,6 +43,20 @@ KNOWN_POOLING = {
 # measure what Redis, Celery and the store move on their own (the orchestration ceiling).
 TRIVIAL_MODEL = "medindex/trivial"
 TRIVIAL_DIM = 384
+
+TRIVIAL_CLUSTERS = 64
+
+
+def trivial_vectors(keys: list[str], dim: int = TRIVIAL_DIM) -> np.ndarray:
+    """A clustered vector per key, the same wherever it is made: a centre picked by the key's
+    hash, plus noise of the same scale seeded by it."""
+    centres = np.random.default_rng(0).normal(size=(TRIVIAL_CLUSTERS, dim))
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    for i, key in enumerate(keys):
+        seed = zlib.crc32(key.encode())
+        out[i] = centres[seed % TRIVIAL_CLUSTERS] + np.random.default_rng(seed).normal(size=dim)
+    return out
+
 
 # The processor known to read a bare number as `size` (older configs) as a square; many others
 # (ConvNext, CLIP, BiT) read it as the shortest edge, so any other's bare size is recorded as

@@ -109,8 +109,9 @@ class JobTracker:
         self._fail_unless_indexed = client.register_script(_FAIL_UNLESS_INDEXED)
 
     def create(self, job_id: str, total: int, meta: dict[str, Any]) -> None:
+        """A new job, none of its rows sent yet (`fed` 0: its producer sends them)."""
         now = time.time()
-        record = {"total": total, "created_at": now, "meta": json.dumps(meta)}
+        record = {"total": total, "created_at": now, "meta": json.dumps(meta), "fed": 0}
         pipe = self.redis.pipeline()
         pipe.hset(PREFIX + job_id, mapping=record)
         pipe.zadd(JOB_INDEX, {job_id: now})
@@ -123,11 +124,39 @@ class JobTracker:
         self.redis.hincrby(PREFIX + job_id, "resent", rows)
 
     def resume(self, job_id: str) -> None:
-        """Every pending row is sent again: none needs letting through a cancel any more."""
+        """None of its rows needs letting through a cancel any more. A cancelled job (its
+        queued shards were skipped) and one enqueued whole by an older producer are fed again
+        from their first row; a running one from where its feeding stopped (a message lost
+        before it is sent again by the stall re-send)."""
+        record = self.redis.hmget(PREFIX + job_id, "cancelled", "fed")
         pipe = self.redis.pipeline()
         pipe.hdel(PREFIX + job_id, "cancelled")
         pipe.delete(f"{PREFIX}{job_id}:retrying")
+        if record[0] is not None or record[1] is None:
+            pipe.hset(PREFIX + job_id, "fed", 0)
         pipe.execute()
+
+    def fed(self, job_id: str) -> int | None:
+        """The first row not yet sent by the job's feeding (None: a job enqueued whole)."""
+        fed = self.redis.hget(PREFIX + job_id, "fed")
+        return None if fed is None else int(fed)
+
+    def set_fed(self, job_id: str, row: int) -> None:
+        self.redis.hset(PREFIX + job_id, "fed", row)
+
+    def pending_shards(self, job_id: str, shards: list[list[int]]) -> list[list[int]]:
+        """The shards holding a row neither indexed nor failed."""
+        pipe = self.redis.pipeline()
+        for rows in shards:
+            pipe.smismember(f"{PREFIX}{job_id}:indexed", rows)
+            pipe.hmget(f"{PREFIX}{job_id}:failed", rows)
+        answers = pipe.execute()
+        pairs = zip(answers[0::2], answers[1::2], strict=True)
+        return [
+            rows
+            for rows, (indexed, failed) in zip(shards, pairs, strict=True)
+            if any(not i and f is None for i, f in zip(indexed, failed, strict=True))
+        ]
 
     def cancel(self, job_id: str) -> None:
         """Shards still queued are skipped by the embed workers; written points stay."""

@@ -31,8 +31,8 @@ PREPROCESSINGS: tuple[str, ...] = get_args(Preprocessing)
 # Autocast of the forward pass; vectors leave it as float32 whatever runs inside. "auto": bf16 on
 # CUDA, float32 on CPU (the seed's vectors). Parity of half precision printed by `medindex bench`.
 Precision = Literal["auto", "float32", "bf16", "fp16"]
-# Vectors as kept by a Qdrant server: float32, or int8 scalar quantization (4x smaller, kept in
-# RAM) with searches rescored on the float32 originals.
+# Vectors as kept by a Qdrant server or the embedded store: float32, or int8 scalar
+# quantization (4x smaller, kept in RAM) with searches rescored on the float32 originals.
 Quantization = Literal["none", "int8"]
 
 
@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     qdrant_shard_number: int = Field(1, ge=1, le=64)
     qdrant_replication_factor: int = Field(1, ge=1, le=9)
     qdrant_write_consistency: int = Field(1, ge=1, le=9)
+    # These two lay out embedded (Edge) collections too, recorded in each one's metadata.
     qdrant_on_disk: bool = False
     qdrant_quantization: Quantization = "none"
     qdrant_prefer_grpc: bool = False
@@ -96,6 +97,10 @@ class Settings(BaseSettings):
 
     # Pipeline shape.
     job_size: int = Field(16, ge=1, le=256)
+    # Messages of one ingest out at once (jobs queued or being embedded, point messages queued
+    # or buffered): its producer sends the next jobs as these finish, so that Redis holds about
+    # the same whatever the dataset's size (about 1,100 B per queued job).
+    max_queued_jobs: int = Field(256, ge=1, le=1_000_000)
     upsert_batch_size: int = Field(1000, ge=1, le=10_000)
     flush_interval_s: float = Field(2.0, gt=0)
     embed_concurrency: int = Field(1, ge=1)

@@ -49,7 +49,7 @@ from pipeline.store import Admin, SearchRequest, Store, open_store
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
 from producers.harness import start_stack
-from producers.ingest import IngestRequest, start_ingest, wait
+from producers.ingest import IngestRequest, feed, start_ingest
 from producers.spec import SourceSpec
 from search_api.client import Query, SearchClient
 
@@ -354,10 +354,14 @@ class Stack:
             )
             for i in range(copies)
         ]
-        total = 0
-        for job_id, images, _ in jobs:
-            wait(tracker, job_id, lambda _: None, poll_s=0.1)
-            total += images
+        running = {job_id for job_id, _, _ in jobs}
+        while running:  # each job fed as its messages finish, all at once
+            for job_id in list(running):
+                feed(tracker, job_id, self.settings)
+                if tracker.progress(job_id).finished:
+                    running.discard(job_id)
+            time.sleep(0.1)
+        total = sum(images for _, images, _ in jobs)
         seconds = time.perf_counter() - started
         done.set()
         sampler.join()

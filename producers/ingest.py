@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from redis import Redis, RedisError
@@ -16,7 +17,7 @@ from redis import Redis, RedisError
 from pipeline import fingerprint
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
-from pipeline.messages import EMBED_QUEUE, jobs_in_flight
+from pipeline.messages import EMBED_QUEUE, jobs_in_flight, messages_in_flight
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
@@ -57,10 +58,12 @@ def shards(rows: Sequence[int], size: int) -> Iterator[list[int]]:
 def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, int]:
     """Check everything a worker will need, then enqueue.
 
-    Returns (job id, images, shards enqueued). Resuming a job (same id, or `resume`) enqueues
-    only the shards that still hold rows neither indexed nor failed; one started over other
-    data or options is refused (`JobChanged`). The collection's name lock (`alias_lock`) is
-    held from the collection's update to the last shard sent: an ingest waits for a reindex.
+    Returns (job id, images, shards enqueued now). At most `max_queued_jobs` messages of the
+    job are out at once: `wait` sends the next shards as these finish (`feed`). Resuming a job
+    (same id, or `resume`) sends only the shards that still hold rows neither indexed nor
+    failed; one started over other data or options is refused (`JobChanged`). The
+    collection's name lock (`alias_lock`) is held from the collection's update to the first
+    shards sent: an ingest waits for a reindex.
     """
     ref = source_ref(request.spec)
     source = source_class(ref.format)(ref)
@@ -89,14 +92,32 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
         if job_id and tracker.exists(job_id):
             _check_same_job(tracker, job_id, meta, dataset_now)
             tracker.resume(job_id)
-            done = tracker.done_rows(job_id)
         else:
             job_id = job_id or uuid.uuid4().hex[:12]
             tracker.create(job_id, total, meta | dataset_now)
-            done = set()
-        todo = [r for r in shards(range(total), settings.job_size) if not done.issuperset(r)]
-        enqueue(job_id, request.collection, ref, model, pooling, todo)
-    return job_id, total, len(todo)
+        sent = feed(tracker, job_id, settings)
+    return job_id, total, sent
+
+
+def feed(tracker: JobTracker, job_id: str, settings: Settings) -> int:
+    """Send a job's next shards (those holding a pending row) until `max_queued_jobs` of its
+    messages are out (queued, or delivered and not acknowledged); returns how many were sent.
+
+    Redis then holds a bounded number of the job's messages whatever its size. A cancelled
+    job, one fed to its end and one enqueued whole (by an older producer) get nothing."""
+    fed, progress = tracker.fed(job_id), tracker.progress(job_id)
+    if fed is None or fed >= progress.total or progress.cancelled:
+        return 0
+    room = settings.max_queued_jobs - messages_in_flight(tracker.redis)[job_id]
+    todo: list[list[int]] = []
+    while len(todo) < room and fed < progress.total:
+        rows = shards(range(fed, progress.total), settings.job_size)
+        candidates = list(islice(rows, room - len(todo)))
+        todo += tracker.pending_shards(job_id, candidates)
+        fed = candidates[-1][-1] + 1
+    _enqueue_rows(job_id, progress.meta, [row for rows in todo for row in rows], settings)
+    tracker.set_fed(job_id, fed)
+    return len(todo)
 
 
 def check_workers_key(settings: Settings) -> None:
@@ -237,8 +258,9 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
 
 
 def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
-    """Enqueue again every row of a stalled job that is neither indexed nor failed (of a
-    cancelled job, only those `retry` sent: the rows the cancel skipped stay skipped), when no
+    """Enqueue again every row of a stalled job that was sent (`feed`) and is neither indexed
+    nor failed (of a cancelled job, only those `retry` sent: the rows the cancel skipped stay
+    skipped), when no
     message of the job can still be carrying it (none queued, none delivered and
     unacknowledged: those come back by themselves); returns how many (0: some are still out).
 
@@ -252,7 +274,9 @@ def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
         pending = tracker.retrying(job_id)
     else:
         done = tracker.done_rows(job_id)
-        pending = [row for row in range(progress.total) if row not in done]
+        sent = tracker.fed(job_id)
+        sent = progress.total if sent is None else sent
+        pending = [row for row in range(sent) if row not in done]
     _enqueue_rows(job_id, progress.meta, pending, settings)
     tracker.record_resent(job_id, len(pending))
     return len(pending)
@@ -305,9 +329,10 @@ def wait(
 ) -> Progress:
     """Poll the job's state in Redis until every image is indexed or failed.
 
-    With `settings`, a job that makes no progress for `resend_quiet_s` while no message of it
-    is queued, delivered or buffered has its pending rows sent again (`resend_pending`): a
-    lost message costs about that long, not a visibility timeout.
+    With `settings`, the job's next shards are sent as its messages finish (`feed`), and a
+    job that makes no progress for `resend_quiet_s` while no message of it is queued,
+    delivered or buffered has its pending rows sent again (`resend_pending`): a lost message
+    costs about that long, not a visibility timeout.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     stall_s = settings.resend_quiet_s if settings else None
@@ -317,6 +342,8 @@ def wait(
         on_progress(progress)
         if progress.finished or (deadline is not None and time.monotonic() > deadline):
             return progress
+        if settings:
+            feed(tracker, job_id, settings)
         if (progress.embedded, progress.done) != last:
             last, last_change = (progress.embedded, progress.done), time.monotonic()
         elif stall_s and time.monotonic() - last_change > stall_s:

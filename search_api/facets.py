@@ -2,24 +2,28 @@
 payloads), with the counts of each keyword value (all of them, for type-ahead) and each
 number's range and histogram; for DICOM, its patients, studies and series.
 
-Counted from a bounded scroll (the first `FACET_SAMPLE` points in id order, a fair sample: ids
-are hashes), not the store's facet API: the store interface has none yet (Qdrant Edge's
-`EdgeShard.facet` and the server's `facet` would give exact counts on indexed fields).
-Exact when the collection is no bigger than the sample; the page says which.
+A payload-indexed field is counted by the store over the whole collection (its facet API for a
+keyword's values, its count for each bin of a number's histogram, between the lowest and
+highest value it holds): exact at any size. The other fields (a schema guessed from payloads,
+a field added without an index) and DICOM's patient tree come from a bounded scroll (the first
+`FACET_SAMPLE` points in id order, a fair sample: ids are hashes), exact when the collection is
+no bigger than the sample; the page says which.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import pairwise
 
 from pipeline.catalog import first_points, recorded_or_guessed_schema
 from pipeline.sources.base import Schema
 from search_api.deps import client
 
 FACET_SAMPLE = 10_000
+FACET_VALUES = 10_000  # a keyword field's values counted by the store, the most common first
 TOP_VALUES = 50  # a keyword field's values offered in its multi-select, the most common first
 TYPE_AHEAD_FROM = 25  # a keyword field with this many values also gets a type-ahead over them
 HISTOGRAM_BINS = 16
@@ -47,6 +51,7 @@ class FieldView:
     high: float | None = None
     histogram: tuple[Bin, ...] = ()  # numbers: counts in equal bins from low to high
     lists: bool = False  # its values are lists (a volume's shape): matched, never ranged
+    exact: bool = False  # counted by the store over the whole collection
 
     @property
     def values(self) -> tuple[tuple[str, int], ...]:
@@ -103,6 +108,12 @@ class CollectionView:
 
     @property
     def exact(self) -> bool:
+        counted = (f for f in self.fields if f.type in ("keyword", "integer", "float"))
+        return self.sampled >= self.points or all(f.exact for f in counted)
+
+    @property
+    def patients_exact(self) -> bool:
+        """The patient tree is read from the sample."""
         return self.sampled >= self.points
 
     def keyword_fields(self) -> list[FieldView]:
@@ -139,10 +150,11 @@ def _view(version: str, points: int) -> CollectionView:
     """Per version and point count: a version being filled is counted again as it grows."""
     payloads = [hit["payload"] for hit in first_points(client().store, version, FACET_SAMPLE)]
     schema = recorded_or_guessed_schema(client().store.metadata(version), payloads)
+    indexed = client().store.collection_info(version)["payload_indexes"]
     # A field no sampled point carries (a column of another source, all missing here) offers
     # nothing to filter on.
     carried = [f for f in schema.fields if not payloads or any(f.name in p for p in payloads)]
-    fields = tuple(_field_view(f.name, f.type, payloads) for f in carried)
+    fields = tuple(_offered(version, f.name, f.type, indexed, payloads) for f in carried)
     groupings = [
         f.name
         for f in _multi_selects(fields, schema, len(payloads))
@@ -208,6 +220,50 @@ def _field_view(name: str, kind: str, payloads: list[dict]) -> FieldView:
         low, high = min(numbers), max(numbers)
         return FieldView(name, kind, low=low, high=high, histogram=histogram(numbers, kind))
     return FieldView(name, kind, lists=lists)
+
+
+def _offered(
+    version: str, name: str, kind: str, indexed: dict[str, str], payloads: list[dict]
+) -> FieldView:
+    """An indexed field counted by the store over the whole collection; the others, and
+    lists of numbers (never ranged), from the sample."""
+    sampled = _field_view(name, kind, payloads)
+    if indexed.get(name) != kind or (sampled.lists and kind != "keyword"):
+        return sampled
+    return replace(_counted_view(version, name, kind), lists=sampled.lists)
+
+
+def _counted_view(version: str, name: str, kind: str) -> FieldView:
+    """A payload-indexed field, counted by the store over the whole collection."""
+    store = client().store
+    if kind == "keyword":
+        hits = store.facet(version, name, limit=FACET_VALUES)
+        return FieldView(name, kind, tuple((str(h["value"]), h["count"]) for h in hits), exact=True)
+    if kind not in ("integer", "float"):
+        return FieldView(name, kind, exact=True)
+    ends = store.value_range(version, name)
+    if ends is None:
+        return FieldView(name, kind, exact=True)
+    low, high = ends
+    bins = tuple(
+        Bin(a, b, store.count(version, {"must": [{"key": name, "range": bounds}]}))
+        for a, b, bounds in _bin_ranges(low, high, kind)
+    )
+    return FieldView(name, kind, low=low, high=high, histogram=bins, exact=True)
+
+
+def _bin_ranges(low: float, high: float, kind: str) -> list[tuple[float, float, dict]]:
+    """The bins `histogram` makes, as range conditions: each value in exactly one."""
+    if kind == "integer" and high - low + 1 <= HISTOGRAM_BINS:
+        return [(v, v, {"gte": v, "lte": v}) for v in range(int(low), int(high) + 1)]
+    if high == low:
+        return [(low, high, {"gte": low, "lte": high})]
+    width = (high - low) / HISTOGRAM_BINS
+    edges = [low + i * width for i in range(HISTOGRAM_BINS)] + [high]
+    return [
+        (a, b, {"gte": a, "lte": b} if i == HISTOGRAM_BINS - 1 else {"gte": a, "lt": b})
+        for i, (a, b) in enumerate(pairwise(edges))
+    ]
 
 
 def histogram(numbers: list[float], kind: str, bins: int = HISTOGRAM_BINS) -> tuple[Bin, ...]:

@@ -24,6 +24,7 @@ from pipeline.errors import MedindexError
 from pipeline.messages import UPSERT_TASK
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.samples import skin, write_sample_dataset
+from pipeline.samples.bad_images import bad_images
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import get_settings
 from pipeline.store import Admin, open_store
@@ -161,3 +162,18 @@ def scroll_all(store: object, collection: str) -> list[dict]:
         points += page["points"]
         if (offset := page["next_offset"]) is None:
             return points
+
+
+def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:
+    """Sample images whose first rows are bad ones (the first job fails them), in
+    `folder/failing`; returns it and {bad image key: reason}, as `chaos.write_laced_dataset`."""
+    table = datasets.load_dataset(str(write_sample_dataset(folder / "base", n)), split="train")
+    rows = table.to_list()
+    bad = {}
+    for row, (name, (data, reason)) in zip(rows, bad_images().items(), strict=False):
+        row |= {"image_id": f"bad_{name}", "image": {"bytes": data, "path": None}}
+        bad[row["image_id"]] = reason
+    out = folder / "failing" / "data" / "train-00000-of-00001.parquet"
+    out.parent.mkdir(parents=True)
+    datasets.Dataset.from_list(rows, features=table.features).to_parquet(str(out))
+    return folder / "failing", bad

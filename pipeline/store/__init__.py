@@ -56,7 +56,8 @@ def connect(settings: Settings) -> Store:
         return ServerStore.connect(settings)
     from pipeline.store.edge import EdgeStore
 
-    return EdgeStore(settings.embedded_store_path)
+    layout = settings.qdrant_quantization, settings.qdrant_on_disk
+    return EdgeStore(settings.embedded_store_path, *layout)
 
 
 def open_store(settings: Settings) -> Admin:

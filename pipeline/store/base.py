@@ -60,6 +60,19 @@ class Reader(Protocol):
     def count(self, name: str, filter: dict | None = None) -> int: ...
 
     @abstractmethod
+    def facet(
+        self, name: str, key: str, filter: dict | None = None, limit: int = 10_000
+    ) -> list[dict]:
+        """Up to `limit` values of the keyword field `key` (payload-indexed), each with the
+        number of points holding it among those `filter` matches, most first, over the whole
+        collection: [{"value", "count"}]. A point holding a list counts once for each value."""
+
+    @abstractmethod
+    def value_range(self, name: str, key: str, filter: dict | None = None) -> list[float] | None:
+        """[lowest, highest] value of the numeric field `key` (payload-indexed) among the
+        points `filter` matches; None when none holds one."""
+
+    @abstractmethod
     def scroll(
         self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
     ) -> dict:

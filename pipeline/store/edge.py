@@ -32,7 +32,13 @@ import qdrant_edge as edge
 
 from pipeline.errors import MedindexError, first_line
 from pipeline.store.base import Store
-from pipeline.store.edge_build import HNSW_M, builder_argv, vector_config
+from pipeline.store.edge_build import (
+    HNSW_M,
+    RESCORE_OVERSAMPLING,
+    builder_argv,
+    search_params,
+    vector_config,
+)
 from pipeline.store.edge_filters import edge_filter, edge_payload_selector
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
@@ -140,8 +146,15 @@ class _Grouping:
 
 
 class EdgeStore(Store):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, quantization: str = "none", on_disk: bool = False) -> None:
+        """`quantization` and `on_disk`: the layout of the collections it creates (recorded
+        in each one's metadata under `layout`; a collection keeps its own)."""
         self.root = root
+        self.layout = {
+            "quantization": quantization,
+            "on_disk": on_disk,
+            "rescore_oversampling": RESCORE_OVERSAMPLING,
+        }
         self.description = f"embedded store {root}"
         refuse_local_mode(root)
         (root / "collections").mkdir(parents=True, exist_ok=True)
@@ -166,15 +179,15 @@ class EdgeStore(Store):
         indexes = payload_indexes(spec)
         with self._errors():
             shutil.rmtree(folder, ignore_errors=True)  # what a crash mid-creation left
-            config = vector_config(spec["dim"], 0 if bulk else HNSW_M)
+            layout = self.layout["quantization"], self.layout["on_disk"]
+            config = vector_config(spec["dim"], 0 if bulk else HNSW_M, *layout)
             shard = edge.EdgeShard.create(str(folder / "shard"), config)
             for field, kind in indexes.items():  # before the points: Qdrant's advice
                 shard.update(_field_index(field, kind))
             shard.close()  # opened again by its first use
             meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False}  # no HNSW yet
-            _write_json(
-                folder / "meta.json", meta | {"metadata": spec | {"created_at": time.time()}}
-            )
+            made = {"created_at": time.time(), "layout": self.layout}
+            _write_json(folder / "meta.json", meta | {"metadata": spec | made})
         log.info("created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description)
 
     def _add_fields(self, name: str, spec: dict) -> None:
@@ -196,7 +209,9 @@ class EdgeStore(Store):
         if shard is not None:
             shard.close()  # the builder owns it until it is ready
         shard_path, dim = self._folder(name) / "shard", self._meta(name)["dim"]
-        self._builds[name] = subprocess.Popen(builder_argv(shard_path, dim, m))
+        layout = self._layout(name)
+        argv = builder_argv(shard_path, dim, m, layout["quantization"], layout["on_disk"])
+        self._builds[name] = subprocess.Popen(argv)
         log.info("building the index of %s in process %d", name, self._builds[name].pid)
 
     def index_ready(self, name: str) -> bool:
@@ -291,13 +306,14 @@ class EdgeStore(Store):
         return self._meta(self._resolve(name))["metadata"]
 
     def search(self, name: str, request: SearchRequest) -> list[Hit]:
-        query = _query(request)
+        query = _query(request, self._params(name))
         shard = self._shard(name)
         with self._errors():
             return [to_hit(p) for p in shard.query(query)]
 
     def search_batch(self, name: str, requests: list[SearchRequest]) -> list[list[Hit]]:
-        queries = [_query(r) for r in requests]
+        params = self._params(name)
+        queries = [_query(r, params) for r in requests]
         shard = self._shard(name)
         with self._errors():
             results = shard.query_batch(edge.QueryBatchRequest(queries))
@@ -311,7 +327,7 @@ class EdgeStore(Store):
         hits already read); `GROUP_READS` reads look for groups, as many again fill the best
         ones. Bounded like the server's, whatever the collection's size: with fewer values
         than `limit`, a read or two, and the groups found."""
-        shard = self._shard(name)
+        shard, params = self._shard(name), self._params(name)
         found = _Grouping(group_by, request.limit, group_size)
         for narrowing in (found.outside_full_groups, found.within_open_groups):
             for _ in range(GROUP_READS):
@@ -325,7 +341,7 @@ class EdgeStore(Store):
                     }
                 )
                 with self._errors():
-                    points = shard.query(_query(read))
+                    points = shard.query(_query(read, params))
                 if not points:
                     break
                 found.add(points)
@@ -376,6 +392,36 @@ class EdgeStore(Store):
         with self._errors():
             return shard.count(request)
 
+    def facet(
+        self, name: str, key: str, filter: dict | None = None, limit: int = 10_000
+    ) -> list[dict]:
+        request = edge.FacetRequest(key, limit, True, edge_filter(parse_filter(filter)))
+        shard = self._shard(name)
+        with self._errors():
+            hits = shard.facet(request).hits
+        ordered = sorted(hits, key=lambda hit: (-hit.count, str(hit.value)))
+        return [{"value": hit.value, "count": hit.count} for hit in ordered]
+
+    def value_range(self, name: str, key: str, filter: dict | None = None) -> list[float] | None:
+        ends = []  # the first point in each order
+        shard = self._shard(name)
+        for direction in (edge.Direction.Asc, edge.Direction.Desc):
+            request = edge.ScrollRequest(
+                limit=1,
+                filter=edge_filter(parse_filter(filter)),
+                with_payload=True,
+                with_vector=False,
+                order_by=edge.OrderBy(key, direction),
+            )
+            with self._errors():
+                points, _ = shard.scroll(request)
+            if not points:
+                return None
+            value = points[0].payload[key]  # a list: its end on this side
+            pick = min if direction == edge.Direction.Asc else max
+            ends.append(pick(value) if isinstance(value, list) else value)
+        return ends
+
     def scroll(
         self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
     ) -> dict:
@@ -421,6 +467,14 @@ class EdgeStore(Store):
         if target is None or not self._exists(target):
             raise StoreError(f"collection {name!r} does not exist")
         return target
+
+    def _layout(self, name: str) -> dict:
+        """How the collection was made (one made before layouts were recorded: float32)."""
+        made = self._meta(self._resolve(name))["metadata"].get("layout", {})
+        return {"quantization": "none", "on_disk": False} | made
+
+    def _params(self, name: str) -> edge.SearchParams | None:
+        return search_params(self._layout(name)["quantization"])
 
     def _meta(self, name: str) -> dict:
         return json.loads((self._folder(name) / "meta.json").read_text())
@@ -482,8 +536,9 @@ def _field_index(field: str, kind: str) -> edge.UpdateOperation:
     return edge.UpdateOperation.create_field_index(field, schema_type)
 
 
-def _query(request: SearchRequest) -> edge.QueryRequest:
+def _query(request: SearchRequest, params: edge.SearchParams | None) -> edge.QueryRequest:
     return edge.QueryRequest(
+        params=params,
         limit=request.limit,
         query=edge.Query.Nearest(request.vector),
         filter=edge_filter(parse_filter(request.filter)),

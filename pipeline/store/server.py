@@ -245,6 +245,33 @@ class ServerStore(Store):
         with self._errors():
             return self.client.count(name, count_filter=parse_filter(filter), exact=True).count
 
+    def facet(
+        self, name: str, key: str, filter: dict | None = None, limit: int = 10_000
+    ) -> list[dict]:
+        with self._errors():
+            hits = self.client.facet(
+                name, key, facet_filter=parse_filter(filter), limit=limit, exact=True
+            ).hits
+        ordered = sorted(hits, key=lambda hit: (-hit.count, str(hit.value)))
+        return [{"value": hit.value, "count": hit.count} for hit in ordered]
+
+    def value_range(self, name: str, key: str, filter: dict | None = None) -> list[float] | None:
+        ends = []  # the first point in each order
+        for direction in (models.Direction.ASC, models.Direction.DESC):
+            with self._errors():
+                points, _ = self.client.scroll(
+                    name,
+                    scroll_filter=parse_filter(filter),
+                    limit=1,
+                    order_by=models.OrderBy(key=key, direction=direction),
+                )
+            if not points:
+                return None
+            value = points[0].payload[key]  # a list: its end on this side
+            pick = min if direction == models.Direction.ASC else max
+            ends.append(pick(value) if isinstance(value, list) else value)
+        return ends
+
     def scroll(
         self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
     ) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.console import Console
 
@@ -118,4 +119,30 @@ def _bench(args: argparse.Namespace) -> int:
                 f"  {where.removeprefix('search_')} {name}: {figure['p50_ms']} / "
                 f"{figure['p95_ms']} ({figure['searches']} searches{extra})"
             )
+    return 0
+
+
+def register_bench_scale(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--points", type=_positive, default=1_000_000, help="rows ingested")
+    cmd.add_argument("--json", action="store_true", help="last line: the figures as JSON")
+    cmd.set_defaults(run=_bench_scale)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a positive number of points, not {text!r}")
+    return int(text)
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    from producers.scale import KEYS, run_scale
+
+    def say(line: str) -> None:  # whole lines, never wrapped: a progress line is JSON
+        print(line, file=sys.stderr, flush=True)
+
+    figures = run_scale(get_settings(), args.points, say)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        Console().print_json(json.dumps({key: figures[key] for key in KEYS}))
     return 0

@@ -45,7 +45,13 @@ def _ingest(args: argparse.Namespace) -> int:
     started = time.monotonic()
     job_id, total, enqueued = start_ingest(request, settings)
     size, collection = settings.job_size, request.collection
-    err.print(f"job {job_id}: {total} images, {enqueued} jobs of {size} queued -> {collection}")
+    err.print(
+        f"job {job_id}: {total} images, {enqueued} jobs of {size} queued -> {collection} "
+        f"(at most {settings.max_queued_jobs} at once: the rest as these finish)"
+    )
+    fed = JobTracker(connect_redis(settings.broker_url)).fed(job_id)
+    if args.no_wait and fed is not None and fed < total:
+        err.print(f"the rest is sent while the job is followed: medindex ingest --job-id {job_id}")
     code = follow(job_id, total, started, args)
     if args.audit and code == 0 and not args.no_wait:
         from producers.commands.audit import audit_after_ingest

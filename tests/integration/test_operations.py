@@ -11,17 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import datasets
 import httpx
 import pytest
+from jobs import write_failing_first
 from support import ARTIFACTS, N_IMAGES
 
 from pipeline.celery_app import app
 from pipeline.logs import JobContext, configure
 from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_TASK
 from pipeline.progress import JobTracker, connect_redis
-from pipeline.samples import write_sample_dataset
-from pipeline.samples.bad_images import bad_images
 from pipeline.schemas import point_id
 from pipeline.settings import get_settings
 from pipeline.store.remote import PATHS, RemoteAdmin
@@ -206,21 +204,6 @@ def test_retry_leaves_a_cancelled_job_cancelled(stack: RunningStack, tmp_path: P
     # What a producer waiting on a stalled job would send: nothing the cancel skipped.
     assert resend_pending(tracker, "cancelled", get_settings()) == 0
     assert SearchClient().count("cancelled") == after.indexed
-
-
-def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:
-    """Sample images whose first rows are bad ones (the first job fails them), in
-    `folder/failing`; returns it and {bad image key: reason}, as `chaos.write_laced_dataset`."""
-    table = datasets.load_dataset(str(write_sample_dataset(folder / "base", n)), split="train")
-    rows = table.to_list()
-    bad = {}
-    for row, (name, (data, reason)) in zip(rows, bad_images().items(), strict=False):
-        row |= {"image_id": f"bad_{name}", "image": {"bytes": data, "path": None}}
-        bad[row["image_id"]] = reason
-    out = folder / "failing" / "data" / "train-00000-of-00001.parquet"
-    out.parent.mkdir(parents=True)
-    datasets.Dataset.from_list(rows, features=table.features).to_parquet(str(out))
-    return folder / "failing", bad
 
 
 def _status(stack: RunningStack, job_id: str) -> dict:

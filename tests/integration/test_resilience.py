@@ -139,7 +139,8 @@ def test_a_job_whose_messages_vanished_is_sent_again_once_it_stalls(
     meta = {"collection": "stalled", "dataset": ref.dataset, "split": ref.split,
             "source_name": ref.identity, "model": settings.model, "pooling": "mean"}  # fmt: skip
     store.ensure_collection("stalled", {"dim": 384})  # as ingest makes it, before the job
-    tracker.create("stalled", N_SMALL, meta)  # created, but nothing reached the queue
+    tracker.create("stalled", N_SMALL, meta)
+    tracker.set_fed("stalled", N_SMALL)  # every job sent, and none reached the queue
     impatient = settings.model_copy(update={"resend_quiet_s": 2})
     final = wait(tracker, "stalled", lambda _: None, timeout_s=120, settings=impatient)
     assert final.resent == N_SMALL

@@ -1,0 +1,314 @@
+"""`medindex bench-scale`: the scale curve of one collection, measured to N points.
+
+The real stack (`medindex up` in a home of its own: Redis, an embed worker, the store worker)
+with the trivial embedder (no decoding, no model: each row's vector is made from its key,
+`pipeline.model_info.trivial_vectors`, so that the exact answers are known here) ingests a
+generated table shaped like ChestX-ray14's `Data_Entry_2017.csv` (findings lists, patient ids,
+ages, views) through the real producer, in one job. Every `STEP` points it prints a line: the
+write rate of that step, the store process' RSS, the store's disk, Redis' used memory, and the
+filtered searches taken meanwhile. Then: the index built (`start_index`: today a child process
+owning the collection until it is ready, so `indexed` says false: not without a reindex's
+closed window), searches on the indexed collection and their recall@10 against exact search,
+and the same points in an int8 collection (built in this process) for its recall. The last
+line is one JSON object (`KEYS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from pipeline.celery_app import app
+from pipeline.model_info import TRIVIAL_MODEL, trivial_vectors
+from pipeline.progress import JobTracker, connect_redis
+from pipeline.schemas import point_id
+from pipeline.settings import Settings
+from pipeline.store import SearchRequest, finish_bulk, open_store
+from pipeline.store.edge import EdgeStore
+from producers.harness import RunningStack, start_stack
+from producers.ingest import IngestRequest, feed, start_ingest
+from producers.spec import SourceSpec
+from search_api.client import Query, SearchClient
+
+STEP = 100_000
+COLLECTION = "scale"
+# A keyword and a range condition: women of 40 to 59, about 15 % of the table.
+FILTER = {
+    "must": [
+        {"key": "patient_gender", "match": {"value": "F"}},
+        {"key": "patient_age", "range": {"gte": 40, "lt": 60}},
+    ]
+}
+FINDINGS = ("No Finding", "Infiltration", "Effusion", "Atelectasis", "Nodule", "Mass",
+            "Pneumothorax", "Consolidation", "Pleural_Thickening", "Cardiomegaly")  # fmt: skip
+KEYS = (
+    "points", "ingest_images_per_s", "slowest_100k_images_per_s", "store_rss_mib", "disk_mib",
+    "redis_peak_mib", "producer_rss_mib", "index_build_s", "indexed", "search_idle_p50_ms",
+    "search_idle_p95_ms", "search_ingest_p50_ms", "search_ingest_p95_ms", "recall_at_10",
+    "recall_at_10_int8",
+)  # fmt: skip
+RECALL_QUERIES = 50
+
+
+def write_table(folder: Path, n: int, seed: int = 23) -> Path:
+    """`n` rows like ChestX-ray14's table, every one naming the same small image (the trivial
+    embedder reads no pixels); keyed by `Image Index`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), 128).save(folder / "x.png")
+    rng = np.random.default_rng(seed)
+    ages = rng.integers(1, 95, n)
+    genders = rng.choice(["M", "F"], n)
+    views = rng.choice(["PA", "AP"], n, p=[0.6, 0.4])
+    patients = rng.integers(1, max(2, n // 4), n)
+    counts = rng.choice([1, 1, 1, 2, 3], n)
+    table = folder / "Data_Entry_scale.csv"
+    with table.open("w", newline="") as out:
+        writer = csv.writer(out)
+        header = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+                  "Patient Gender", "View Position", "Path"]  # fmt: skip
+        writer.writerow(header)
+        for i in range(n):
+            labels = "|".join(rng.choice(FINDINGS, counts[i], replace=False))
+            writer.writerow([f"{i:08d}_000.png", labels, i % 7, patients[i], ages[i],
+                             genders[i], views[i], "x.png"])  # fmt: skip
+    return table
+
+
+def run_scale(settings: Settings, points: int, say: Callable[[str], None]) -> dict:
+    home = settings.home.resolve() / "bench-scale"
+    port = _free_port()
+    update = {"home": home, "model": TRIVIAL_MODEL, "redis_url": None, "flower_port": 0,
+              "local_redis_port": port}  # fmt: skip
+    settings = settings.model_copy(update=update)
+    app.conf.broker_url = settings.broker_url
+    env = dict(os.environ, MEDINDEX_HOME=str(home), MEDINDEX_MODEL=TRIVIAL_MODEL,
+               MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(port))  # fmt: skip
+    env.pop("MEDINDEX_REDIS_URL", None)
+    shutil.rmtree(home / "qdrant", ignore_errors=True)  # the bench's own scratch store
+    table = write_table(home / "data", points)
+    say(f"bench-scale: {points:,} rows in {table}")
+    stack = start_stack(env, home / "up.log")
+    try:
+        figures = _ingest_and_search(stack, settings, table, points, say)
+    finally:
+        stack.stop(timeout_s=120)
+    queries, exact = figures.pop("_exact")
+    figures["recall_at_10_int8"] = _int8_recall(home / "int8", table, queries, exact)
+    return figures
+
+
+def _ingest_and_search(
+    stack: RunningStack, settings: Settings, table: Path, points: int, say: Callable[[str], None]
+) -> dict:
+    client = SearchClient(settings)
+    redis = connect_redis(settings.broker_url)
+    tracker = JobTracker(redis)
+    producer = psutil.Process()
+    spec = SourceSpec(dataset=str(table), options=settings.read_options(key_column="Image Index"))
+    peaks = {"store": 0, "redis": 0, "producer": 0}
+    latencies: list[float] = []
+    searching = threading.Event()
+    searcher = threading.Thread(target=_search_while, args=(client, searching, latencies))
+
+    started = time.perf_counter()
+    job_id, _, _ = start_ingest(IngestRequest(spec, COLLECTION), settings)
+    searching.set()
+    searcher.start()
+    steps, last_t, last_n, next_step = [], started, 0, min(STEP, points)
+    while True:
+        feed(tracker, job_id, settings)
+        progress = tracker.progress(job_id)
+        peaks["store"] = max(peaks["store"], _store_rss(stack))
+        peaks["redis"] = max(peaks["redis"], int(redis.info("memory")["used_memory"]))
+        peaks["producer"] = max(peaks["producer"], producer.memory_info().rss)
+        if progress.done >= next_step:
+            now, done = time.perf_counter(), progress.done
+            step = _step_line(done, (done - last_n) / (now - last_t), stack, settings, latencies)
+            steps.append(step)
+            say(json.dumps({"progress": step}))
+            last_t, last_n = now, done
+            next_step = min(next_step + STEP, points) if done < points else points + 1
+        if progress.finished:
+            break
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    searching.clear()
+    searcher.join()
+    ingest_p50, ingest_p95 = _percentiles(latencies)
+    idle_p50, idle_p95 = _percentiles(_searches(client, 200))
+
+    store = open_store(settings)
+    built = time.perf_counter()
+    finish_bulk(store, COLLECTION, timeout_s=3 * 3600)
+    index_build_s = time.perf_counter() - built
+    indexed_p50, indexed_p95 = _percentiles(_searches(client, 200))
+    queries, exact = _exact_answers(table)
+    hits = [
+        client.search(COLLECTION, Query(vector=q.tolist(), filter=FILTER, limit=10))
+        for q in queries
+    ]
+    recall = _recall([[h["payload"]["image_index"] for h in found] for found in hits], exact)
+    return {
+        "points": progress.indexed,
+        "failed": progress.failed,
+        "ingest_images_per_s": round(progress.done / seconds, 1),
+        "slowest_100k_images_per_s": round(min(s["images_per_s"] for s in steps), 1),
+        "first_100k_images_per_s": round(steps[0]["images_per_s"], 1),
+        "store_rss_mib": round(peaks["store"] / 2**20),
+        "disk_mib": round(_disk(settings.embedded_store_path) / 2**20),
+        "redis_peak_mib": round(peaks["redis"] / 2**20, 1),
+        "producer_rss_mib": round(peaks["producer"] / 2**20),
+        "index_build_s": round(index_build_s, 1),
+        "indexed": False,  # built by start_index: the collection closed meanwhile (a reindex's)
+        "search_idle_p50_ms": idle_p50,
+        "search_idle_p95_ms": idle_p95,
+        "search_ingest_p50_ms": ingest_p50,
+        "search_ingest_p95_ms": ingest_p95,
+        "search_indexed_p50_ms": indexed_p50,
+        "search_indexed_p95_ms": indexed_p95,
+        "recall_at_10": recall,
+        "steps": steps,
+        "_exact": (queries, exact),
+    }
+
+
+def _step_line(
+    done: int, rate: float, stack: RunningStack, settings: Settings, latencies: list[float]
+) -> dict:
+    recent = latencies[-200:]
+    p50, p95 = _percentiles(recent) if recent else (None, None)
+    return {
+        "points": done,
+        "images_per_s": round(rate, 1),
+        "store_rss_mib": round(_store_rss(stack) / 2**20),
+        "disk_mib": round(_disk(settings.embedded_store_path) / 2**20),
+        "redis_used_mib": round(
+            int(connect_redis(settings.broker_url).info("memory")["used_memory"]) / 2**20, 1
+        ),
+        "search_p50_ms": p50,
+        "search_p95_ms": p95,
+    }
+
+
+def _search_while(client: SearchClient, going: threading.Event, out: list[float]) -> None:
+    """Filtered searches, one every 0.1 s, while the ingest writes."""
+    rng = np.random.default_rng(7)
+    while going.is_set():
+        started = time.perf_counter()
+        client.search(COLLECTION, Query(vector=rng.normal(size=384).tolist(), filter=FILTER))
+        out.append(1000 * (time.perf_counter() - started))
+        time.sleep(0.1)
+
+
+def _searches(client: SearchClient, n: int) -> list[float]:
+    rng = np.random.default_rng(11)
+    times = []
+    for _ in range(n):
+        vector = rng.normal(size=384).tolist()
+        started = time.perf_counter()
+        client.search(COLLECTION, Query(vector=vector, filter=FILTER, limit=10))
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
+def _percentiles(times: list[float]) -> tuple[float | None, float | None]:
+    if not times:
+        return None, None
+    p50, p95 = np.percentile(times, [50, 95])
+    return round(float(p50), 2), round(float(p95), 2)
+
+
+def _exact_answers(table: Path) -> tuple[np.ndarray, list[list[str]]]:
+    """Random queries near the data, and the exact top 10 under the filter, by brute force
+    over the vectors the trivial embedder made (remade here from the keys)."""
+    keys, matching = [], []
+    with table.open() as rows:
+        for row in csv.DictReader(rows):
+            age, gender = int(row["Patient Age"]), row["Patient Gender"]
+            if gender == "F" and 40 <= age < 60:
+                keys.append(row["Image Index"])
+    vectors = trivial_vectors(keys)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rng = np.random.default_rng(13)
+    queries = trivial_vectors([f"query-{i}" for i in range(RECALL_QUERIES)])
+    queries += rng.normal(scale=0.1, size=queries.shape).astype(np.float32)
+    for q in queries:
+        scores = vectors @ (q / np.linalg.norm(q))
+        matching.append([keys[i] for i in np.argsort(-scores)[:10]])
+    return queries, matching
+
+
+def _recall(found: list[list[str]], exact: list[list[str]]) -> float:
+    shares = [len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)]
+    return round(float(np.mean(shares)), 4)
+
+
+def _int8_recall(root: Path, table: Path, queries: np.ndarray, exact: list[list[str]]) -> float:
+    """The same points in an int8 collection (originals on disk), indexed, in this process:
+    recall@10 of its rescored searches against the same exact answers."""
+    shutil.rmtree(root, ignore_errors=True)
+    store = EdgeStore(root, "int8", on_disk=True)
+    spec = {"dim": 384, "payload_indexes": {"patient_gender": "keyword", "patient_age": "integer"}}
+    store.ensure_collection(COLLECTION, spec, bulk=True)
+    with table.open() as rows:
+        batch: list[dict] = []
+        for row in csv.DictReader(rows):
+            batch.append(row)
+            if len(batch) == 1000:
+                _write(store, batch)
+                batch = []
+        if batch:
+            _write(store, batch)
+    finish_bulk(store, COLLECTION, timeout_s=3 * 3600)
+    found = [
+        [h["payload"]["image_index"] for h in store.search(
+            COLLECTION, SearchRequest(vector=q.tolist(), filter=FILTER, limit=10))]
+        for q in queries
+    ]  # fmt: skip
+    store.close()
+    shutil.rmtree(root, ignore_errors=True)
+    return _recall(found, exact)
+
+
+def _write(store: EdgeStore, rows: list[dict]) -> None:
+    keys = [row["Image Index"] for row in rows]
+    payloads = [
+        {"image_index": row["Image Index"], "patient_gender": row["Patient Gender"],
+         "patient_age": int(row["Patient Age"])}
+        for row in rows
+    ]  # fmt: skip
+    ids = [point_id("int8", "train", key) for key in keys]
+    store.upsert(COLLECTION, ids, trivial_vectors(keys), payloads)
+
+
+def _store_rss(stack: RunningStack) -> int:
+    """The store worker's processes (the one serving writes and store calls, its children)."""
+    total = 0
+    for process in psutil.Process(stack.process.pid).children(recursive=True):
+        try:
+            if "upsert" in " ".join(process.cmdline()):
+                total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def _disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,83 @@
+"""Issue 23, item 5: an ingest keeps at most `max_queued_jobs` of its messages out (queued, or
+delivered and not acknowledged), sending the next jobs as these finish; a cancel, a resume and
+a retry keep their meaning under that bound."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from jobs import wait_for, write_failing_first
+
+from pipeline.messages import EMBED_QUEUE, EMBED_TASK, messages_in_flight
+from pipeline.progress import JobTracker
+from producers.drills.chaos import fix_bad_images
+from producers.harness import RunningStack
+from search_api import SearchClient
+
+BOUND = 4
+N = 160  # 10 jobs of 16: several times the bound
+
+
+@contextmanager
+def peak_depth(tracker: JobTracker, job_id: str) -> Iterator[dict[str, int]]:
+    """Sampled every few milliseconds while the block runs: the most messages of the job out
+    at once (its jobs, and all: a job that became points is briefly both), and the longest
+    the embed queue was."""
+    peaks = {"jobs": 0, "all": 0, "embed_queue": 0, "samples": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            jobs = messages_in_flight(tracker.redis, EMBED_TASK)[job_id]
+            out = messages_in_flight(tracker.redis)[job_id]
+            depth = tracker.redis.llen(EMBED_QUEUE)
+            for name, value in (("jobs", jobs), ("all", out), ("embed_queue", depth)):
+                peaks[name] = max(peaks[name], value)
+            peaks["samples"] += 1
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        sampler.join()
+
+
+def test_an_ingest_keeps_its_queue_bounded_through_cancel_resume_and_retry(
+    stack: RunningStack, tmp_path: Path, tracker: JobTracker
+) -> None:
+    data, bad = write_failing_first(tmp_path, N)
+    env = stack.env | {"MEDINDEX_MAX_QUEUED_JOBS": str(BOUND)}
+    argv = ("--dataset", str(data), "--collection", "bounded", "--job-id", "bounded")
+
+    with peak_depth(tracker, "bounded") as first:
+        started = stack.medindex("ingest", *argv, "--no-wait", env=env)
+        assert started.returncode == 0, started.stderr
+        assert f"{BOUND} jobs of 16 queued" in started.stderr
+        wait_for(tracker, "bounded", lambda progress: progress.done >= BOUND * 16)
+        time.sleep(1)  # nothing follows the job: its first jobs only are done
+        assert tracker.fed("bounded") == BOUND * 16
+        assert tracker.progress("bounded").done == BOUND * 16
+    assert stack.medindex("cancel", "bounded").returncode == 0
+
+    with peak_depth(tracker, "bounded") as resumed:
+        result = stack.medindex("ingest", *argv, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.json()["indexed"] == N - len(bad)
+    assert resumed["samples"] > 100
+    for peaks in (first, resumed):
+        assert peaks["jobs"] <= BOUND and peaks["embed_queue"] <= BOUND, peaks
+        assert 0 < peaks["all"] <= 2 * BOUND, peaks
+
+    fix_bad_images(data, bad)
+    retried = stack.medindex("retry", "bounded", "--json", env=env)
+    assert retried.returncode == 0, retried.stderr
+    progress = tracker.progress("bounded")
+    assert (progress.indexed, progress.failed, progress.state) == (N, 0, "done")
+    assert SearchClient().count("bounded") == N
