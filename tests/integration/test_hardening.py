@@ -143,11 +143,18 @@ def test_oversized_and_endless_files_are_refused_before_they_are_read(
     (tmp_path / "metadata.csv").write_text(
         "file_name,image_id\n" + "".join(f"{n}.png,{n}\n" for n in names)
     )
-    summary = ingest(stack, tmp_path, "files")
+    limit = f"limit {get_settings().max_image_bytes}"
+    # As Hugging Face's imagefolder (metadata.csv naming file_name), keyed by image_id.
+    summary = ingest(stack, tmp_path, "files", "--format", "hf")
     assert (summary["indexed"], summary["failed"]) == (3, 2)
     reasons = {f["key"]: f["reason"] for f in tracker.failures("files")}
-    assert "not a regular file" in reasons["zero"]
-    assert f"limit {get_settings().max_image_bytes}" in reasons["huge"]
+    assert "not a regular file" in reasons["zero"] and limit in reasons["huge"]
+    # As detected: a table naming the folder's images, read by the table reader, keyed by path;
+    # a link that leaves the folder is refused before it is followed.
+    summary = ingest(stack, tmp_path, "files-table")
+    assert (summary["indexed"], summary["failed"]) == (3, 2)
+    reasons = {f["key"]: f["reason"] for f in tracker.failures("files-table")}
+    assert "outside the dataset folder" in reasons["zero.png"] and limit in reasons["huge.png"]
 
 
 def test_a_job_whose_worker_keeps_dying_fails_its_rows_with_the_reason(
