@@ -5,8 +5,10 @@ conftests."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import datasets
 import numpy as np
 import pytest
 import qdrant_edge
+from PIL import Image
 
 from pipeline.celery_app import app
 from pipeline.errors import MedindexError
@@ -177,3 +180,41 @@ def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:
     out.parent.mkdir(parents=True)
     datasets.Dataset.from_list(rows, features=table.features).to_parquet(str(out))
     return folder / "failing", bad
+
+
+# --- the audit's planted duplicates (tests/system/test_audit.py, the page's Audit view) ---
+
+
+def encoded(picture: Image.Image, fmt: str, **how: object) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt, **how)
+    return buffer.getvalue()
+
+
+def planted_skin(folder: Path, n: int, seed: int) -> tuple[dict, dict]:
+    """The skin sample with two rows planted: `ISIC_copy`, the first image's bytes under
+    another diagnosis, and `ISIC_reencoded`, the second image as a JPEG of quality 70.
+    Returns the first and second rows."""
+    write_sample_dataset(folder, n, seed)
+    table = datasets.load_dataset(str(folder), split="train")
+    first, second = table[0], table[1]
+    other_dx = next(dx for dx in table["dx"] if dx != first["dx"])
+    copied = {"bytes": jpeg_bytes(folder, 0), "path": None}
+    reencoded = {"bytes": encoded(second["image"], "JPEG", quality=70), "path": None}
+    extra = [
+        first | {"image_id": "ISIC_copy", "dx": other_dx, "image": copied},
+        second | {"image_id": "ISIC_reencoded", "image": reencoded},
+    ]
+    rows_now = table.cast_column("image", datasets.Image(decode=False)).to_list()
+    planted = datasets.Dataset.from_list(rows_now + extra, features=table.features)
+    shutil.rmtree(folder / "data")
+    (folder / "data").mkdir()
+    planted.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    return first, second
+
+
+def jpeg_bytes(folder: Path, row: int) -> bytes:
+    table = datasets.load_dataset(str(folder), split="train").cast_column(
+        "image", datasets.Image(decode=False)
+    )
+    return table[row]["image"]["bytes"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from jobs import planted_skin
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
-from test_audit import planted_skin
 from test_page import API_KEY, _all_pictures_loaded, _shot, _sign_in, _wait, browser, server
 
 from producers.harness import RunningStack

@@ -8,14 +8,12 @@ that is not there is a one-line error."""
 from __future__ import annotations
 
 import csv
-import io
 import json
-import shutil
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
+from jobs import encoded, planted_skin
 from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -23,7 +21,6 @@ from support import assert_one_line_error
 
 from pipeline.audit_report import last_report
 from pipeline.progress import connect_redis
-from pipeline.samples import write_sample_dataset
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import write_dicom
 from pipeline.samples.xray import HEADER, write_xray
@@ -58,12 +55,6 @@ def rows(path: Path) -> list[dict]:
 def duplicates(out: Path) -> dict[frozenset, dict]:
     """Pairs in duplicate clusters, by their two keys."""
     return {frozenset((r["key_a"], r["key_b"])): r for r in rows(out / "pairs.csv") if r["cluster"]}
-
-
-def encoded(picture: Image.Image, fmt: str, **how: object) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, fmt, **how)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -157,28 +148,6 @@ def test_the_proposed_split_has_no_patient_in_two(xray_audit: dict, stack: Runni
     assert all(len(s) == 1 for s in splits.values())
 
 
-def planted_skin(folder: Path, n: int, seed: int) -> tuple[dict, dict]:
-    """The skin sample with two rows planted: `ISIC_copy`, the first image's bytes under
-    another diagnosis, and `ISIC_reencoded`, the second image as a JPEG of quality 70.
-    Returns the first and second rows."""
-    write_sample_dataset(folder, n, seed)
-    table = datasets.load_dataset(str(folder), split="train")
-    first, second = table[0], table[1]
-    other_dx = next(dx for dx in table["dx"] if dx != first["dx"])
-    copied = {"bytes": _jpeg_bytes(folder, 0), "path": None}
-    reencoded = {"bytes": encoded(second["image"], "JPEG", quality=70), "path": None}
-    extra = [
-        first | {"image_id": "ISIC_copy", "dx": other_dx, "image": copied},
-        second | {"image_id": "ISIC_reencoded", "image": reencoded},
-    ]
-    rows_now = table.cast_column("image", datasets.Image(decode=False)).to_list()
-    planted = datasets.Dataset.from_list(rows_now + extra, features=table.features)
-    shutil.rmtree(folder / "data")
-    (folder / "data").mkdir()
-    planted.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
-    return first, second
-
-
 def test_skin_copies_with_another_diagnosis_conflict(stack: RunningStack, tmp_path: Path) -> None:
     folder = tmp_path / "skin"
     first, second = planted_skin(folder, 24, 31)
@@ -190,13 +159,6 @@ def test_skin_copies_with_another_diagnosis_conflict(stack: RunningStack, tmp_pa
     assert found[frozenset(("ISIC_reencoded", second["image_id"]))]["tier"] == "phash"
     assert summary["fields"]["group"] == "lesion_id"  # one lesion's images: no duplicates
     assert summary["counts"]["label_conflicts"] >= 1
-
-
-def _jpeg_bytes(folder: Path, row: int) -> bytes:
-    table = datasets.load_dataset(str(folder), split="train").cast_column(
-        "image", datasets.Image(decode=False)
-    )
-    return table[row]["image"]["bytes"]
 
 
 def test_dicom_reexport_under_another_patient_and_a_repeated_instance(
