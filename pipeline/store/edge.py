@@ -42,7 +42,7 @@ from pipeline.store.edge_build import (
 from pipeline.store.edge_filters import edge_filter, edge_payload_selector
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
-from pipeline.store.points import check_finite, to_hit
+from pipeline.store.points import check_finite, range_end, to_hit
 from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
 from pipeline.store.types import Hit, RecommendRequest, SearchRequest
 
@@ -415,11 +415,10 @@ class EdgeStore(Store):
             )
             with self._errors():
                 points, _ = shard.scroll(request)
-            if not points:
+            end = range_end(points, key, lowest=direction == edge.Direction.Asc)
+            if end is None:
                 return None
-            value = points[0].payload[key]  # a list: its end on this side
-            pick = min if direction == edge.Direction.Asc else max
-            ends.append(pick(value) if isinstance(value, list) else value)
+            ends.append(end)
         return ends
 
     def scroll(

@@ -26,3 +26,13 @@ def check_finite(vectors: np.ndarray) -> None:
     """Both engines would store a NaN vector (the server refuses it): refuse it everywhere."""
     if not np.isfinite(vectors).all():
         raise StoreError("vectors hold NaN or infinite values")
+
+
+def range_end(points: list[Any], key: str, lowest: bool) -> float | None:
+    """The value at one end of a field, from a scroll ordered by it (limit 1): a list's own end
+    on that side; None when no point carries the field."""
+    if not points:
+        return None
+    value = points[0].payload[key]
+    pick = min if lowest else max
+    return pick(value) if isinstance(value, list) else value

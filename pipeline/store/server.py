@@ -27,7 +27,7 @@ from pipeline.store.base import Store
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
 from pipeline.store.layout import CollectionLayout, collection_layout
-from pipeline.store.points import check_finite, to_hit
+from pipeline.store.points import check_finite, range_end, to_hit
 from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
 from pipeline.store.types import Hit, HitOptions, RecommendRequest, SearchRequest
 
@@ -265,11 +265,10 @@ class ServerStore(Store):
                     limit=1,
                     order_by=models.OrderBy(key=key, direction=direction),
                 )
-            if not points:
+            end = range_end(points, key, lowest=direction == models.Direction.ASC)
+            if end is None:
                 return None
-            value = points[0].payload[key]  # a list: its end on this side
-            pick = min if direction == models.Direction.ASC else max
-            ends.append(pick(value) if isinstance(value, list) else value)
+            ends.append(end)
         return ends
 
     def scroll(
