@@ -22,6 +22,7 @@ import pytest
 import qdrant_edge
 from PIL import Image
 
+from pipeline import fingerprint
 from pipeline.celery_app import app
 from pipeline.errors import MedindexError
 from pipeline.messages import UPSERT_TASK
@@ -40,7 +41,8 @@ N_BUFFERED = 480  # under one write of 1,000: the store worker holds them until 
 
 # A collection made the way ingest makes it for the skin sample (its payload indexes in place):
 # an ingest into it during an outage needs nothing from the locked store before its writes.
-AS_INGEST_MAKES_IT = {"dim": 384, "payload_indexes": skin.payload_indexes()}
+# The schema's indexes and the audit's fingerprints: the producer then needs nothing of the store.
+AS_INGEST_MAKES_IT = {"dim": 384, "payload_indexes": skin.payload_indexes() | fingerprint.INDEXES}
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +79,10 @@ def start_ingest(
     )
 
 
-def finish(ingest: subprocess.Popen, timeout_s: float = 300) -> dict:
+def finish(ingest: subprocess.Popen, timeout_s: float = 300, exit_code: int = 0) -> dict:
+    """The ingest's summary once it ends (1 when every image failed)."""
     out, err = ingest.communicate(timeout=timeout_s)
-    assert ingest.returncode == 0, err
+    assert ingest.returncode == exit_code, err
     return json.loads(out.strip().splitlines()[-1])
 
 
