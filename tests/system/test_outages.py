@@ -30,6 +30,7 @@ from jobs import (
 from kombu import Connection
 from support import ARTIFACTS, free_port, png, write_table
 
+from pipeline import fingerprint
 from pipeline.messages import UNACKED, UPSERT_QUEUE
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.settings import Settings, get_settings
@@ -141,7 +142,7 @@ def test_an_outage_longer_than_the_visibility_timeout_parks_each_point_once(
     try:
         # As ingest makes it (its payload index in place): the producer needs nothing from
         # the store the test is about to lock.
-        spec = {"dim": 384, "payload_indexes": {"image_id": "keyword"}}
+        spec = {"dim": 384, "payload_indexes": {"image_id": "keyword"} | fingerprint.INDEXES}
         make = f"open_store(get_settings()).ensure_collection('outage', {spec!r})"
         subprocess.run(
             [
