@@ -137,6 +137,8 @@ def find(up: psutil.Process, victim: str) -> psutil.Process | None:
     try:
         for child in up.children():
             cmdline = child.cmdline()
+            if not cmdline:  # a zombie, or a child between fork and exec
+                continue
             if victim == "redis" and "redis-server" in cmdline[0]:
                 return child
             if victim == "store worker" and "upsert,store" in cmdline:
