@@ -15,7 +15,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Exchange, Queue
 
 from pipeline import logs
-from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, UNLISTED_TASKS, Senders
+from pipeline.messages import EMBED_QUEUE, QUEUES, ROUTES, Senders
 from pipeline.settings import Settings, get_settings
 
 # Celery's warning to a worker run as root (a container's default): medindex never accepts
@@ -36,14 +36,12 @@ class ShortReprAMQP(AMQP):
     """Protocol 1 drops a message's `argsrepr`/`kwargsrepr` and puts a repr of the whole
     arguments in its events instead (a point batch's payloads: patient metadata, into Flower's
     task list and database). Given ones are kept: in the events sent and in the body, where the
-    worker's own events read them. An unlisted task's message is sent without its event."""
+    worker's own events read them."""
 
     def as_task_v1(
         self, *args: Any, argsrepr: str | None = None, kwargsrepr: str | None = None, **kw: Any
     ) -> Any:
         message = super().as_task_v1(*args, **kw)
-        if message.body["task"] in UNLISTED_TASKS:
-            return message._replace(sent_event=None)
         shown = {k: v for k, v in (("args", argsrepr), ("kwargs", kwargsrepr)) if v is not None}
         if message.sent_event is not None:
             message.sent_event.update(shown)
@@ -88,10 +86,9 @@ def create_app(settings: Settings | None = None) -> Celery:
             "interval_max": 2.0,
         },
         task_ignore_result=True,
-        # Flower and `medindex status` see every task but the unlisted ones (store queries).
+        # Flower and `medindex status` see every task (store queries are not tasks).
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_annotations={name: {"send_events": False} for name in UNLISTED_TASKS},
         worker_hijack_root_logger=True,
     )
     return app

@@ -14,6 +14,7 @@ under the names here; producers, tasks and search_api send only through those se
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -37,12 +38,13 @@ JOB_HEADER = "medindex_job"
 
 EMBED_TASK = "medindex.embed"
 UPSERT_TASK = "medindex.upsert"
-STORE_QUERY_TASK = "medindex.store_query"
 STORE_MANAGE_TASK = "medindex.store_manage"
 MAP_TASK = "medindex.project_map"
-# Sent without task events, so Flower never lists them: the store queries of searches and the
-# page (hundreds a session) would bury an ingest's embed and upsert tasks in its task list.
-UNLISTED_TASKS = frozenset({STORE_QUERY_TASK})
+# The embedded store's queries are not Celery tasks: they wait on a list of their own, served by
+# a thread of the store worker's process beside its writes (tasks/store.py), so that a search
+# never waits behind a write call; and Flower never lists them (hundreds a page session would
+# bury an ingest's tasks).
+STORE_QUERY_LIST = "medindex:store:queries"
 # A remote control command (not a task): each worker answers its MEDINDEX_DEID_KEY's
 # fingerprint and the queues it consumes (tasks/control.py).
 DEID_COMMAND = "medindex_deid_fingerprint"
@@ -51,7 +53,6 @@ AUDIT_TASK = "medindex.audit_shard"
 ROUTES = {
     EMBED_TASK: EMBED_QUEUE,
     UPSERT_TASK: UPSERT_QUEUE,
-    STORE_QUERY_TASK: STORE_QUEUE,
     STORE_MANAGE_TASK: STORE_QUEUE,
     # The search page's embedding maps: minutes of CPU, on the embed workers.
     MAP_TASK: EMBED_QUEUE,
@@ -159,6 +160,15 @@ class Senders:
             headers={JOB_HEADER: job_id},
             producer=producer,
         )
+
+
+def send_store_query(redis: Redis, call: dict, expires: float) -> None:
+    """A query to the embedded store (`pipeline.store.remote`). The list lasts `expires` past
+    the last query sent: queries no store worker takes do not pile up."""
+    with redis.pipeline() as pipe:
+        pipe.rpush(STORE_QUERY_LIST, json.dumps(call))
+        pipe.expire(STORE_QUERY_LIST, math.ceil(expires))
+        pipe.execute()
 
 
 def jobs_in_flight(redis: Redis) -> set[str]:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -166,6 +167,9 @@ class EdgeStore(Store):
             raise StoreError(f"embedded store {root} is in use by another process") from exc
         self._shards: dict[str, edge.EdgeShard] = {}
         self._builds: dict[str, subprocess.Popen] = {}
+        # The store worker's query thread and its writing thread open and close shards: one
+        # at a time, so that neither opens a shard twice, nor one a builder is taking over.
+        self._opening = threading.RLock()
 
     # --- management -----------------------------------------------------------------------
 
@@ -205,13 +209,14 @@ class EdgeStore(Store):
         name = self._resolve(name)
         if self._meta(name)["indexed"] or name in self._builds:
             return
-        shard = self._shards.pop(name, None)
-        if shard is not None:
-            shard.close()  # the builder owns it until it is ready
         shard_path, dim = self._folder(name) / "shard", self._meta(name)["dim"]
         layout = self._layout(name)
         argv = builder_argv(shard_path, dim, m, layout["quantization"], layout["on_disk"])
-        self._builds[name] = subprocess.Popen(argv)
+        with self._opening:
+            shard = self._shards.pop(name, None)
+            if shard is not None:
+                shard.close()  # the builder owns it until it is ready
+            self._builds[name] = subprocess.Popen(argv)
         log.info("building the index of %s in process %d", name, self._builds[name].pid)
 
     def index_ready(self, name: str) -> bool:
@@ -239,9 +244,10 @@ class EdgeStore(Store):
         if not self._exists(name):
             raise StoreError(f"collection {name!r} does not exist")
         self._refuse_while_building(name)
-        shard = self._shards.pop(name, None)
-        if shard is not None:
-            shard.close()
+        with self._opening:
+            shard = self._shards.pop(name, None)
+            if shard is not None:
+                shard.close()
         aliases = self.aliases()
         kept = {alias: target for alias, target in aliases.items() if target != name}
         if kept != aliases:
@@ -444,9 +450,10 @@ class EdgeStore(Store):
             raise StoreError(f"{self.description} is gone", transient=True)
 
     def close(self) -> None:
-        for shard in self._shards.values():
-            shard.close()
-        self._shards.clear()
+        with self._opening:
+            for shard in self._shards.values():
+                shard.close()
+            self._shards.clear()
         self._lock.close()
 
     # --- helpers --------------------------------------------------------------------------
@@ -490,11 +497,13 @@ class EdgeStore(Store):
 
     def _shard(self, name: str) -> edge.EdgeShard:
         name = self._resolve(name)
-        shard = self._shards.get(name)
-        if shard is None:
-            self._refuse_while_building(name)
-            with self._errors():
-                shard = self._shards[name] = edge.EdgeShard.load(str(self._folder(name) / "shard"))
+        with self._opening:
+            shard = self._shards.get(name)
+            if shard is None:
+                self._refuse_while_building(name)
+                with self._errors():
+                    path = str(self._folder(name) / "shard")
+                    shard = self._shards[name] = edge.EdgeShard.load(path)
         return shard
 
     @contextmanager

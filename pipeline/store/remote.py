@@ -2,8 +2,10 @@
 
 Qdrant Edge allows one process per folder, so the store worker owns it and everyone else calls
 it through the broker, on two paths (`PATHS`): queries (`RemoteReader`: all a search process
-gets) and the producer's management calls (`RemoteAdmin`: create, index, relabel, delete,
-switch aliases), each a task of its own. A path's calls are its protocol's methods: the proxy's
+gets), on a Redis list that a thread of the store worker serves beside its writes
+(`serve_queries`), so that a search never waits behind a write call; and the producer's
+management calls (`RemoteAdmin`: create, index, relabel, delete, switch aliases), a Celery task
+run between writes. A path's calls are its protocol's methods: the proxy's
 methods are made from them, and the store worker refuses any other call on that path and checks
 each argument against the protocol's type hints, so a `SearchRequest` crosses as JSON and
 arrives typed. Point writes never come this way: they go through the upsert queue.
@@ -15,6 +17,7 @@ import inspect
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +30,7 @@ from pydantic_core import to_jsonable_python
 
 from pipeline.celery_app import senders
 from pipeline.errors import first_line
-from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_TASK
+from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_LIST, send_store_query
 from pipeline.progress import connect_redis
 from pipeline.settings import Settings
 from pipeline.store.base import Admin, Manager, Reader, Store
@@ -35,7 +38,7 @@ from pipeline.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-PATHS: dict[str, type] = {STORE_QUERY_TASK: Reader, STORE_MANAGE_TASK: Manager}
+PATHS: dict[str, type] = {STORE_QUERY_LIST: Reader, STORE_MANAGE_TASK: Manager}
 REPLY_PREFIX = "medindex:reply:"
 REPLY_KEY = re.compile(re.escape(REPLY_PREFIX) + "[0-9a-f]{32}")
 REPLY_TTL_S = 300
@@ -55,19 +58,19 @@ def calls(protocol: type) -> list[str]:
 
 
 class _Proxy:
-    """Calls to the store worker: a subclass names its path (`task`) and gets one method per
-    call of that path's protocol, with the protocol's signature and documentation."""
+    """Calls to the store worker: a subclass names its path and gets one method per call of
+    that path's protocol, with the protocol's signature and documentation."""
 
-    def __init_subclass__(cls, task: str, **kwargs: Any) -> None:
+    def __init_subclass__(cls, path: str, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for method in calls(PATHS[task]):
-            setattr(cls, method, _remote(task, method))
+        for method in calls(PATHS[path]):
+            setattr(cls, method, _remote(path, method))
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = connect_redis(settings.broker_url)  # fails early, on one line, if down
 
-    def _call(self, task: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, path: str, method: str, *args: Any, **kwargs: Any) -> Any:
         # The answer comes back on a reply list of its own: no result backend to keep.
         timeout = self.settings.store_call_timeout_s
         reply_to = REPLY_PREFIX + uuid.uuid4().hex
@@ -80,7 +83,10 @@ class _Proxy:
             "reply_to": reply_to,
             "deadline": time.time() + timeout,
         }
-        senders.send_store_call(task, call, expires=timeout)
+        if path == STORE_QUERY_LIST:
+            send_store_query(self.redis, call, expires=timeout)
+        else:
+            senders.send_store_call(path, call, expires=timeout)
         answer = self.redis.blpop([reply_to], timeout=timeout)
         if answer is None:
             raise StoreError(
@@ -94,38 +100,38 @@ class _Proxy:
         return result["value"]
 
 
-def _remote(task: str, method: str) -> Callable[..., Any]:
-    """The proxy's method for `method`, sent on path `task`."""
-    declared = getattr(PATHS[task], method)
+def _remote(path: str, method: str) -> Callable[..., Any]:
+    """The proxy's method for `method`, sent on `path`."""
+    declared = getattr(PATHS[path], method)
     signature = inspect.signature(declared)
 
     def call(self: _Proxy, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(self, *args, **kwargs)  # a wrong call fails here, as a method's
-        return self._call(task, method, *bound.args[1:], **bound.kwargs)
+        return self._call(path, method, *bound.args[1:], **bound.kwargs)
 
     # Name, documentation and signature, not the protocol's abstract mark (`__dict__`).
     return update_wrapper(call, declared, updated=())
 
 
-class RemoteReader(_Proxy, Reader, task=STORE_QUERY_TASK):
+class RemoteReader(_Proxy, Reader, path=STORE_QUERY_LIST):
     """The queries, run by the store worker."""
 
 
-class RemoteAdmin(RemoteReader, Admin, task=STORE_MANAGE_TASK):
+class RemoteAdmin(RemoteReader, Admin, path=STORE_MANAGE_TASK):
     """Queries and the producer's management calls; never given to a search process."""
 
 
 def answer_store_call(
     store: Store,
     client: redis.Redis,
-    task: str,
+    path: str,
     reply_to: str,
     method: str,
     args: list,
     kwargs: dict,
     deadline: float | None = None,
 ) -> None:
-    """Run one call of path `task` on the store this process owns; a refusal travels back as
+    """Run one call of `path` on the store this process owns; a refusal travels back as
     text with its kind (`transient`: an outage, worth retrying; otherwise the caller's
     mistake). A call past its `deadline` (`time.time()`) is refused: its caller stopped
     waiting."""
@@ -133,7 +139,7 @@ def answer_store_call(
         log.error("store call %s refused: reply key %.80r is not a reply key", method, reply_to)
         return
     late = time.time() - deadline if deadline is not None else 0
-    if method not in calls(PATHS[task]):
+    if method not in calls(PATHS[path]):
         answer: dict = {"error": f"store call {method!r} is not allowed on this path"}
     elif late > 0:
         refusal = f"store call {method} refused: its caller gave up {late:.1f}s ago"
@@ -141,7 +147,7 @@ def answer_store_call(
         answer = {"error": refusal, "transient": True}
     else:
         try:
-            answer = {"value": getattr(store, method)(**_typed(task, method, args, kwargs))}
+            answer = {"value": getattr(store, method)(**_typed(path, method, args, kwargs))}
         except StoreError as exc:
             answer = {"error": str(exc), "transient": exc.transient}
         except ValidationError as exc:
@@ -154,9 +160,29 @@ def answer_store_call(
         log.error("store call %s: reply key %s exists already; no answer sent", method, reply_to)
 
 
-def _typed(task: str, method: str, args: list, kwargs: dict) -> dict[str, Any]:
+def serve_queries(store: Store, client: redis.Redis, stop: threading.Event) -> None:
+    """Answer the queries waiting on their list, one after another, until `stop` is set: run on
+    a thread of the process that owns the store, beside its writes (Qdrant Edge releases the
+    GIL while it writes and searches). A query whose caller is gone is refused, as late."""
+    while not stop.is_set():
+        try:
+            item = client.blpop([STORE_QUERY_LIST], timeout=1)
+        except redis.RedisError as exc:
+            log.warning("store queries: Redis out of reach (%s); trying again", first_line(exc))
+            stop.wait(1)
+            continue
+        if item is None:
+            continue
+        try:
+            call = json.loads(item[1])
+            answer_store_call(store, client, STORE_QUERY_LIST, **call)
+        except Exception as exc:  # one malformed call must not stop the queries of all
+            log.error("store query %.80r refused: %s", item[1], first_line(exc))
+
+
+def _typed(path: str, method: str, args: list, kwargs: dict) -> dict[str, Any]:
     """The call's arguments by name, validated against the protocol's type hints."""
-    signature, arguments = _arguments(PATHS[task], method)
+    signature, arguments = _arguments(PATHS[path], method)
     bound = signature.bind(None, *args, **kwargs)
     del bound.arguments["self"]
     return dict(arguments.model_validate(bound.arguments))

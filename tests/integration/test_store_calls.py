@@ -1,18 +1,23 @@
 """Calls to the embedded store across the broker, on the real stack: a message cannot aim the
 answer (or its expiry) at Redis keys it does not own, a search process cannot delete or
-relabel anything, and a refusal keeps its kind (outage or mistake) on the way back."""
+relabel anything, a refusal keeps its kind (outage or mistake) on the way back, and a search
+is answered while a write call holds the store worker."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import qdrant_edge
+from jobs import locked_store, log, point_message, send_points, wait_for, wait_for_log
 
 from pipeline.celery_app import app
-from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_TASK, UNACKED
+from pipeline.messages import STORE_MANAGE_TASK, STORE_QUERY_LIST, UNACKED
+from pipeline.progress import JobTracker
 from pipeline.settings import get_settings
 from pipeline.store import SearchRequest, StoreError
 from pipeline.store.remote import REPLY_PREFIX, RemoteAdmin, RemoteReader
@@ -25,9 +30,12 @@ def remote(stack: RunningStack) -> RemoteAdmin:
     return RemoteAdmin(get_settings())
 
 
-def forge(task: str, method: str, args: list, reply_to: str) -> None:
+def forge(path: str, method: str, args: list, reply_to: str) -> None:
     call = {"method": method, "args": args, "kwargs": {}, "reply_to": reply_to}
-    app.send_task(task, kwargs=call)
+    if path == STORE_QUERY_LIST:
+        RemoteReader(get_settings()).redis.rpush(STORE_QUERY_LIST, json.dumps(call))
+    else:
+        app.send_task(path, kwargs=call)
 
 
 def test_answers_go_only_to_fresh_reply_keys(remote: RemoteAdmin) -> None:
@@ -39,8 +47,12 @@ def test_answers_go_only_to_fresh_reply_keys(remote: RemoteAdmin) -> None:
     r.rpush(taken, "someone else's")
     try:
         for key in (UNACKED, "medindex:job:j1:indexed", taken, REPLY_PREFIX + "not-hex"):
-            forge(STORE_QUERY_TASK, "collections", [], key)
-        remote.collections()  # answered after the forged calls: one store worker, in order
+            forge(STORE_QUERY_LIST, "collections", [], key)
+            forge(STORE_MANAGE_TASK, "collections", [], key)
+        remote.redis.rpush(STORE_QUERY_LIST, "not json")  # refused alone, queries go on
+        # Answered after the forged calls: each path is served in order.
+        remote.collections()
+        remote.ensure_collection("answered", {"dim": 4})
         assert r.ttl(UNACKED) == -1 and r.hget(UNACKED, "sentinel-delivery") == "kept"
     finally:
         r.hdel(UNACKED, "sentinel-delivery")
@@ -59,7 +71,7 @@ def test_the_query_path_refuses_management_calls(remote: RemoteAdmin) -> None:
         ("set_metadata", ["kept", {"model": "forged"}]),
     ):
         with pytest.raises(StoreError, match="not allowed on this path"):
-            reader._call(STORE_QUERY_TASK, method, *args)
+            reader._call(STORE_QUERY_LIST, method, *args)
     assert "kept" in remote.collections() and "kept_alias" not in remote.aliases()
     assert "model" not in remote.metadata("kept")
     with pytest.raises(StoreError, match="not allowed on this path"):
@@ -72,10 +84,10 @@ def test_the_store_worker_checks_arguments_against_the_protocol(remote: RemoteAd
     remote.ensure_collection("typed_request", {"dim": 4})
     assert remote.search("typed_request", SearchRequest(vector=[0.1, 0.2, 0.3, 0.4])) == []
     with pytest.raises(StoreError, match=r"^store call search: request\.vector: ") as refused:
-        remote._call(STORE_QUERY_TASK, "search", "typed_request", {"vector": "up"})
+        remote._call(STORE_QUERY_LIST, "search", "typed_request", {"vector": "up"})
     assert not refused.value.transient and "\n" not in str(refused.value)
     with pytest.raises(StoreError, match="store call groups failed: missing a required argument"):
-        remote._call(STORE_QUERY_TASK, "groups", "typed_request")
+        remote._call(STORE_QUERY_LIST, "groups", "typed_request")
 
 
 def test_a_refusal_keeps_its_kind_across_the_broker(remote: RemoteAdmin) -> None:
@@ -122,3 +134,26 @@ def test_up_refuses_a_local_mode_store_with_how_to_rebuild(
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "local mode" in lines[0] and "medindex reindex" in lines[0], lines
+
+
+def test_a_search_is_answered_while_a_write_call_holds_the_store_worker(
+    stack: RunningStack, remote: RemoteAdmin, tracker: JobTracker
+) -> None:
+    """Issue 23, item 2: queries have a thread of their own in the store worker. Here a write
+    call keeps the store worker's writing thread in its backoff (another process holds the
+    collection's shard, for up to the stack's 15 s retry budget), and searches of another
+    collection are answered meanwhile, not after it."""
+    remote.ensure_collection("writes_held", {"dim": 384})
+    remote.ensure_collection("searched_meanwhile", {"dim": 384})
+    tracker.create("writes_held", 16, {"collection": "writes_held"})
+    failed_tries = log(stack).count("points failed (try 1)")
+    with locked_store("writes_held"):
+        send_points(point_message("writes_held", "writes_held", range(16)))
+        wait_for_log(stack, "points failed (try 1)", failed_tries)
+        started = time.monotonic()
+        for _ in range(5):
+            remote.search("searched_meanwhile", SearchRequest(vector=np.ones(384).tolist()))
+        answered_in = time.monotonic() - started
+        still_writing = tracker.progress("writes_held").indexed == 0
+    assert still_writing and answered_in < 5, answered_in
+    assert wait_for(tracker, "writes_held", lambda p: p.indexed == 16).failed == 0
