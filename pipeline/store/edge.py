@@ -23,8 +23,9 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,11 @@ from pipeline.store.types import Hit, RecommendRequest, SearchRequest
 log = logging.getLogger(__name__)
 
 GROUP_READS = 5  # the server's bound: reads to find groups, and again to fill them
+# Searches ahead of writes: a write goes to Edge in slices, and before each one it waits, at
+# most READ_PRIORITY_S, for the searches running on other threads (the store worker's query
+# thread) to end, so that a search does not share the CPU with a write.
+WRITE_SLICE = 250
+READ_PRIORITY_S = 0.05
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
@@ -146,6 +152,17 @@ class _Grouping:
         return {"must": must, "must_not": excluded} if must else {"must_not": excluded}
 
 
+def _read(method: Callable) -> Callable:
+    """A query that writes give way to (see READ_PRIORITY_S)."""
+
+    @wraps(method)
+    def read(self: EdgeStore, *args: Any, **kwargs: Any) -> Any:
+        with self._reading():
+            return method(self, *args, **kwargs)
+
+    return read
+
+
 class EdgeStore(Store):
     def __init__(self, root: Path, quantization: str = "none", on_disk: bool = False) -> None:
         """`quantization` and `on_disk`: the layout of the collections it creates (recorded
@@ -170,6 +187,10 @@ class EdgeStore(Store):
         # The store worker's query thread and its writing thread open and close shards: one
         # at a time, so that neither opens a shard twice, nor one a builder is taking over.
         self._opening = threading.RLock()
+        self._reads = 0
+        self._reads_lock = threading.Lock()
+        self._no_reads = threading.Event()
+        self._no_reads.set()
 
     # --- management -----------------------------------------------------------------------
 
@@ -272,11 +293,19 @@ class EdgeStore(Store):
         check_finite(vectors)
         shard = self._shard(name)
         with self._errors():
-            points = [
-                edge.Point(_point_id(i), v, p)
-                for i, v, p in zip(ids, vectors.tolist(), payloads, strict=True)
-            ]
-            shard.update(edge.UpdateOperation.upsert_points(points))
+            for start in range(0, len(ids), WRITE_SLICE):
+                self._no_reads.wait(READ_PRIORITY_S)
+                stop = start + WRITE_SLICE
+                points = [
+                    edge.Point(_point_id(i), v, p)
+                    for i, v, p in zip(
+                        ids[start:stop],
+                        vectors[start:stop].tolist(),
+                        payloads[start:stop],
+                        strict=True,
+                    )
+                ]
+                shard.update(edge.UpdateOperation.upsert_points(points))
             # Acknowledged means on disk: Edge's WAL holds the points once `update` returns
             # (a killed process loses nothing); the flush also survives a power cut.
             shard.flush()
@@ -291,6 +320,7 @@ class EdgeStore(Store):
         path = self.root / "aliases.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    @_read
     def collection_info(self, name: str) -> dict:
         meta = self._meta(self._resolve(name))
         with self._errors():
@@ -311,12 +341,14 @@ class EdgeStore(Store):
     def metadata(self, name: str) -> dict:
         return self._meta(self._resolve(name))["metadata"]
 
+    @_read
     def search(self, name: str, request: SearchRequest) -> list[Hit]:
         query = _query(request, self._params(name))
         shard = self._shard(name)
         with self._errors():
             return [to_hit(p) for p in shard.query(query)]
 
+    @_read
     def search_batch(self, name: str, requests: list[SearchRequest]) -> list[list[Hit]]:
         params = self._params(name)
         queries = [_query(r, params) for r in requests]
@@ -325,6 +357,7 @@ class EdgeStore(Store):
             results = shard.query_batch(edge.QueryBatchRequest(queries))
         return [[to_hit(p) for p in points] for points in results]
 
+    @_read
     def groups(
         self, name: str, request: SearchRequest, group_by: str, group_size: int = 1
     ) -> list[dict]:
@@ -370,6 +403,7 @@ class EdgeStore(Store):
             for value, hits in groups
         ]
 
+    @_read
     def recommend(self, name: str, request: RecommendRequest) -> list[Hit]:
         examples = [*request.positive, *request.negative]
         found = {p["id"]: p["vector"] for p in self.retrieve(name, examples, with_vectors=True)}
@@ -386,18 +420,21 @@ class EdgeStore(Store):
         options = request.model_dump(exclude={"positive", "negative", "filter"})
         return self.search(name, SearchRequest(vector=vector.tolist(), filter=where, **options))
 
+    @_read
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         shard = self._shard(name)
         with self._errors():
             points = shard.retrieve([_point_id(i) for i in ids], True, with_vectors)
         return [to_hit(p) for p in points]
 
+    @_read
     def count(self, name: str, filter: dict | None = None) -> int:
         request = edge.CountRequest(exact=True, filter=edge_filter(parse_filter(filter)))
         shard = self._shard(name)
         with self._errors():
             return shard.count(request)
 
+    @_read
     def facet(
         self, name: str, key: str, filter: dict | None = None, limit: int = 10_000
     ) -> list[dict]:
@@ -408,6 +445,7 @@ class EdgeStore(Store):
         ordered = sorted(hits, key=lambda hit: (-hit.count, str(hit.value)))
         return [{"value": hit.value, "count": hit.count} for hit in ordered]
 
+    @_read
     def value_range(self, name: str, key: str, filter: dict | None = None) -> list[float] | None:
         ends = []  # the first point in each order
         shard = self._shard(name)
@@ -427,6 +465,7 @@ class EdgeStore(Store):
             ends.append(end)
         return ends
 
+    @_read
     def scroll(
         self, name: str, filter: dict | None = None, limit: int = 10, offset: str | None = None
     ) -> dict:
@@ -457,6 +496,19 @@ class EdgeStore(Store):
         self._lock.close()
 
     # --- helpers --------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._reads_lock:
+            self._reads += 1
+            self._no_reads.clear()
+        try:
+            yield
+        finally:
+            with self._reads_lock:
+                self._reads -= 1
+                if not self._reads:
+                    self._no_reads.set()
 
     def _folder(self, name: str) -> Path:
         _check_name(name)
