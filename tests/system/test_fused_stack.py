@@ -54,7 +54,7 @@ def test_fused_jobs_are_indexed_exactly_and_a_killed_call_comes_back(
     )  # fmt: skip
     tracker = JobTracker(connect_redis(settings.broker_url))
     deadline = time.monotonic() + 180
-    while tracker.redis.scard("medindex:job:fused:embedded") < 64:
+    while tracker.redis.bitcount("medindex:job:fused:embedded") < 64:
         assert time.monotonic() < deadline and ingest.poll() is None
         time.sleep(0.05)
     assert kill_and_wait_for_restart(psutil.Process(up.pid), "embed pool process")
