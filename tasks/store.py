@@ -11,8 +11,11 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from pipeline.celery_app import app
 from pipeline.messages import STORE_MANAGE_TASK, STORE_QUEUE
+from pipeline.settings import get_settings
 from pipeline.store.remote import answer_store_call, serve_queries
 from tasks.worker_state import store, tracker
+
+settings = get_settings()
 
 _stop_queries = threading.Event()
 
@@ -25,10 +28,9 @@ def store_manage(**call: Any) -> None:
 @worker_process_init.connect
 def _serve_queries(**_: Any) -> None:
     """In the store worker's pool process (the one that owns the store), and only there."""
-    if STORE_QUEUE not in app.amqp.queues.consume_from:
-        return
-    owned = store()  # opened before the thread starts: one opener, never two racing
-    args = (owned, tracker().redis, _stop_queries)
+    if STORE_QUEUE not in app.amqp.queues.consume_from or settings.store_backend != "edge":
+        return  # a server is queried directly, not through the store worker
+    args = (store, tracker().redis, _stop_queries)
     threading.Thread(target=serve_queries, args=args, name="store-queries", daemon=True).start()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 from pipeline.progress import JobTracker, connect_redis
@@ -15,8 +16,17 @@ def tracker() -> JobTracker:
     return JobTracker(connect_redis(get_settings().broker_url))
 
 
-@cache
+_opening_store = threading.Lock()
+
+
 def store() -> Store:
+    """The store worker's writing thread and its query thread may ask at once: one opens it."""
+    with _opening_store:
+        return _opened_store()
+
+
+@cache
+def _opened_store() -> Store:
     return connect(get_settings())
 
 

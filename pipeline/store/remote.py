@@ -160,10 +160,11 @@ def answer_store_call(
         log.error("store call %s: reply key %s exists already; no answer sent", method, reply_to)
 
 
-def serve_queries(store: Store, client: redis.Redis, stop: threading.Event) -> None:
-    """Answer the queries waiting on their list, one after another, until `stop` is set: run on
-    a thread of the process that owns the store, beside its writes (Qdrant Edge releases the
-    GIL while it writes and searches). A query whose caller is gone is refused, as late."""
+def serve_queries(store: Callable[[], Store], client: redis.Redis, stop: threading.Event) -> None:
+    """Answer the queries waiting on their list, one after another, until `stop` is set, on
+    the store `store()` opens: run on a thread of the process that owns it, beside its writes
+    (Qdrant Edge releases the GIL while it writes and searches). A query whose caller is gone
+    is refused, as late."""
     while not stop.is_set():
         try:
             item = client.blpop([STORE_QUERY_LIST], timeout=1)
@@ -175,7 +176,7 @@ def serve_queries(store: Store, client: redis.Redis, stop: threading.Event) -> N
             continue
         try:
             call = json.loads(item[1])
-            answer_store_call(store, client, STORE_QUERY_LIST, **call)
+            answer_store_call(store(), client, STORE_QUERY_LIST, **call)
         except Exception as exc:  # one malformed call must not stop the queries of all
             log.error("store query %.80r refused: %s", item[1], first_line(exc))
 
