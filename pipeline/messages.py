@@ -171,6 +171,17 @@ def send_store_query(redis: Redis, call: dict, expires: float) -> None:
         pipe.execute()
 
 
+def messages_out(redis: Redis) -> int:
+    """How many messages of every job are queued (embed, upsert) or delivered and not yet
+    acknowledged: three lengths, where `messages_in_flight` reads every message (about 10 MB
+    at a full window of 256 jobs and their points, each time)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.llen(EMBED_QUEUE)
+    pipe.llen(UPSERT_QUEUE)
+    pipe.hlen(UNACKED)
+    return sum(pipe.execute())
+
+
 def jobs_in_flight(redis: Redis) -> set[str]:
     """The jobs that have a message queued (embed, upsert) or delivered and not yet
     acknowledged (a worker's prefetched or buffered messages): those messages will be handled,

@@ -97,9 +97,9 @@ class Settings(BaseSettings):
 
     # Pipeline shape.
     job_size: int = Field(16, ge=1, le=256)
-    # Messages of one ingest out at once (jobs queued or being embedded, point messages queued
-    # or buffered): its producer sends the next jobs as these finish, so that Redis holds about
-    # the same whatever the dataset's size (about 1,100 B per queued job).
+    # Messages out at once (jobs queued or being embedded, point messages queued or buffered,
+    # of every ingest): a producer sends its next jobs as these finish, so that Redis holds
+    # about the same whatever the datasets' sizes (about 1,100 B per queued job).
     max_queued_jobs: int = Field(256, ge=1, le=1_000_000)
     upsert_batch_size: int = Field(1000, ge=1, le=10_000)
     flush_interval_s: float = Field(2.0, gt=0)

@@ -17,7 +17,7 @@ from redis import Redis, RedisError
 from pipeline import fingerprint
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
-from pipeline.messages import EMBED_QUEUE, jobs_in_flight, messages_in_flight
+from pipeline.messages import EMBED_QUEUE, jobs_in_flight, messages_out
 from pipeline.model_info import default_pooling, describe
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.schemas import EmbedJob, PointBatch, ReadOptions, SourceRef
@@ -100,15 +100,16 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
 
 
 def feed(tracker: JobTracker, job_id: str, settings: Settings) -> int:
-    """Send a job's next shards (those holding a pending row) until `max_queued_jobs` of its
-    messages are out (queued, or delivered and not acknowledged); returns how many were sent.
+    """Send a job's next shards (those holding a pending row) until `max_queued_jobs`
+    messages are out (queued, or delivered and not acknowledged, of any job: ingests running
+    side by side share the bound); returns how many were sent.
 
-    Redis then holds a bounded number of the job's messages whatever its size. A cancelled
+    Redis then holds a bounded number of messages whatever the datasets' sizes. A cancelled
     job, one fed to its end and one enqueued whole (by an older producer) get nothing."""
     fed, progress = tracker.fed(job_id), tracker.progress(job_id)
     if fed is None or fed >= progress.total or progress.cancelled:
         return 0
-    room = settings.max_queued_jobs - messages_in_flight(tracker.redis)[job_id]
+    room = settings.max_queued_jobs - messages_out(tracker.redis)
     todo: list[list[int]] = []
     while len(todo) < room and fed < progress.total:
         rows = shards(range(fed, progress.total), settings.job_size)

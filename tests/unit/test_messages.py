@@ -9,7 +9,7 @@ import pytest
 from kombu import Connection
 
 from pipeline.celery_app import create_app
-from pipeline.messages import EMBED_QUEUE, UPSERT_QUEUE, Senders, jobs_in_flight
+from pipeline.messages import EMBED_QUEUE, UPSERT_QUEUE, Senders, jobs_in_flight, messages_out
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef
 from pipeline.settings import Settings
 
@@ -33,16 +33,18 @@ def test_a_queued_or_unacknowledged_message_keeps_its_job_in_flight(
     senders: Senders, bare_redis: str
 ) -> None:
     redis = senders.app.connection_for_write().default_channel.client
-    assert jobs_in_flight(redis) == set()
+    assert jobs_in_flight(redis) == set() and messages_out(redis) == 0
     senders.send_embed_job(embed_job("a"))
     senders.send_points(points("b"))
     senders.send_map_request("c", None)  # a map request belongs to no job
     assert jobs_in_flight(redis) == {"a", "b"}
+    assert messages_out(redis) == 3  # what the producer's backpressure counts, every job's
     with Connection(bare_redis) as broker:
         delivered = broker.SimpleQueue(EMBED_QUEUE, no_ack=False, accept=["msgpack"]).get(timeout=5)
         assert redis.llen(EMBED_QUEUE) == 1  # the map request; job a's message is delivered
         assert jobs_in_flight(redis) == {"a", "b"}  # delivered, not acknowledged: still out
+        assert messages_out(redis) == 3
         delivered.ack()
-        assert jobs_in_flight(redis) == {"b"}
+        assert jobs_in_flight(redis) == {"b"} and messages_out(redis) == 2
         broker.SimpleQueue(UPSERT_QUEUE, no_ack=False, accept=["msgpack"]).get(timeout=5).ack()
-    assert jobs_in_flight(redis) == set()
+    assert jobs_in_flight(redis) == set() and messages_out(redis) == 1  # the map request
