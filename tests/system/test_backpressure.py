@@ -4,6 +4,7 @@ a retry keep their meaning under that bound."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -59,11 +60,14 @@ def test_an_ingest_keeps_its_queue_bounded_through_cancel_resume_and_retry(
     with peak_depth(tracker, "bounded") as first:
         started = stack.medindex("ingest", *argv, "--no-wait", env=env)
         assert started.returncode == 0, started.stderr
-        assert f"{BOUND} jobs of 16 queued" in started.stderr
-        wait_for(tracker, "bounded", lambda progress: progress.done >= BOUND * 16)
+        # Up to the bound: fewer while other messages are out (the producer's own store
+        # calls are acknowledged just after they answer).
+        queued = int(re.search(r"(\d+) jobs of 16 queued", started.stderr)[1])
+        assert 0 < queued <= BOUND, started.stderr
+        wait_for(tracker, "bounded", lambda progress: progress.done >= queued * 16)
         time.sleep(1)  # nothing follows the job: its first jobs only are done
-        assert tracker.fed("bounded") == BOUND * 16
-        assert tracker.progress("bounded").done == BOUND * 16
+        assert tracker.fed("bounded") == queued * 16
+        assert tracker.progress("bounded").done == queued * 16
     assert stack.medindex("cancel", "bounded").returncode == 0
 
     with peak_depth(tracker, "bounded") as resumed:
