@@ -221,6 +221,7 @@ class EdgeStore(Store):
             self._lock.close()
             raise StoreError(f"embedded store {root} is in use by another process") from exc
         self._shards: dict[str, edge.EdgeShard] = {}
+        self._shards_lock = threading.Lock()  # one opener of a shard: a second load fails
         self._index_after_points = index_after_points
         self._index_lock = threading.RLock()
         self._builds: dict[str, Build] = {}
@@ -254,7 +255,8 @@ class EdgeStore(Store):
             for field, kind in indexes.items():  # before the points: Qdrant's advice
                 shard.update(_field_index(field, kind))
             shard.close()  # opened again by its first use
-            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False}  # no HNSW yet
+            # No HNSW yet; a bulk load's is built once, by its `finish_bulk`.
+            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False, "bulk": bulk}
             made = {"created_at": time.time(), "layout": self.layout}
             _write_json(folder / "meta.json", meta | {"metadata": spec | made})
         log.info("created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description)
@@ -538,12 +540,17 @@ class EdgeStore(Store):
             counted = self._outside_index(name)
         else:
             counted += len(ids)  # points written again count twice: the engine corrects it
-        if counted >= self._index_after_points and build is None and name not in self._wanted:
+        due = counted >= self._index_after_points and build is None
+        if due and name not in self._wanted and not self._bulk_loading(name):
             counted = self._outside_index(name)
             if counted >= self._index_after_points:
                 log.info("%s: %d points outside its index, building it", name, counted)
                 self._want(name)
         self._unindexed[name] = counted
+
+    def _bulk_loading(self, name: str) -> bool:
+        meta = self._meta(name)
+        return meta.get("bulk", False) and not meta["indexed"]
 
     def _outside_index(self, name: str) -> int:
         with self._errors():
@@ -630,7 +637,8 @@ class EdgeStore(Store):
         built.flush()
         old = self._live_path(name)
         self._update_meta(name, shard=build.folder.name, indexed=True, index_wanted=False)
-        self._shards[name] = built
+        with self._shards_lock:
+            self._shards[name] = built
         del self._builds[name]
         self._unindexed[name] = unindexed(built.info())
         self._retired.append((time.monotonic() + RETIRE_S, live, old))
@@ -638,13 +646,14 @@ class EdgeStore(Store):
 
     def _abandon_build(self, name: str) -> None:
         """Under the index lock: the child stopped, its copy removed; the live shard stays."""
-        build = self._builds.pop(name, None)
+        build = self._builds.get(name)
         if build is None:
             return
         if build.process.poll() is None:
             build.process.kill()
             build.process.wait()
         shutil.rmtree(build.folder, ignore_errors=True)
+        del self._builds[name]  # last: gone from here means gone from the disk
 
     def _close_retired(self, everything: bool = False) -> None:
         now = time.monotonic()
@@ -706,8 +715,10 @@ class EdgeStore(Store):
         name = self._resolve(name)
         shard = self._shards.get(name)
         if shard is None:
-            with self._errors():
-                shard = self._shards[name] = edge.EdgeShard.load(str(self._live_path(name)))
+            with self._shards_lock, self._errors():
+                shard = self._shards.get(name)  # opened by another thread meanwhile?
+                if shard is None:
+                    shard = self._shards[name] = edge.EdgeShard.load(str(self._live_path(name)))
         return shard
 
     @contextmanager

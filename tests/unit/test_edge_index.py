@@ -86,6 +86,19 @@ def test_a_field_indexed_during_a_build_is_in_the_built_shard(tmp_path: Path) ->
     store.close()
 
 
+def test_a_bulk_load_is_indexed_once_by_its_finish_not_by_the_threshold(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "edge", index_after_points=THRESHOLD, index_poll_s=0.05)
+    store.ensure_collection("c", SPEC, bulk=True)
+    store.upsert("c", *_points(0, 2 * THRESHOLD, "first"))
+    time.sleep(0.3)  # several maintenance rounds
+    assert "c" not in store._builds and "c" not in store._wanted
+    finish_bulk(store, "c", timeout_s=60, poll_s=0.05)
+    assert store.collection_info("c")["indexed_points"] == 2 * THRESHOLD
+    store.upsert("c", *_points(2 * THRESHOLD, 3 * THRESHOLD, "later"))  # now a live collection
+    _wait(lambda: store.collection_info("c")["indexed_points"] == 3 * THRESHOLD)
+    store.close()
+
+
 def test_a_killed_builder_leaves_the_collection_answering_and_a_later_build_indexes_it(
     tmp_path: Path,
 ) -> None:

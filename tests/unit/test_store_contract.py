@@ -181,6 +181,7 @@ def test_retrieve_scroll_and_info(store: Store) -> None:
     assert len(seen) == len(set(seen)) == store.count("c", FILTERS[2])
     info = store.collection_info("c")
     assert (info["dim"], info["points"]) == (DIM, N)
+    assert info["indexed_points"] + info["unindexed_points"] == N
     assert info["metadata"]["model"] == "m"
 
 
