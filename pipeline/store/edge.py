@@ -599,10 +599,14 @@ class EdgeStore(Store):
         with self._errors():
             live.flush()
         folder = new_shard_folder(self._folder(name))
-        copy_shard(self._live_path(name), folder)
         layout = self._layout(name)
         argv = builder_argv(folder, meta["dim"], HNSW_M, layout["quantization"], layout["on_disk"])
-        self._builds[name] = Build(folder, subprocess.Popen(argv))
+        try:
+            copy_shard(self._live_path(name), folder)
+            self._builds[name] = Build(folder, subprocess.Popen(argv))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a copy cut short (the disk full)
+            raise
         log.info("building the index of %s in process %d", name, self._builds[name].process.pid)
 
     def _finish_build(self, name: str, build: Build) -> None:
@@ -610,39 +614,40 @@ class EdgeStore(Store):
         time), the last ones under the index lock, then the swap."""
         built = edge.EdgeShard.load(str(build.folder))
         try:
-            live = self._shard(name)
+            live, caught = self._shard(name), 0
             for _ in range(CATCH_UP_ROUNDS):
                 with self._index_lock:
                     if len(build.written) <= CATCH_UP_CHUNK:
                         break
                     ids, build.written = build.written, set()
-                catch_up(live, built, ids)
+                caught += catch_up(live, built, ids)
             with self._index_lock:
                 if self._builds.get(name) is not build:  # abandoned meanwhile (deleted)
                     built.close()
                     return
-                self._swap_in(name, build, live, built)
+                caught += self._swap_in(name, build, live, built)
         except BaseException:
             built.close()
             raise
+        log.info("%s: index built and swapped in (%d points written during the build "
+                 "caught up)", name, caught)  # fmt: skip
 
-    def _swap_in(
-        self, name: str, build: Build, live: edge.EdgeShard, built: edge.EdgeShard
-    ) -> None:
-        """Under the index lock: the last points caught up, then meta.json names the built
-        folder (one rename: the switch), then the shard object replaced. The old one stays
-        open `RETIRE_S` for a search caught on it."""
+    def _swap_in(self, name: str, build: Build, live: edge.EdgeShard, built: edge.EdgeShard) -> int:
+        """Under the index lock: the last points caught up (returns how many), then meta.json
+        names the built folder (one rename: the switch), then the shard object replaced. The
+        old one stays open `RETIRE_S` for a search caught on it."""
         caught = catch_up(live, built, build.written)
         copy_missing_indexes(live, built)
         built.flush()
-        old = self._live_path(name)
+        outside, old = unindexed(built.info()), self._live_path(name)
         self._update_meta(name, shard=build.folder.name, indexed=True, index_wanted=False)
+        # From the switch on, nothing that can fail: the build's folder is the live one now.
         with self._shards_lock:
             self._shards[name] = built
         del self._builds[name]
-        self._unindexed[name] = unindexed(built.info())
+        self._unindexed[name] = outside
         self._retired.append((time.monotonic() + RETIRE_S, live, old))
-        log.info("%s: index built and swapped in (%d points caught up last)", name, caught)
+        return caught
 
     def _abandon_build(self, name: str) -> None:
         """Under the index lock: the child stopped, its copy removed; the live shard stays."""
