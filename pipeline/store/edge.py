@@ -560,7 +560,9 @@ class EdgeStore(Store):
         """The maintenance thread: starts the builds asked for, swaps in the finished ones,
         closes replaced shards. A failure is logged and the collection keeps its live shard."""
         while not self._stopping.wait(poll_s):
-            for name in [*self._wanted, *self._builds]:
+            with self._index_lock:  # a write or a call may change them meanwhile
+                names = [*self._wanted, *self._builds]
+            for name in names:
                 try:
                     self._advance(name)
                 except Exception:
@@ -710,7 +712,8 @@ class EdgeStore(Store):
         return json.loads((self._folder(name) / "meta.json").read_text())
 
     def _update_meta(self, name: str, **changes: Any) -> None:
-        _write_json(self._folder(name) / "meta.json", self._meta(name) | changes)
+        with self._index_lock:  # read and replaced in one step: a swap's switch never undone
+            _write_json(self._folder(name) / "meta.json", self._meta(name) | changes)
 
     def _live_path(self, name: str) -> Path:
         """The live shard's folder, named in meta.json (a build's swap renames it)."""
