@@ -61,10 +61,7 @@ def test_a_killed_builder_leaves_every_point_answering_and_the_next_ask_indexes_
     stack: RunningStack, store: Admin
 ) -> None:
     name = "killed_builder"
-    started, _ = _logged(stack, name)
-    n = _past_threshold(store, name)
-    wait_for_log(stack, f"building the index of {name} in process", started, timeout_s=180)
-    builder = _builder(stack, name)
+    n, builder, _ = _building(stack, store, name)
     builder.kill()
     wait_for_log(stack, f"building the index of {name!r} failed", 0, timeout_s=60)
     assert _counts(store, name) == (n, n)  # every point, none indexed: the live shard as it was
@@ -79,10 +76,7 @@ def test_a_store_worker_killed_mid_build_comes_back_with_every_point_and_builds_
     stack: RunningStack, store: Admin
 ) -> None:
     name = "killed_store_build"
-    started, built = _logged(stack, name)
-    n = _past_threshold(store, name)
-    wait_for_log(stack, f"building the index of {name} in process", started, timeout_s=180)
-    builder = _builder(stack, name)
+    n, builder, built = _building(stack, store, name)
     assert kill_and_wait_for_restart(psutil.Process(stack.process.pid), "store worker")
     builder.wait(timeout=10)  # gone with the store worker, not left building a dead copy
     assert store.count(name) == n  # the restarted worker opens the store: every point
@@ -93,6 +87,15 @@ def test_a_store_worker_killed_mid_build_comes_back_with_every_point_and_builds_
     # The killed build's copy removed at the open; the replaced shard once no search needs it.
     _wait_until(lambda: _shard_folders(name) == [_live_shard(name)], timeout_s=30)
     assert_exactly_indexed(store, name, {f"{name}-{row}" for row in range(n)})
+
+
+def _building(stack: RunningStack, store: Admin, name: str) -> tuple[int, psutil.Process, int]:
+    """A collection written past the threshold, once its build started: its points, its
+    builder, and how often a build of it had been swapped in before."""
+    started, built = _logged(stack, name)
+    n = _past_threshold(store, name)
+    wait_for_log(stack, f"building the index of {name} in process", started, timeout_s=180)
+    return n, _builder(stack, name), built
 
 
 def _past_threshold(store: Admin, name: str) -> int:
