@@ -158,6 +158,37 @@ def test_a_store_killed_mid_build_reopens_with_every_point_and_builds_again(
     store.close()
 
 
+KILLED_AFTER_SWAP = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tests.unit.test_edge_index import THRESHOLD, SPEC, _points
+from pipeline.store.edge import EdgeStore
+store = EdgeStore(Path(sys.argv[1]), index_after_points=THRESHOLD, index_poll_s=0.05)
+store.ensure_collection("c", SPEC)
+store.upsert("c", *_points(0, THRESHOLD, "first"))
+while store._meta("c").get("shard", "shard") == "shard":  # until the switch
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)  # the replaced shard not removed yet
+"""
+
+
+def test_a_store_killed_just_after_the_switch_opens_the_built_shard(tmp_path: Path) -> None:
+    root = tmp_path / "edge"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_SWAP, str(root), str(Path(__file__).parents[2])],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "shard" in _only_the_live_shard(root, "c")  # the replaced one, left behind
+    store = EdgeStore(root, index_after_points=THRESHOLD)
+    live = store._meta("c")["shard"]
+    assert _only_the_live_shard(root, "c") == [live] != ["shard"]
+    assert store.collection_info("c")["indexed_points"] == store.count("c") == THRESHOLD
+    store.close()
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
