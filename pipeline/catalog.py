@@ -13,6 +13,8 @@ class CollectionRow:
     collection: str
     alias: str | None  # the alias serving it, if any
     points: int
+    indexed_points: int  # in the HNSW index
+    unindexed_points: int  # written since its last build: searched exactly
     dim: int
     model: str | None
     pooling: str | None
@@ -33,6 +35,8 @@ def collection_rows(store: Reader) -> list[CollectionRow]:
                 collection=name,
                 alias=serving.get(name),
                 points=info["points"],
+                indexed_points=info["indexed_points"],
+                unindexed_points=info["unindexed_points"],
                 dim=info["dim"],
                 model=meta.get("model"),
                 pooling=meta.get("pooling"),

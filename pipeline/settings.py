@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # Seconds the store worker retries a failing write (tries included) before it parks the
     # points: kept in Redis, shown as failed with the reason, written by `medindex retry`.
     store_retry_budget_s: float = Field(240.0, ge=0)
+    # Points of an embedded collection outside its HNSW index (written since its last build)
+    # at which the store worker builds it again in the background; an ingest's end does too.
+    index_after_points: int = Field(20_000, ge=1)
 
     # Reading NIfTI and DICOM (defaults of `medindex ingest`'s flags; a job records its own).
     nifti_variant: NiftiVariant = "slice"

@@ -30,7 +30,7 @@ from pipeline.sources import (
     source_class,
     versioned,
 )
-from pipeline.store import Admin, open_store
+from pipeline.store import Admin, StoreError, open_store
 from producers.schema import SchemaError, collection_schema
 from producers.spec import SourceSpec
 
@@ -119,6 +119,17 @@ def feed(tracker: JobTracker, job_id: str, settings: Settings) -> int:
     _enqueue_rows(job_id, progress.meta, [row for rows in todo for row in rows], settings)
     tracker.set_fed(job_id, fed)
     return len(todo)
+
+
+def index_after_ingest(collection: str, settings: Settings) -> None:
+    """An ingest's end: the points it wrote outside the collection's HNSW index are built into
+    it in the background (the collection serves meanwhile). Not started (the store worker
+    down): said, and left to the next trigger; the points are in either way."""
+    try:
+        open_store(settings).start_index(collection)
+    except StoreError as exc:
+        log.warning("%s: its index build was not started (%s); the next ingest starts it",
+                    collection, exc)  # fmt: skip
 
 
 def check_workers_key(settings: Settings) -> None:

@@ -57,7 +57,7 @@ def connect(settings: Settings) -> Store:
     from pipeline.store.edge import EdgeStore
 
     layout = settings.qdrant_quantization, settings.qdrant_on_disk
-    return EdgeStore(settings.embedded_store_path, *layout)
+    return EdgeStore(settings.embedded_store_path, *layout, settings.index_after_points)
 
 
 def open_store(settings: Settings) -> Admin:

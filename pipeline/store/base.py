@@ -30,7 +30,9 @@ class Reader(Protocol):
 
     @abstractmethod
     def collection_info(self, name: str) -> dict:
-        """{"name", "dim", "distance", "points", "metadata", "payload_indexes"}."""
+        """{"name", "dim", "distance", "points", "indexed_points", "unindexed_points",
+        "metadata", "payload_indexes"}: unindexed points are outside the HNSW index, searched
+        exactly (an embedded collection builds them in past `index_after_points`)."""
 
     @abstractmethod
     def metadata(self, name: str) -> dict:
@@ -96,7 +98,9 @@ class Manager(Protocol):
 
     @abstractmethod
     def start_index(self, name: str) -> None:
-        """Start building the HNSW index deferred during a bulk load (returns at once)."""
+        """Start building the HNSW index in the background: deferred during a bulk load, or of
+        the points written since the last build (an ingest's end). Returns at once; the
+        collection serves searches and writes meanwhile."""
 
     @abstractmethod
     def index_ready(self, name: str) -> bool:

@@ -4,11 +4,12 @@ Edge has shards, not collections: a collection is a folder holding its shard and
 (the spec it records, written last, so a half-made collection does not exist); aliases live in
 one `aliases.json` replaced by rename, read on every call. One process may open a shard, so
 the store worker owns the folder (a lock on it says so) and everyone else calls it through the
-broker. Edge has no background optimiser and `optimize()` holds its process (the GIL included)
-until done: a collection gets its HNSW index (`start_index`: a reindex's new version after its
-bulk load) in a child process that owns the shard until it is ready, so searches and writes of
-the other collections never wait behind it. Until then a collection is searched exactly (its
-payload indexes narrow a filtered search first). The child: `pipeline.store.edge_build`.
+broker. Edge has no background optimiser and `optimize()` holds its process until done: a
+collection's HNSW index is built on a copy of its shard by a child process and swapped in, while
+the live shard goes on serving searches and writes (`pipeline.store.edge_index`). A build
+starts when `index_after_points` points are outside the index, or when asked (`start_index`:
+an ingest's end, a reindex's bulk load); a thread of the store drives it forward. Points
+outside the index are searched exactly (payload indexes narrow a filtered search first).
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ from pipeline.store.edge_build import (
     vector_config,
 )
 from pipeline.store.edge_filters import edge_filter, edge_payload_selector
+from pipeline.store.edge_index import (
+    CATCH_UP_CHUNK,
+    LIVE_SHARD,
+    Build,
+    catch_up,
+    copy_missing_indexes,
+    copy_shard,
+    new_shard_folder,
+    remove_leftovers,
+    unindexed,
+)
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
 from pipeline.store.points import check_finite, range_end, to_hit
@@ -56,6 +68,9 @@ GROUP_READS = 5  # the server's bound: reads to find groups, and again to fill t
 # thread) to end, so that a search does not share the CPU with a write.
 WRITE_SLICE = 250
 READ_PRIORITY_S = 0.05
+INDEX_POLL_S = 0.5  # how often the maintenance thread looks at the builds
+RETIRE_S = 5.0  # a replaced shard stays open this long: a search caught on it finishes
+CATCH_UP_ROUNDS = 5  # catch-up rounds beside the writes before the last one, which holds them
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
@@ -163,10 +178,49 @@ def _read(method: Callable) -> Callable:
     return read
 
 
+def _serialised(method: Callable) -> Callable:
+    """Run under the index lock: a build's copy and its swap never fall inside a write or a
+    change of the collection (the swap would lose it)."""
+
+    @wraps(method)
+    def serialised(self: EdgeStore, *args: Any, **kwargs: Any) -> Any:
+        with self._index_lock:
+            return method(self, *args, **kwargs)
+
+    return serialised
+
+
+def _noting_writes(upsert: Callable) -> Callable:
+    """The write, then its ids noted for a build in progress (caught up before its swap) and
+    counted towards the next build, in one step under the index lock."""
+
+    @wraps(upsert)
+    def noted(
+        self: EdgeStore,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict],
+    ) -> None:
+        with self._index_lock:
+            upsert(self, name, ids, vectors, payloads)
+            self._note_writes(self._resolve(name), ids)
+
+    return noted
+
+
 class EdgeStore(Store):
-    def __init__(self, root: Path, quantization: str = "none", on_disk: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        quantization: str = "none",
+        on_disk: bool = False,
+        index_after_points: int = 20_000,
+        index_poll_s: float = INDEX_POLL_S,
+    ) -> None:
         """`quantization` and `on_disk`: the layout of the collections it creates (recorded
-        in each one's metadata under `layout`; a collection keeps its own)."""
+        in each one's metadata under `layout`; a collection keeps its own).
+        `index_after_points`: points outside a collection's index that start a build."""
         self.root = root
         self.layout = {
             "quantization": quantization,
@@ -183,17 +237,28 @@ class EdgeStore(Store):
             self._lock.close()
             raise StoreError(f"embedded store {root} is in use by another process") from exc
         self._shards: dict[str, edge.EdgeShard] = {}
-        self._builds: dict[str, subprocess.Popen] = {}
-        # The store worker's query thread and its writing thread open and close shards: one
-        # at a time, so that neither opens a shard twice, nor one a builder is taking over.
-        self._opening = threading.RLock()
-        self._reads = 0
+        self._shards_lock = threading.Lock()  # one opener of a shard: a second load fails
+        self._reads = 0  # searches running on other threads (see READ_PRIORITY_S)
         self._reads_lock = threading.Lock()
         self._no_reads = threading.Event()
         self._no_reads.set()
+        self._index_after_points = index_after_points
+        self._index_lock = threading.RLock()
+        self._builds: dict[str, Build] = {}
+        self._wanted: set[str] = set()  # builds asked for, started by the maintenance thread
+        self._failed: dict[str, str] = {}  # a failed build's reason, for `index_ready`
+        self._unindexed: dict[str, int] = {}  # points outside the index, counted by writes
+        self._retired: list[tuple[float, edge.EdgeShard, Path]] = []  # (close at, shard, folder)
+        self._wanted.update(self._tidy_builds())
+        self._stopping = threading.Event()
+        self._maintainer = threading.Thread(
+            target=self._maintain, args=(index_poll_s,), name="edge-index", daemon=True
+        )
+        self._maintainer.start()
 
     # --- management -----------------------------------------------------------------------
 
+    @_serialised
     def ensure_collection(self, name: str, spec: dict, bulk: bool = False) -> None:
         if self._exists(name) or name in self.aliases():  # checked on its record only
             name = self._resolve(name)
@@ -210,7 +275,8 @@ class EdgeStore(Store):
             for field, kind in indexes.items():  # before the points: Qdrant's advice
                 shard.update(_field_index(field, kind))
             shard.close()  # opened again by its first use
-            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False}  # no HNSW yet
+            # No HNSW yet; a bulk load's is built once, by its `finish_bulk`.
+            meta = {"dim": spec["dim"], "distance": "Cosine", "indexed": False, "bulk": bulk}
             made = {"created_at": time.time(), "layout": self.layout}
             _write_json(folder / "meta.json", meta | {"metadata": spec | made})
         log.info("created collection %s (%d-d cosine) in %s", name, spec["dim"], self.description)
@@ -226,49 +292,39 @@ class EdgeStore(Store):
         if update := schema_update(recorded, spec):
             self.set_metadata(name, update)
 
-    def start_index(self, name: str, m: int = HNSW_M) -> None:
-        name = self._resolve(name)
-        if self._meta(name)["indexed"] or name in self._builds:
-            return
-        shard_path, dim = self._folder(name) / "shard", self._meta(name)["dim"]
-        layout = self._layout(name)
-        argv = builder_argv(shard_path, dim, m, layout["quantization"], layout["on_disk"])
-        with self._opening:
-            shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()  # the builder owns it until it is ready
-            self._builds[name] = subprocess.Popen(argv)
-        log.info("building the index of %s in process %d", name, self._builds[name].pid)
+    @_serialised
+    def start_index(self, name: str) -> None:
+        """A build of the points outside the index (none: nothing to do), in the background;
+        the collection serves searches and writes meanwhile."""
+        self._want(self._resolve(name))
 
+    @_serialised
     def index_ready(self, name: str) -> bool:
         name = self._resolve(name)
-        build = self._builds.get(name)
-        if build is None:  # none running here (this process restarted): start it again
-            if self._meta(name)["indexed"]:
-                return True
-            self.start_index(name)
+        if name in self._failed:
+            raise StoreError(self._failed.pop(name))
+        if name in self._builds or name in self._wanted:
             return False
-        code = build.poll()
-        if code is None:
-            return False
-        del self._builds[name]
-        if code != 0:
-            raise StoreError(f"building the index of {name!r} failed (exit code {code})")
-        self._update_meta(name, indexed=True)
-        return True
+        meta = self._meta(name)
+        if meta["indexed"] and not meta.get("index_wanted"):
+            return True
+        self._want(name)  # asked for before this process started: again
+        return False
 
     def set_metadata(self, name: str, metadata: dict) -> None:
         name = self._resolve(name)
         self._update_meta(name, metadata=self._meta(name)["metadata"] | metadata)
 
+    @_serialised
     def delete_collection(self, name: str) -> None:
         if not self._exists(name):
             raise StoreError(f"collection {name!r} does not exist")
-        self._refuse_while_building(name)
-        with self._opening:
-            shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
+        self._abandon_build(name)
+        self._wanted.discard(name)
+        self._unindexed.pop(name, None)
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
         aliases = self.aliases()
         kept = {alias: target for alias, target in aliases.items() if target != name}
         if kept != aliases:
@@ -287,6 +343,7 @@ class EdgeStore(Store):
 
     # --- writes ---------------------------------------------------------------------------
 
+    @_noting_writes
     def upsert(
         self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]
     ) -> None:
@@ -330,6 +387,8 @@ class EdgeStore(Store):
             "dim": meta["dim"],
             "distance": meta["distance"],
             "points": info.points_count,
+            "indexed_points": info.points_count - unindexed(info),
+            "unindexed_points": unindexed(info),
             "metadata": meta["metadata"],
             # The indexes the engine holds (PayloadSchemaType.Keyword -> "keyword").
             "payload_indexes": {
@@ -489,11 +548,177 @@ class EdgeStore(Store):
             raise StoreError(f"{self.description} is gone", transient=True)
 
     def close(self) -> None:
-        with self._opening:
-            for shard in self._shards.values():
-                shard.close()
-            self._shards.clear()
+        self._stopping.set()
+        self._maintainer.join()
+        for name in list(self._builds):
+            self._abandon_build(name)  # removed now; a crash's copy at the next open
+        self._close_retired(everything=True)
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
         self._lock.close()
+
+    # --- index maintenance ----------------------------------------------------------------
+
+    def _want(self, name: str) -> None:
+        """A build asked for, recorded in its meta.json: a crash before its swap (the store
+        worker killed) leaves it asked for, and the next store worker builds it."""
+        if name not in self._builds:
+            self._wanted.add(name)
+            self._update_meta(name, index_wanted=True)
+
+    def _note_writes(self, name: str, ids: Sequence[str]) -> None:
+        """Under the index lock, after a write: its ids noted for a build in progress; past
+        `index_after_points` counted writes, the engine's own count decides on a build."""
+        build = self._builds.get(name)
+        if build is not None:
+            build.written.update(_point_id(i) for i in ids)
+        counted = self._unindexed.get(name)
+        if counted is None:  # the first write since this process opened the collection
+            counted = self._outside_index(name)
+        else:
+            counted += len(ids)  # points written again count twice: the engine corrects it
+        due = counted >= self._index_after_points and build is None
+        if due and name not in self._wanted and not self._bulk_loading(name):
+            counted = self._outside_index(name)
+            if counted >= self._index_after_points:
+                log.info("%s: %d points outside its index, building it", name, counted)
+                self._want(name)
+        self._unindexed[name] = counted
+
+    def _bulk_loading(self, name: str) -> bool:
+        meta = self._meta(name)
+        return meta.get("bulk", False) and not meta["indexed"]
+
+    def _outside_index(self, name: str) -> int:
+        with self._errors():
+            return unindexed(self._shard(name).info())
+
+    def _maintain(self, poll_s: float) -> None:
+        """The maintenance thread: starts the builds asked for, swaps in the finished ones,
+        closes replaced shards. A failure is logged and the collection keeps its live shard."""
+        while not self._stopping.wait(poll_s):
+            with self._index_lock:  # a write or a call may change them meanwhile
+                names = [*self._wanted, *self._builds]
+            for name in names:
+                try:
+                    self._advance(name)
+                except Exception:
+                    log.exception("index build of %s abandoned; the collection is unchanged", name)
+                    with self._index_lock:
+                        self._abandon_build(name)
+            self._close_retired()
+
+    def _advance(self, name: str) -> None:
+        build = self._builds.get(name)
+        if build is None:
+            with self._index_lock:
+                if name in self._wanted and name not in self._builds:
+                    self._wanted.discard(name)
+                    if self._exists(name):
+                        self._start_build(name)
+            return
+        code = build.process.poll()
+        if code is None:
+            return
+        if code != 0:
+            with self._index_lock:
+                self._abandon_build(name)
+                self._failed[name] = f"building the index of {name!r} failed (exit code {code})"
+            log.error("%s", self._failed[name])
+            return
+        self._finish_build(name, build)
+
+    def _start_build(self, name: str) -> None:
+        """Under the index lock: the live shard flushed and copied, the child started on the
+        copy. Nothing outside the index (and the graph built once): nothing to do."""
+        meta, live = self._meta(name), self._shard(name)
+        if meta["indexed"] and unindexed(live.info()) == 0:
+            self._update_meta(name, index_wanted=False)
+            return
+        with self._errors():
+            live.flush()
+        folder = new_shard_folder(self._folder(name))
+        layout = self._layout(name)
+        argv = builder_argv(folder, meta["dim"], HNSW_M, layout["quantization"], layout["on_disk"])
+        try:
+            copy_shard(self._live_path(name), folder)
+            self._builds[name] = Build(folder, subprocess.Popen(argv))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a copy cut short (the disk full)
+            raise
+        log.info("building the index of %s in process %d", name, self._builds[name].process.pid)
+
+    def _finish_build(self, name: str, build: Build) -> None:
+        """The points written during the build caught up beside the writes (a round at a
+        time), the last ones under the index lock, then the swap."""
+        built = edge.EdgeShard.load(str(build.folder))
+        try:
+            live, caught = self._shard(name), 0
+            for _ in range(CATCH_UP_ROUNDS):
+                with self._index_lock:
+                    if len(build.written) <= CATCH_UP_CHUNK:
+                        break
+                    ids, build.written = build.written, set()
+                caught += catch_up(live, built, ids)
+            with self._index_lock:
+                if self._builds.get(name) is not build:  # abandoned meanwhile (deleted)
+                    built.close()
+                    return
+                caught += self._swap_in(name, build, live, built)
+        except BaseException:
+            built.close()
+            raise
+        log.info("%s: index built and swapped in (%d points written during the build "
+                 "caught up)", name, caught)  # fmt: skip
+
+    def _swap_in(self, name: str, build: Build, live: edge.EdgeShard, built: edge.EdgeShard) -> int:
+        """Under the index lock: the last points caught up (returns how many), then meta.json
+        names the built folder (one rename: the switch), then the shard object replaced. The
+        old one stays open `RETIRE_S` for a search caught on it."""
+        caught = catch_up(live, built, build.written)
+        copy_missing_indexes(live, built)
+        built.flush()
+        outside, old = unindexed(built.info()), self._live_path(name)
+        self._update_meta(name, shard=build.folder.name, indexed=True, index_wanted=False)
+        # From the switch on, nothing that can fail: the build's folder is the live one now.
+        with self._shards_lock:
+            self._shards[name] = built
+        del self._builds[name]
+        self._unindexed[name] = outside
+        self._retired.append((time.monotonic() + RETIRE_S, live, old))
+        return caught
+
+    def _abandon_build(self, name: str) -> None:
+        """Under the index lock: the child stopped, its copy removed; the live shard stays."""
+        build = self._builds.get(name)
+        if build is None:
+            return
+        if build.process.poll() is None:
+            build.process.kill()
+            build.process.wait()
+        shutil.rmtree(build.folder, ignore_errors=True)
+        del self._builds[name]  # last: gone from here means gone from the disk
+
+    def _close_retired(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        with self._index_lock:
+            due = [r for r in self._retired if everything or r[0] <= now]
+            self._retired = [r for r in self._retired if r not in due]
+        for _, shard, folder in due:
+            shard.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _tidy_builds(self) -> list[str]:
+        """At open: what crashed builds left removed; the collections whose build was asked
+        for and not swapped in (to build again)."""
+        wanted = []
+        for name in self.collections():
+            meta = self._meta(name)
+            remove_leftovers(self._folder(name), meta.get("shard", LIVE_SHARD))
+            if meta.get("index_wanted"):
+                wanted.append(name)
+        return wanted
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -538,24 +763,21 @@ class EdgeStore(Store):
         return json.loads((self._folder(name) / "meta.json").read_text())
 
     def _update_meta(self, name: str, **changes: Any) -> None:
-        _write_json(self._folder(name) / "meta.json", self._meta(name) | changes)
+        with self._index_lock:  # read and replaced in one step: a swap's switch never undone
+            _write_json(self._folder(name) / "meta.json", self._meta(name) | changes)
 
-    def _refuse_while_building(self, name: str) -> None:
-        """The builder owns the shard until its index is ready: opening it here would take the
-        write-ahead log from under the build (which then fails) and write beside it. Worth
-        retrying: the writer's backoff waits for the build."""
-        if name in self._builds and self._builds[name].poll() is None:
-            raise StoreError(f"collection {name!r} is being indexed", transient=True)
+    def _live_path(self, name: str) -> Path:
+        """The live shard's folder, named in meta.json (a build's swap renames it)."""
+        return self._folder(name) / self._meta(name).get("shard", LIVE_SHARD)
 
     def _shard(self, name: str) -> edge.EdgeShard:
         name = self._resolve(name)
-        with self._opening:
-            shard = self._shards.get(name)
-            if shard is None:
-                self._refuse_while_building(name)
-                with self._errors():
-                    path = str(self._folder(name) / "shard")
-                    shard = self._shards[name] = edge.EdgeShard.load(path)
+        shard = self._shards.get(name)
+        if shard is None:
+            with self._shards_lock, self._errors():
+                shard = self._shards.get(name)  # opened by another thread meanwhile?
+                if shard is None:
+                    shard = self._shards[name] = edge.EdgeShard.load(str(self._live_path(name)))
         return shard
 
     @contextmanager

@@ -179,6 +179,9 @@ class ServerStore(Store):
                 "dim": params.size,
                 "distance": params.distance.value,
                 "points": count,
+                # The server's own optimiser indexes; local mode never does (it scans).
+                "indexed_points": min(count, info.indexed_vectors_count or 0),
+                "unindexed_points": max(0, count - (info.indexed_vectors_count or 0)),
                 "metadata": info.config.metadata or {},
                 # The indexes the server holds (local mode holds none: it scans).
                 "payload_indexes": {

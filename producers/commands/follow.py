@@ -37,7 +37,7 @@ def follow(
 ) -> int:
     """Show a job's progress until it ends; exit 0 only when every image is indexed or failed
     (a retry of a cancelled job: every image it sent again)."""
-    from producers.ingest import wait  # celery, qdrant-client: slow to import
+    from producers.ingest import index_after_ingest, wait  # celery, qdrant-client: slow
 
     if args.no_wait:
         print(json.dumps({"job_id": job_id, "images": total}) if args.json else job_id)
@@ -51,6 +51,8 @@ def follow(
             err.print(f"stopped waiting; job {job_id} goes on: `medindex report {job_id}`")
             return 130
     seconds = time.monotonic() - started
+    if final.finished and final.indexed:
+        index_after_ingest(final.meta["collection"], settings)
     rate = final.indexed / seconds if seconds else 0.0
     err.print(
         f"job {job_id}: {final.indexed} indexed, {final.failed} failed of {final.total} "

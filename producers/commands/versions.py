@@ -99,10 +99,11 @@ def _collections(args: argparse.Namespace) -> int:
 
 
 def print_collections(rows: list, console: Console) -> None:
-    """One line a collection: its name, points, quality and creation time never cut (the
-    model and dataset columns wrap first), models and datasets by their distinguishing part."""
+    """One line a collection: its name, points (and how many of them are outside its HNSW
+    index, being or to be built in), quality and creation time never cut (the model and
+    dataset columns wrap first), models and datasets by their distinguishing part."""
     table = Table(caption="model, dataset: paths shown from where they differ (--json: whole)")
-    for name in ("collection", "alias", "points"):
+    for name in ("collection", "alias", "points\n(unindexed)"):
         table.add_column(name, no_wrap=True)
     table.add_column("model", overflow="fold")
     table.add_column("dataset", overflow="fold")
@@ -113,7 +114,8 @@ def print_collections(rows: list, console: Console) -> None:
     for row, model, dataset in zip(rows, models, datasets, strict=True):
         created = row.created_at and time.strftime("%y-%m-%d %H:%M", time.localtime(row.created_at))
         quality = "" if row.quality is None else f"{row.quality:.3f}"
-        table.add_row(row.collection, row.alias or "", str(row.points), model, dataset, quality,
+        points = f"{row.points} ({row.unindexed_points})"
+        table.add_row(row.collection, row.alias or "", points, model, dataset, quality,
                       created or "")  # fmt: skip
     console.print(table)
 

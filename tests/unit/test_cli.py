@@ -129,9 +129,9 @@ def test_collections_at_80_columns_keep_quality_and_creation_time() -> None:
 
     home = "/tmp/medindex-demo-8f3k2/.medindex"
     rows = [
-        CollectionRow("skin_v2", "skin", 200, 384, f"{home}/models/vit-s16-random", "mean",
+        CollectionRow("skin_v2", "skin", 200, 0, 200, 384, f"{home}/models/vit-s16-random", "mean",
                       f"{home}/data/skin", 0.8125, "green", 1_795_000_000.0),
-        CollectionRow("xray", None, 48, 2048, "microsoft/resnet-50", "pooler",
+        CollectionRow("xray", None, 48, 48, 0, 2048, "microsoft/resnet-50", "pooler",
                       f"{home}/data/xray/Data_Entry_2017.csv", None, "green", 1_795_000_100.0),
     ]  # fmt: skip
     out = StringIO()
@@ -140,6 +140,7 @@ def test_collections_at_80_columns_keep_quality_and_creation_time() -> None:
     assert max(len(line) for line in lines) <= 80
     skin = next(line for line in lines if "skin_v2" in line)
     assert "0.812" in skin and re.search(r"\d\d-\d\d-\d\d \d\d:\d\d", skin)
+    assert "200 (200)" in skin  # its points, and those outside its HNSW index
     assert "medindex-demo-8f3k2" not in out.getvalue()  # the shared folders left out
     assert distinguishing([r.dataset for r in rows]) == ["skin", "xray/Data_Entry_2017.csv"]
     assert distinguishing([r.model for r in rows]) == ["vit-s16-random", "microsoft/resnet-50"]

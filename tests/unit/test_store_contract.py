@@ -181,6 +181,7 @@ def test_retrieve_scroll_and_info(store: Store) -> None:
     assert len(seen) == len(set(seen)) == store.count("c", FILTERS[2])
     info = store.collection_info("c")
     assert (info["dim"], info["points"]) == (DIM, N)
+    assert info["indexed_points"] + info["unindexed_points"] == N
     assert info["metadata"]["model"] == "m"
 
 
@@ -254,27 +255,6 @@ def test_refusals_keep_their_kind(store: Store) -> None:
 
 
 # --- Edge only -------------------------------------------------------------------------------
-
-
-def test_a_collection_being_indexed_is_not_opened_until_its_build_ends(tmp_path: Path) -> None:
-    """The builder process owns the shard while it builds: a write or a search meanwhile is
-    refused as worth retrying (the writer's backoff waits), never served by opening the shard
-    under the build, which took the build's write-ahead log and failed it."""
-    store = EdgeStore(tmp_path / "edge")
-    store.ensure_collection("c", SPEC, bulk=True)
-    store.upsert("c", IDS[:200], VECTORS[:200], PAYLOADS[:200])
-    store.start_index("c")
-    for call in (
-        lambda: store.upsert("c", IDS[200:], VECTORS[200:], PAYLOADS[200:]),
-        lambda: store.search("c", SearchRequest(vector=QUERY)),
-    ):
-        with pytest.raises(StoreError, match="being indexed") as refused:
-            call()
-        assert refused.value.transient
-    finish_bulk(store, "c")  # the build succeeds: nothing took its shard
-    store.upsert("c", IDS[200:], VECTORS[200:], PAYLOADS[200:])
-    assert store.count("c") == N
-    store.close()
 
 
 def test_a_local_mode_folder_is_refused_with_how_to_rebuild(tmp_path: Path) -> None:
