@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from redis.client import NEVER_DECODE
 from support import png
 
 from pipeline.fingerprint import INDEXES as FINGERPRINTS
@@ -262,8 +263,9 @@ def test_a_dicom_file_is_a_query_made_by_its_reader(dicoms: dict) -> None:
 
 def _redis_value(redis: object, key: str) -> str:
     kind = redis.type(key)
-    if kind == "string":
-        return repr(redis.get(key))
+    if kind == "string":  # a text, or a job's rows as a bitmap: read as bytes, shown as text
+        raw = redis.execute_command("GET", key, **{NEVER_DECODE: []})
+        return raw.decode(errors="replace")
     if kind == "hash":
         return repr(redis.hgetall(key))
     if kind == "list":
