@@ -562,9 +562,11 @@ class EdgeStore(Store):
 
     def _want(self, name: str) -> None:
         """A build asked for, recorded in its meta.json: a crash before its swap (the store
-        worker killed) leaves it asked for, and the next store worker builds it."""
+        worker killed) leaves it asked for, and the next store worker builds it. Asked for
+        while one runs, it follows that one: the points written during a build stay outside
+        its index (an ingest's end must find them indexed)."""
+        self._wanted.add(name)
         if name not in self._builds:
-            self._wanted.add(name)
             self._update_meta(name, index_wanted=True)
 
     def _note_writes(self, name: str, ids: Sequence[str]) -> None:
@@ -680,7 +682,8 @@ class EdgeStore(Store):
         copy_missing_indexes(live, built)
         built.flush()
         outside, old = unindexed(built.info()), self._live_path(name)
-        self._update_meta(name, shard=build.folder.name, indexed=True, index_wanted=False)
+        again = name in self._wanted  # asked for during this build: the next one follows
+        self._update_meta(name, shard=build.folder.name, indexed=True, index_wanted=again)
         # From the switch on, nothing that can fail: the build's folder is the live one now.
         with self._shards_lock:
             self._shards[name] = built

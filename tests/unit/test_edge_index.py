@@ -75,6 +75,22 @@ def test_a_live_collection_is_indexed_while_it_answers_and_takes_writes(tmp_path
     reopened.close()
 
 
+def test_an_ingest_ending_during_a_build_finds_every_point_indexed(tmp_path: Path) -> None:
+    """The ingest's last points land during a threshold's build, and its end asks for the
+    index then: the points the build caught up are indexed by the next build, before
+    `index_ready` says yes."""
+    store = EdgeStore(tmp_path / "edge", index_after_points=THRESHOLD, index_poll_s=0.05)
+    store.ensure_collection("c", SPEC)
+    store.upsert("c", *_points(0, THRESHOLD, "first"))
+    _wait(lambda: "c" in store._builds)
+    store.upsert("c", *_points(THRESHOLD, THRESHOLD + 50, "last"))  # during the build
+    assert "c" in store._builds
+    finish_bulk(store, "c", timeout_s=60, poll_s=0.05)  # the ingest's end, mid-build
+    info = store.collection_info("c")
+    assert (info["indexed_points"], info["unindexed_points"]) == (THRESHOLD + 50, 0)
+    store.close()
+
+
 def test_a_field_indexed_during_a_build_is_in_the_built_shard(tmp_path: Path) -> None:
     store = EdgeStore(tmp_path / "edge", index_after_points=THRESHOLD, index_poll_s=0.05)
     store.ensure_collection("c", SPEC)
