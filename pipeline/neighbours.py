@@ -1,22 +1,27 @@
 """An audit's shard, run on a worker: each point's neighbours found by the store itself.
 
-Per point, one batched search asks three questions of the index: which points share a
-fingerprint with it (`fp_sha256`, `fp_pixels`, or any `fp_bands` band: a payload filter, so
-the engine's keyword indexes find them, whatever the vectors say); which are its `k` nearest
+Per point, one batched search from the stored point (`Reader.neighbours`: no vector leaves
+the store) asks three questions of the index: which points share a fingerprint with it
+(`fp_sha256`, `fp_pixels`, or any `fp_bands` band: a payload filter, so the engine's
+keyword indexes find them, whatever the vectors say); which are its `k` nearest
 vectors; and, where the collection has splits, which is its nearest in another split (the
 filter `split != own` makes the answer a leak's candidate even when its own split holds
 closer images). Nothing is decided here but the hash tiers: the embedding's threshold comes
 from the whole collection's distribution (pipeline.audit).
+
+The questions filter on indexed fields only (pipeline.fingerprint.INDEXES): without the
+split's index, the engine reads every point's payload to answer the third.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.fingerprint import FINE_DISTANCE, hamming
-from pipeline.store import Hit, Reader, SearchRequest
+from pipeline.store import Hit, NeighbourRequest, Reader
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -26,6 +31,7 @@ SPLIT_FIELD = "source.split"
 KEY_FIELD = "source.key"
 CANDIDATES = 64  # fingerprint matches asked per point: more are one cluster anyway
 SHARDS_TTL_S = 7 * 24 * 3600  # a shard's result waits this long for its audit's merge
+SCAN_PAGE = 16  # shard results read by the merge per round trip
 FACT_FIELDS = ["source", "fp_sha256", "fp_pixels", "fp_phash", "fp_phash256", "fp_volume"]
 
 
@@ -75,9 +81,9 @@ class ShardResult(BaseModel):
 
 
 def audit_shard(reader: Reader, plan: AuditPlan, ids: list[str]) -> ShardResult:
-    points = reader.retrieve(plan.collection, ids, with_vectors=True)
+    points = reader.retrieve(plan.collection, ids)  # payloads: the vectors stay in the store
     requests = [r for point in points for r in _questions(plan, point)]
-    answers = iter(reader.search_batch(plan.collection, requests) if requests else [])
+    answers = iter(reader.neighbours(plan.collection, requests) if requests else [])
     facts, edges = [], []
     for point in points:
         payload = point["payload"]
@@ -90,9 +96,8 @@ def audit_shard(reader: Reader, plan: AuditPlan, ids: list[str]) -> ShardResult:
     return ShardResult(facts=facts, edges=edges)
 
 
-def _questions(plan: AuditPlan, point: Hit) -> list[SearchRequest]:
-    payload, vector = point["payload"], list(point["vector"])
-    itself = {"has_id": [point["id"]]}
+def _questions(plan: AuditPlan, point: Hit) -> list[NeighbourRequest]:
+    payload, itself = point["payload"], point["id"]
     asked = []
     if "fp_phash" in payload:
         same = [
@@ -102,19 +107,15 @@ def _questions(plan: AuditPlan, point: Hit) -> list[SearchRequest]:
         ]
         same.append({"key": "fp_bands", "match": {"any": payload["fp_bands"]}})
         asked.append(
-            SearchRequest(
-                vector=vector,
-                filter={"should": same, "must_not": [itself]},
-                limit=CANDIDATES,
-                with_payload=FACT_FIELDS,
+            NeighbourRequest(
+                id=itself, filter={"should": same}, limit=CANDIDATES, with_payload=FACT_FIELDS
             )
         )
-    near = {"must_not": [itself]}
-    asked.append(SearchRequest(vector=vector, filter=near, limit=plan.k, with_payload=False))
+    asked.append(NeighbourRequest(id=itself, limit=plan.k, with_payload=False))
     if plan.splits > 1:
-        other = {"key": SPLIT_FIELD, "match": {"value": _split(payload)}}
-        apart = {"must_not": [itself, other]}
-        asked.append(SearchRequest(vector=vector, filter=apart, limit=1, with_payload=False))
+        other = {"key": SPLIT_FIELD, "match": {"except": [_split(payload)]}}
+        apart = {"must": [other]}
+        asked.append(NeighbourRequest(id=itself, filter=apart, limit=1, with_payload=False))
     return asked
 
 
@@ -182,8 +183,11 @@ def keep_shard(redis: Redis, job_id: str, shard: int, result: ShardResult) -> No
     redis.expire(_shards_key(job_id), SHARDS_TTL_S)
 
 
-def shard_results(redis: Redis, job_id: str) -> dict[int, ShardResult]:
-    return {
-        int(shard): ShardResult.model_validate_json(raw)
-        for shard, raw in redis.hgetall(_shards_key(job_id)).items()
-    }
+def shard_results(redis: Redis, job_id: str) -> Iterator[ShardResult]:
+    """The shards' results one at a time (HSCAN, `SCAN_PAGE` of them a round trip): the merge
+    never holds every shard's text at once (about 3.5 KB a point)."""
+    seen = set()
+    for shard, raw in redis.hscan_iter(_shards_key(job_id), count=SCAN_PAGE):
+        if shard not in seen:  # HSCAN may return a field twice
+            seen.add(shard)
+            yield ShardResult.model_validate_json(raw)

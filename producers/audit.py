@@ -83,18 +83,19 @@ def run_audit(
     ids, splits, schema = _points(reader, request.collection)
     plan = _plan(request, schema, len(splits))
     version = reader.aliases().get(request.collection, request.collection)
-    earlier = _earlier(tracker.redis, version) if request.incremental else {}
-    seen = {f.id for r in earlier.values() for f in r.facts}
+    earlier = _earlier(tracker.redis, version) if request.incremental else []
+    seen = {f.id for r in earlier for f in r.facts}
     job_id = _start(tracker, request, plan, [i for i in ids if i not in seen])
-    for n, result in enumerate(earlier.values()):  # carried on, for the next increment
+    for n, result in enumerate(earlier):  # carried on, for the next increment
         keep_shard(tracker.redis, job_id, -1 - n, result)
     final = wait(tracker, job_id, on_progress)
     if final.cancelled:
         raise AuditError(f"audit {job_id} was cancelled; `--job-id {job_id}` resumes it")
-    results = shard_results(tracker.redis, job_id)
     present = set(ids)  # points deleted since an earlier audit drop out
-    facts = [f for r in results.values() for f in r.facts if f.id in present]
-    edges = [e for r in results.values() for e in r.edges]
+    facts, edges = [], []
+    for result in shard_results(tracker.redis, job_id):
+        facts += [f for f in result.facts if f.id in present]
+        edges += result.edges
     limits = audit.thresholds(
         facts, edges, request.embedding_threshold, request.phash_distance,
         request.outlier_threshold, request.fine_distance,
@@ -111,10 +112,10 @@ def run_audit(
     return report
 
 
-def _earlier(redis: Redis, version: str) -> dict[int, ShardResult]:
+def _earlier(redis: Redis, version: str) -> list[ShardResult]:
     """The shard results of the collection's last audit, while Redis keeps them."""
     report = last_report(redis, version)
-    return shard_results(redis, report["job_id"]) if report else {}
+    return list(shard_results(redis, report["job_id"])) if report else []
 
 
 def _points(reader: Reader, collection: str) -> tuple[list[str], set[str], Schema]:

@@ -42,9 +42,9 @@ from pipeline.store.edge_build import (
 from pipeline.store.edge_filters import edge_filter, edge_payload_selector
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
-from pipeline.store.points import check_finite, range_end, to_hit
+from pipeline.store.points import check_finite, neighbours, range_end, to_hit
 from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
-from pipeline.store.types import Hit, RecommendRequest, SearchRequest
+from pipeline.store.types import Hit, NeighbourRequest, RecommendRequest, SearchRequest
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,9 @@ class EdgeStore(Store):
         with self._errors():
             results = shard.query_batch(edge.QueryBatchRequest(queries))
         return [[to_hit(p) for p in points] for points in results]
+
+    def neighbours(self, name: str, requests: list[NeighbourRequest]) -> list[list[Hit]]:
+        return neighbours(self, name, requests)
 
     def groups(
         self, name: str, request: SearchRequest, group_by: str, group_size: int = 1
