@@ -1,14 +1,15 @@
 """An audit's shard, run on a worker: each point's neighbours found by the store itself.
 
-Per point, one batched search from the stored point (`Reader.neighbours`: no vector leaves
-the store) asks three questions of the index: which points share a fingerprint with it
-(`fp_sha256`, `fp_pixels`, or any `fp_bands` band: a payload filter, so the engine's
-keyword indexes find them, whatever the vectors say); which are its `k` nearest
-vectors; and, where the collection has splits, which is its nearest in another split (the
-filter `split != own` makes the answer a leak's candidate even when its own split holds
-closer images; asked in a second call only of the points whose `k` nearest are all in their
-own split). Nothing is decided here but the hash tiers: the embedding's threshold comes
-from the whole collection's distribution (pipeline.audit).
+Per point, three questions, asked from the stored point (`Reader.neighbours`: no vector
+leaves the store): which points share a fingerprint with it (`fp_sha256`, `fp_pixels`, or
+any `fp_bands` band: a payload filter, so the engine's keyword indexes find them, whatever
+the vectors say); which are its `k` nearest vectors; and, where the collection has splits,
+which is its nearest in another split (the filter `split != own` makes the answer a leak's
+candidate even when its own split holds closer images). The first two go in one call for
+the whole shard; the third is answered by the `k` nearest when one of them is in another
+split, and asked in a second call of the other points only. Nothing is decided here but the
+hash tiers: the embedding's threshold comes from the whole collection's distribution
+(pipeline.audit).
 
 The questions filter on indexed fields only (pipeline.fingerprint.INDEXES): without the
 split's index, the engine reads every point's payload to answer the third.
@@ -206,7 +207,7 @@ def keep_shard(redis: Redis, job_id: str, shard: int, result: ShardResult) -> No
 
 def shard_results(redis: Redis, job_id: str) -> Iterator[ShardResult]:
     """The shards' results one at a time (HSCAN, `SCAN_PAGE` of them a round trip): the merge
-    never holds every shard's text at once (about 3.5 KB a point)."""
+    never holds every shard's text at once (about 3 KB a point)."""
     seen = set()
     for shard, raw in redis.hscan_iter(_shards_key(job_id), count=SCAN_PAGE):
         if shard not in seen:  # HSCAN may return a field twice
