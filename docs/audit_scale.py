@@ -1,12 +1,14 @@
 """The audit at scale: time, memory and store load of `medindex audit` over N points, and the
 searches served meanwhile. Figures in BENCHMARKS.md.
 
-    .venv/bin/python docs/audit_scale.py --points 10000 20000 [--json]
+    .venv/bin/python docs/audit_scale.py --points 10000 20000 [--index] [--json]
 
 Per size, a fresh `medindex up` (Redis, an embed worker, the store worker owning the embedded
 Qdrant Edge engine); N points written through the upsert queue as the embed step sends them:
 384-d vectors in clusters, fingerprints as ingest makes them (random pHashes, 2 % of points
-planted as near copies of another), a patient and a split each. Then `medindex audit`, timed,
+planted as near copies of another), a patient and a split each; `--index`: then the HNSW
+index built (`finish_bulk`, as a reindex leaves a collection; without it Edge searches every
+point, as it does an ingested collection today). Then `medindex audit`, timed,
 while a client runs one search after another; the same searches before it give the baseline.
 Memory: the audit process' peak RSS, the store worker's and the embed worker's peak RSS
 sampled during the audit, Redis' peak memory.
@@ -35,13 +37,14 @@ BATCH = 1000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--index", action="store_true", help="build the HNSW index first")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [measure(n) for n in args.points]
+    results = [measure(n, args.index) for n in args.points]
     print(json.dumps(results, indent=1) if args.json else "\n".join(map(str, results)))
 
 
-def measure(n: int) -> dict:
+def measure(n: int, index: bool = False) -> dict:
     home = Path(tempfile.mkdtemp(prefix="audit-scale-"))
     os.environ.update(
         MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(_port()),
@@ -54,6 +57,7 @@ def measure(n: int) -> dict:
 
     with running_stack(dict(os.environ), home / "up.log") as stack:
         written = _write(n)
+        indexed = _index() if index else None
         search = _searcher()
         before = _latencies(search, 50)
         during: list[float] = []
@@ -81,6 +85,7 @@ def measure(n: int) -> dict:
     return {
         "points": n,
         "write_s": round(written, 1),
+        "index_s": indexed,
         "audit_s": round(seconds, 1),
         "points_per_s": round(n / seconds, 1),
         "audit_process_peak_rss_mb": round(child, 1),
@@ -139,6 +144,16 @@ def _write(n: int) -> float:
     while store.count("scale") < n:
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def _index() -> float:
+    """Seconds to build the collection's HNSW index (the store worker's child builds it)."""
+    from pipeline.settings import get_settings
+    from pipeline.store import finish_bulk, open_store
+
+    started = time.monotonic()
+    finish_bulk(open_store(get_settings()), "scale")
+    return round(time.monotonic() - started, 1)
 
 
 def _searcher():

@@ -131,6 +131,16 @@ def thresholds(
     return Thresholds(round(embedding, 6), phash_distance, round(outlier, 6), sources)
 
 
+def needed(edge: Edge, floor: float, group: dict[str, str | None]) -> bool:
+    """Whether the findings can use `edge`, given `floor`: the embedding threshold that the
+    points' facts alone set (`thresholds(points, [])`; the final one is never lower). A hash
+    tier's edge, one at or above it, or one between images of one group (their similarities
+    may raise it): the merge keeps these and none of the others, most of them."""
+    if edge.tier != "embedding" or edge.similarity >= floor:
+        return True
+    return bool(group.get(edge.a)) and group.get(edge.a) == group.get(edge.b)
+
+
 def _group_similarities(points: list[Facts], edges: list[Edge]) -> np.ndarray:
     """Embedding neighbours that metadata says belong together (one lesion, one case)."""
     group = {p.id: p.group for p in points}

@@ -39,12 +39,14 @@ FINE_DISTANCE = 16
 BAND_BITS = 64 // BANDS
 # Within this Hamming distance, two hashes always share a band: the index finds them all.
 MAX_FOUND_DISTANCE = BANDS - 1
-# The payload indexes the fingerprints need (the audit filters on them).
+# The payload indexes the audit filters on: the fingerprints, and the split (its question
+# "nearest in another split" reads every point's payload without one: 20 times slower).
 INDEXES = {
     "fp_sha256": "keyword",
     "fp_pixels": "keyword",
     "fp_bands": "keyword",
     "fp_volume": "keyword",
+    "source.split": "keyword",
 }
 
 

@@ -31,7 +31,7 @@ from pipeline.audit_report import (
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
 from pipeline.fingerprint import FINE_DISTANCE, MAX_FOUND_DISTANCE
-from pipeline.neighbours import AuditPlan, ShardResult, keep_shard, shard_results
+from pipeline.neighbours import AuditPlan, Edge, Facts, ShardResult, keep_shard, shard_results
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import Settings
 from pipeline.sources import Schema
@@ -43,6 +43,7 @@ from producers.ingest import shards, wait
 PATIENT_FIELDS = ("patient", "patient_id", "subject_id", "case_id")
 GROUP_FIELDS = ("lesion_id", "patient_id", "patient", "case_id")
 _PAGE = 1000
+_VECTORS_PAGE = 256  # vectors read a call: about 2 MB of JSON
 
 
 class AuditError(MedindexError):
@@ -83,24 +84,21 @@ def run_audit(
     ids, splits, schema = _points(reader, request.collection)
     plan = _plan(request, schema, len(splits))
     version = reader.aliases().get(request.collection, request.collection)
-    earlier = _earlier(tracker.redis, version) if request.incremental else {}
-    seen = {f.id for r in earlier.values() for f in r.facts}
+    earlier = _earlier(tracker.redis, version) if request.incremental else []
+    seen = {f.id for r in earlier for f in r.facts}
     job_id = _start(tracker, request, plan, [i for i in ids if i not in seen])
-    for n, result in enumerate(earlier.values()):  # carried on, for the next increment
+    for n, result in enumerate(earlier):  # carried on, for the next increment
         keep_shard(tracker.redis, job_id, -1 - n, result)
     final = wait(tracker, job_id, on_progress)
     if final.cancelled:
         raise AuditError(f"audit {job_id} was cancelled; `--job-id {job_id}` resumes it")
-    results = shard_results(tracker.redis, job_id)
-    present = set(ids)  # points deleted since an earlier audit drop out
-    facts = [f for r in results.values() for f in r.facts if f.id in present]
-    edges = [e for r in results.values() for e in r.edges]
+    facts, edges = _merge(tracker.redis, job_id, set(ids), request)
     limits = audit.thresholds(
         facts, edges, request.embedding_threshold, request.phash_distance,
         request.outlier_threshold, request.fine_distance,
     )  # fmt: skip
     findings = audit.find(facts, edges, limits)
-    findings.clusters = [_pairwise(reader, plan.collection, c) for c in findings.clusters]
+    findings.clusters = _pairwise(reader, plan.collection, findings.clusters)
     report = summary(findings, request.collection, time.monotonic() - started, job_id)
     report["fields"] = {"patient": plan.patient_field, "label": plan.label_field,
                         "group": plan.group_field, "splits": sorted(splits)}  # fmt: skip
@@ -111,10 +109,25 @@ def run_audit(
     return report
 
 
-def _earlier(redis: Redis, version: str) -> dict[int, ShardResult]:
+def _merge(
+    redis: Redis, job_id: str, present: set[str], request: AuditRequest
+) -> tuple[list[Facts], list[Edge]]:
+    """The shards' facts (of the points still `present`), then, read again, the edges the
+    findings can use (`audit.needed`): most of a shard's are neighbours far below the
+    threshold, and holding them all took a gigabyte at 100,000 points."""
+    facts = [f for r in shard_results(redis, job_id) for f in r.facts if f.id in present]
+    floor = audit.thresholds(facts, [], request.embedding_threshold).embedding
+    group = {f.id: f.group for f in facts}
+    edges = [
+        e for r in shard_results(redis, job_id) for e in r.edges if audit.needed(e, floor, group)
+    ]
+    return facts, edges
+
+
+def _earlier(redis: Redis, version: str) -> list[ShardResult]:
     """The shard results of the collection's last audit, while Redis keeps them."""
     report = last_report(redis, version)
-    return shard_results(redis, report["job_id"]) if report else {}
+    return list(shard_results(redis, report["job_id"])) if report else []
 
 
 def _points(reader: Reader, collection: str) -> tuple[list[str], set[str], Schema]:
@@ -182,9 +195,19 @@ def _start(tracker: JobTracker, request: AuditRequest, plan: AuditPlan, ids: lis
     return job_id
 
 
-def _pairwise(reader: Reader, collection: str, cluster: audit.Cluster) -> audit.Cluster:
-    hits = {h["id"]: h for h in reader.retrieve(collection, [m.id for m in cluster.members], True)}
-    if len(hits) != len(cluster.members):
-        return cluster  # a member deleted meanwhile: the links' minimum stands
-    vectors = np.array([hits[m.id]["vector"] for m in cluster.members], dtype=np.float64)
-    return audit.pairwise(cluster, vectors)
+def _pairwise(
+    reader: Reader, collection: str, clusters: list[audit.Cluster]
+) -> list[audit.Cluster]:
+    """Each cluster with its members' lowest cosine over every pair of them; their vectors read
+    `_VECTORS_PAGE` at a time (one call per cluster was most of a 100,000-point merge)."""
+    ids = [m.id for c in clusters for m in c.members]
+    vectors = {}
+    for start in range(0, len(ids), _VECTORS_PAGE):
+        found = reader.retrieve(collection, ids[start : start + _VECTORS_PAGE], True)
+        vectors.update((hit["id"], hit["vector"]) for hit in found)
+    return [
+        audit.pairwise(c, np.array([vectors[m.id] for m in c.members], dtype=np.float64))
+        if all(m.id in vectors for m in c.members)
+        else c  # a member deleted meanwhile: the links' minimum stands
+        for c in clusters
+    ]

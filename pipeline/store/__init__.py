@@ -23,12 +23,13 @@ import time
 from pipeline.settings import Settings
 from pipeline.store.base import Admin, Manager, PointWriter, Reader, Store
 from pipeline.store.errors import StoreError
-from pipeline.store.types import Hit, RecommendRequest, SearchRequest
+from pipeline.store.types import Hit, NeighbourRequest, RecommendRequest, SearchRequest
 
 __all__ = [
     "Admin",
     "Hit",
     "Manager",
+    "NeighbourRequest",
     "PointWriter",
     "Reader",
     "RecommendRequest",

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from numpy import ndarray
 
-from pipeline.store.types import Hit, RecommendRequest, SearchRequest
+from pipeline.store.types import Hit, NeighbourRequest, RecommendRequest, SearchRequest
 
 
 class Reader(Protocol):
@@ -44,6 +44,11 @@ class Reader(Protocol):
     @abstractmethod
     def search_batch(self, name: str, requests: list[SearchRequest]) -> list[list[Hit]]:
         """Many searches in one call, each with its own filter, limit and payload."""
+
+    @abstractmethod
+    def neighbours(self, name: str, requests: list[NeighbourRequest]) -> list[list[Hit]]:
+        """Many searches from stored points (`search_batch` by point id): an audit's shard
+        in one call. A point that does not exist has no neighbours ([])."""
 
     @abstractmethod
     def groups(

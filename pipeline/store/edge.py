@@ -56,9 +56,9 @@ from pipeline.store.edge_index import (
 )
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
-from pipeline.store.points import check_finite, range_end, to_hit
+from pipeline.store.points import check_finite, neighbours, range_end, to_hit
 from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
-from pipeline.store.types import Hit, RecommendRequest, SearchRequest
+from pipeline.store.types import Hit, NeighbourRequest, RecommendRequest, SearchRequest
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +415,10 @@ class EdgeStore(Store):
         with self._errors():
             results = shard.query_batch(edge.QueryBatchRequest(queries))
         return [[to_hit(p) for p in points] for points in results]
+
+    @_read
+    def neighbours(self, name: str, requests: list[NeighbourRequest]) -> list[list[Hit]]:
+        return neighbours(self, name, requests)
 
     @_read
     def groups(

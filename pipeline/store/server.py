@@ -27,9 +27,9 @@ from pipeline.store.base import Store
 from pipeline.store.errors import StoreError
 from pipeline.store.filters import parse_filter, parse_payload_selector
 from pipeline.store.layout import CollectionLayout, collection_layout
-from pipeline.store.points import check_finite, range_end, to_hit
+from pipeline.store.points import check_finite, neighbours, range_end, to_hit
 from pipeline.store.spec import added_indexes, check_same_vectors, payload_indexes, schema_update
-from pipeline.store.types import Hit, HitOptions, RecommendRequest, SearchRequest
+from pipeline.store.types import Hit, HitOptions, NeighbourRequest, RecommendRequest, SearchRequest
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,9 @@ class ServerStore(Store):
             ]
             responses = self.client.query_batch_points(name, requests=batch)
         return [[to_hit(p) for p in r.points] for r in responses]
+
+    def neighbours(self, name: str, requests: list[NeighbourRequest]) -> list[list[Hit]]:
+        return neighbours(self, name, requests)
 
     def groups(
         self, name: str, request: SearchRequest, group_by: str, group_size: int = 1

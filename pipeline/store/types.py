@@ -3,9 +3,10 @@ queries (plain data, so that they cross the broker as JSON and arrive typed)."""
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 Hit = dict[str, Any]  # {"id", "score", "payload"[, "vector"]}
 
@@ -27,6 +28,18 @@ class SearchRequest(HitOptions):
     """The points nearest to `vector` (for `groups`: `limit` groups)."""
 
     vector: list[float]
+
+
+def _canonical_id(value: str) -> str:
+    """A point id as the engines give it back: an unsigned integer, or a UUID's canonical text."""
+    return value if value.isdigit() else str(uuid.UUID(value))
+
+
+class NeighbourRequest(HitOptions):
+    """The points nearest to the stored point `id` (its own vector, read by the store: none
+    travels), the point itself left out of them."""
+
+    id: Annotated[str, AfterValidator(_canonical_id)]
 
 
 class RecommendRequest(HitOptions):

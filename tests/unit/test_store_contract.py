@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 
 from pipeline.schemas import point_id
-from pipeline.store import RecommendRequest, SearchRequest, Store, StoreError, finish_bulk
+from pipeline.store import (
+    NeighbourRequest,
+    RecommendRequest,
+    SearchRequest,
+    Store,
+    StoreError,
+    finish_bulk,
+)
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
 
@@ -145,6 +152,39 @@ def test_batches_groups_and_recommend(store: Store, reference: Store) -> None:
         got_hits = store.recommend("c", examples)
         want_hits = reference.recommend("c", examples)
         assert ids_scores(got_hits) == ids_scores(want_hits)
+
+
+def test_neighbours_are_searches_from_stored_points(store: Store, reference: Store) -> None:
+    """Issue 24: an audit's shard in one call: each request is the search from its point's
+    own vector, its filter, limit and payload kept, the point itself left out; a point that
+    does not exist has none."""
+    rows = [0, 1, 2, 3, 4, 5, 9]
+    asked = [
+        NeighbourRequest(
+            id=IDS[i].upper(), filter=FILTERS[i % len(FILTERS)], limit=4, with_payload=["dx"]
+        )
+        for i in rows
+    ]
+    gone = NeighbourRequest(id=point_id("contract", "train", "gone"))
+    got = store.neighbours("c", [*asked, gone])
+    searches = []
+    for i in rows:
+        itself = {"must_not": [{"has_id": [IDS[i]]}]}
+        where = FILTERS[i % len(FILTERS)]
+        searches.append(
+            SearchRequest(
+                vector=VECTORS[i].tolist(),
+                filter={"must": [where], **itself} if where else itself,
+                limit=4,
+                with_payload=["dx"],
+            )
+        )
+    want = reference.search_batch("c", searches)
+    assert [ids_scores(h) for h in got[:-1]] == [ids_scores(h) for h in want]
+    assert [[h["payload"] for h in hits] for hits in got[:-1]] == [
+        [h["payload"] for h in hits] for hits in want
+    ]
+    assert all(len(hits) == 4 for hits in want) and got[-1] == []
 
 
 def test_groups_and_recommend_honour_the_whole_request(store: Store, reference: Store) -> None:
