@@ -134,7 +134,8 @@ def test_a_killed_builder_leaves_the_collection_answering_and_a_later_build_inde
     store.close()
 
 
-KILLED_MID_BUILD = """
+# A store process whose first write crosses the threshold; each script goes on from there.
+THRESHOLD_CROSSED = """
 import os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
@@ -143,12 +144,18 @@ from pipeline.store.edge import EdgeStore
 store = EdgeStore(Path(sys.argv[1]), index_after_points=THRESHOLD, index_poll_s=0.05)
 store.ensure_collection("c", SPEC)
 store.upsert("c", *_points(0, THRESHOLD, "first"))
+"""
+
+KILLED_MID_BUILD = (
+    THRESHOLD_CROSSED
+    + """
 while "c" not in store._builds:
     time.sleep(0.01)
 store.upsert("c", *_points(THRESHOLD, THRESHOLD + 50, "during"))
 print(store._builds["c"].process.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
+)
 
 
 def test_a_store_killed_mid_build_reopens_with_every_point_and_builds_again(
@@ -174,19 +181,14 @@ def test_a_store_killed_mid_build_reopens_with_every_point_and_builds_again(
     store.close()
 
 
-KILLED_AFTER_SWAP = """
-import os, signal, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from tests.unit.test_edge_index import THRESHOLD, SPEC, _points
-from pipeline.store.edge import EdgeStore
-store = EdgeStore(Path(sys.argv[1]), index_after_points=THRESHOLD, index_poll_s=0.05)
-store.ensure_collection("c", SPEC)
-store.upsert("c", *_points(0, THRESHOLD, "first"))
+KILLED_AFTER_SWAP = (
+    THRESHOLD_CROSSED
+    + """
 while store._meta("c").get("shard", "shard") == "shard":  # until the switch
     time.sleep(0.01)
 os.kill(os.getpid(), signal.SIGKILL)  # the replaced shard not removed yet
 """
+)
 
 
 def test_a_store_killed_just_after_the_switch_opens_the_built_shard(tmp_path: Path) -> None:
