@@ -36,6 +36,7 @@ from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import Settings
 from pipeline.sources import Schema
 from pipeline.store import Reader, open_reader
+from pipeline.store.points import every_point
 from producers.ingest import shards, wait
 
 # Payload fields taken for the patient (the unit of leakage) and for images that belong
@@ -135,15 +136,10 @@ def _points(reader: Reader, collection: str) -> tuple[list[str], set[str], Schem
     names = set(reader.collections()) | set(reader.aliases())
     if collection not in names:
         raise AuditError(f"no collection {collection!r} (see `medindex collections`)")
-    ids, splits, offset = [], set(), None
-    while True:
-        page = reader.scroll(collection, limit=_PAGE, offset=offset)
-        for hit in page["points"]:
-            ids.append(hit["id"])
-            splits.add(str(hit["payload"].get("source", {}).get("split", "train")))
-        offset = page["next_offset"]
-        if offset is None:
-            break
+    ids, splits = [], set()
+    for hit in every_point(reader, collection, _PAGE):
+        ids.append(hit["id"])
+        splits.add(str(hit["payload"].get("source", {}).get("split", "train")))
     if not ids:
         raise AuditError(f"collection {collection!r} holds no points")
     return ids, splits, Schema.from_dict(reader.metadata(collection).get("schema") or {})

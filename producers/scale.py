@@ -155,12 +155,12 @@ def _ingest_and_search(
     index_build_s = time.perf_counter() - built
     unindexed = store.collection_info(COLLECTION)["unindexed_points"]
     indexed_p50, indexed_p95 = _percentiles(_searches(client, 200))
-    queries, exact = _exact_answers(table)
+    queries, exact = exact_answers(table)
     hits = [
         client.search(COLLECTION, Query(vector=q.tolist(), filter=FILTER, limit=10))
         for q in queries
     ]
-    recall = _recall([[h["payload"]["image_index"] for h in found] for found in hits], exact)
+    recall = recall_at_10([[h["payload"]["image_index"] for h in found] for found in hits], exact)
     return {
         "points": progress.indexed,
         "failed": progress.failed,
@@ -231,7 +231,7 @@ def _percentiles(times: list[float]) -> tuple[float | None, float | None]:
     return round(float(p50), 2), round(float(p95), 2)
 
 
-def _exact_answers(table: Path) -> tuple[np.ndarray, list[list[str]]]:
+def exact_answers(table: Path) -> tuple[np.ndarray, list[list[str]]]:
     """Random queries near the data, and the exact top 10 under the filter, by brute force
     over the vectors the trivial embedder made (remade here from the keys)."""
     keys, matching = [], []
@@ -251,7 +251,7 @@ def _exact_answers(table: Path) -> tuple[np.ndarray, list[list[str]]]:
     return queries, matching
 
 
-def _recall(found: list[list[str]], exact: list[list[str]]) -> float:
+def recall_at_10(found: list[list[str]], exact: list[list[str]]) -> float:
     shares = [len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)]
     return round(float(np.mean(shares)), 4)
 
@@ -259,8 +259,22 @@ def _recall(found: list[list[str]], exact: list[list[str]]) -> float:
 def _int8_recall(root: Path, table: Path, queries: np.ndarray, exact: list[list[str]]) -> float:
     """The same points in an int8 collection (originals on disk), indexed, in this process:
     recall@10 of its rescored searches against the same exact answers."""
+    store = embedded_copy(root, table, "int8", on_disk=True)
+    found = [
+        [h["payload"]["image_index"] for h in store.search(
+            COLLECTION, SearchRequest(vector=q.tolist(), filter=FILTER, limit=10))]
+        for q in queries
+    ]  # fmt: skip
+    store.close()
     shutil.rmtree(root, ignore_errors=True)
-    store = EdgeStore(root, "int8", on_disk=True)
+    return recall_at_10(found, exact)
+
+
+def embedded_copy(root: Path, table: Path, quantization: str, on_disk: bool) -> EdgeStore:
+    """The table's points written in this process into a new embedded collection of the given
+    layout, in 1,000-point calls, and indexed (as a reindex leaves it)."""
+    shutil.rmtree(root, ignore_errors=True)
+    store = EdgeStore(root, quantization, on_disk=on_disk)
     spec = {"dim": 384, "payload_indexes": {"patient_gender": "keyword", "patient_age": "integer"}}
     store.ensure_collection(COLLECTION, spec, bulk=True)
     with table.open() as rows:
@@ -273,14 +287,7 @@ def _int8_recall(root: Path, table: Path, queries: np.ndarray, exact: list[list[
         if batch:
             _write(store, batch)
     finish_bulk(store, COLLECTION, timeout_s=3 * 3600)
-    found = [
-        [h["payload"]["image_index"] for h in store.search(
-            COLLECTION, SearchRequest(vector=q.tolist(), filter=FILTER, limit=10))]
-        for q in queries
-    ]  # fmt: skip
-    store.close()
-    shutil.rmtree(root, ignore_errors=True)
-    return _recall(found, exact)
+    return store
 
 
 def _write(store: EdgeStore, rows: list[dict]) -> None:

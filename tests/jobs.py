@@ -32,6 +32,7 @@ from pipeline.samples.bad_images import bad_images
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import get_settings
 from pipeline.store import Admin, open_store
+from pipeline.store.points import every_point
 from producers.drills.chaos import indexed_keys
 from producers.harness import RunningStack
 
@@ -162,12 +163,7 @@ def locked_store(collection: str) -> Iterator[None]:
 
 
 def scroll_all(store: object, collection: str) -> list[dict]:
-    points, offset = [], None
-    while True:
-        page = store.scroll(collection, limit=256, offset=offset)
-        points += page["points"]
-        if (offset := page["next_offset"]) is None:
-            return points
+    return list(every_point(store, collection))
 
 
 def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,16 @@ def range_end(points: list[Any], key: str, lowest: bool) -> float | None:
     value = points[0].payload[key]
     pick = min if lowest else max
     return pick(value) if isinstance(value, list) else value
+
+
+def every_point(store: Reader, name: str, page: int = 1000) -> Iterator[Hit]:
+    """Every point of a collection with its payload, in id order, read a page at a time."""
+    offset = None
+    while True:
+        answer = store.scroll(name, limit=page, offset=offset)
+        yield from answer["points"]
+        if (offset := answer["next_offset"]) is None:
+            return
 
 
 def neighbours(store: Reader, name: str, requests: list[NeighbourRequest]) -> list[list[Hit]]:

@@ -31,6 +31,7 @@ import datasets
 import psutil
 
 from pipeline.samples.bad_images import bad_images, odd_images
+from pipeline.store.points import every_point
 
 COLLECTION = "chaos"
 VICTIMS = ("embed pool process", "embed worker", "store worker", "redis")
@@ -254,13 +255,7 @@ def measure(
 
 def indexed_keys(store: object, collection: str) -> list[str]:
     """Every point's image key, read back from the store page by page."""
-    keys, offset = [], None
-    while True:
-        page = store.scroll(collection, limit=256, offset=offset)
-        keys += [hit["payload"]["image_id"] for hit in page["points"]]
-        offset = page["next_offset"]
-        if offset is None:
-            return keys
+    return [hit["payload"]["image_id"] for hit in every_point(store, collection)]
 
 
 def arguments(description: str) -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import pytest
 from pipeline.schemas import point_id
 from pipeline.store import SearchRequest, StoreError, finish_bulk
 from pipeline.store.edge import EdgeStore
+from pipeline.store.points import every_point
 
 DIM = 16
 THRESHOLD = 300
@@ -64,7 +65,7 @@ def test_a_live_collection_is_indexed_while_it_answers_and_takes_writes(tmp_path
     info = store.collection_info("c")
     assert info["points"] == store.count("c") == written
     assert (info["indexed_points"], info["unindexed_points"]) == (written, 0)
-    latest = {h["payload"]["i"]: h["payload"]["part"] for h in _all(store, "c")}
+    latest = {h["payload"]["i"]: h["payload"]["part"] for h in every_point(store, "c")}
     assert len(latest) == written
     assert all(part == "rewritten" for i, part in latest.items() if i < written - THRESHOLD)
     assert info["payload_indexes"] == {"part": "keyword"}
@@ -164,13 +165,7 @@ def test_a_store_killed_mid_build_reopens_with_every_point_and_builds_again(
     """The store's process killed while its child builds: the child dies with it, the next
     store removes the copy, answers with every point, and builds the index it was asked for."""
     root = tmp_path / "edge"
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLED_MID_BUILD, str(root), str(Path(__file__).parents[2])],
-        capture_output=True,
-        text=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    builder = int(killed.stdout.split()[0])
+    builder = int(_run_until_killed(KILLED_MID_BUILD, root).stdout.split()[0])
     _wait(lambda: not _alive(builder), timeout_s=10)  # gone with its parent
     assert len(_only_the_live_shard(root, "c")) == 2  # the live shard and the build's copy
     store = EdgeStore(root, index_after_points=THRESHOLD, index_poll_s=0.05)
@@ -193,12 +188,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # the replaced shard not removed yet
 
 def test_a_store_killed_just_after_the_switch_opens_the_built_shard(tmp_path: Path) -> None:
     root = tmp_path / "edge"
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_SWAP, str(root), str(Path(__file__).parents[2])],
-        capture_output=True,
-        text=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _run_until_killed(KILLED_AFTER_SWAP, root)
     assert "shard" in _only_the_live_shard(root, "c")  # the replaced one, left behind
     store = EdgeStore(root, index_after_points=THRESHOLD)
     live = store._meta("c")["shard"]
@@ -207,18 +197,20 @@ def test_a_store_killed_just_after_the_switch_opens_the_built_shard(tmp_path: Pa
     store.close()
 
 
+def _run_until_killed(script: str, root: Path) -> subprocess.CompletedProcess:
+    """Run one of the scripts above in a process of its own, which SIGKILLs itself."""
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(root), str(Path(__file__).parents[2])],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return killed
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
     except FileNotFoundError:
         return False
     return state != "Z"
-
-
-def _all(store: EdgeStore, name: str) -> list[dict]:
-    points, offset = [], None
-    while True:
-        page = store.scroll(name, limit=500, offset=offset)
-        points += page["points"]
-        if (offset := page["next_offset"]) is None:
-            return points
