@@ -18,7 +18,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 WIDTH, PANEL, MARGIN = 900, 260, 70
-COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
+COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+           (140, 86, 75), (227, 119, 194), (23, 190, 207))  # fmt: skip
+LEGEND_COLUMNS, LEGEND_ROW = 4, 16
 PANELS = (
     ("write rate, images/s", ("images_per_s",)),
     ("store process RSS, MiB", ("store_rss_mib",)),
@@ -27,8 +29,11 @@ PANELS = (
 
 
 def main(out: Path, runs: list[Path]) -> None:
+    if len(runs) > len(COLOURS):
+        raise SystemExit(f"at most {len(COLOURS)} runs in one plot")
     steps = [_steps(path) for path in runs]
-    image = Image.new("RGB", (WIDTH, len(PANELS) * PANEL + 40), "white")
+    legend_rows = -(-len(runs) // LEGEND_COLUMNS)
+    image = Image.new("RGB", (WIDTH, len(PANELS) * PANEL + 30 + LEGEND_ROW * legend_rows), "white")
     draw = ImageDraw.Draw(image)
     most = max(step["points"] for run in steps for step in run)
     for i, (title, keys) in enumerate(PANELS):
@@ -36,13 +41,15 @@ def main(out: Path, runs: list[Path]) -> None:
         values = [s[k] for run in steps for s in run for k in keys if s[k] is not None]
         high = max(values, default=1) * 1.1
         _axes(draw, top, title, most, high)
-        for colour, run in zip(COLOURS, steps, strict=False):
+        for colour, run in zip(COLOURS, steps, strict=False):  # a colour a run, checked above
             for dashed, key in enumerate(keys):
                 points = [(_x(s["points"], most), _y(s[key], high, top)) for s in run
                           if s[key] is not None]  # fmt: skip
                 _line(draw, points, colour, dashed=bool(dashed))
     for n, (colour, path) in enumerate(zip(COLOURS, runs, strict=False)):
-        draw.text((MARGIN + 10 + 220 * n, len(PANELS) * PANEL + 22), path.stem, fill=colour)
+        row, column = divmod(n, LEGEND_COLUMNS)
+        y = len(PANELS) * PANEL + 22 + LEGEND_ROW * row
+        draw.text((MARGIN + 10 + 190 * column, y), path.stem, fill=colour)
     image.save(out)
 
 
