@@ -17,12 +17,12 @@ from pathlib import Path
 
 import qdrant_edge as edge
 
-HNSW_M = 16
 # int8: Qdrant's scalar quantization, kept in RAM, searches rescored on the float32 originals
-# (fetching `RESCORE_OVERSAMPLING` times the hits on the quantized vectors), the same as a
-# server collection's (pipeline.store.layout).
-INT8_QUANTILE = 0.99  # clip the 1 % extreme values: int8 keeps its range for the rest
-RESCORE_OVERSAMPLING = 2.0
+# (fetching `RESCORE_OVERSAMPLING` times the hits on the quantized vectors), and the search's
+# HNSW beam: the same as a server collection's.
+from pipeline.store.layout import INT8_QUANTILE, RESCORE_OVERSAMPLING, SEARCH_HNSW_EF
+
+HNSW_M = 16
 # A build indexes every segment, however small (Qdrant's default leaves segments under 10 MB,
 # about 6,600 384-d points, unindexed): an indexed collection then has no point outside it.
 BUILD_INDEXING_THRESHOLD_KB = 1
@@ -59,12 +59,12 @@ def vector_config(
     )
 
 
-def search_params(quantization: str) -> edge.SearchParams | None:
-    """Rescoring on the original vectors, for a quantized collection."""
-    if quantization == "none":
-        return None
+def search_params(quantization: str) -> edge.SearchParams:
+    """The search's HNSW beam; for a quantized collection, rescoring on the originals."""
     rescored = edge.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
-    return edge.SearchParams(quantization=rescored)
+    return edge.SearchParams(
+        hnsw_ef=SEARCH_HNSW_EF, quantization=None if quantization == "none" else rescored
+    )
 
 
 def builder_argv(

@@ -15,7 +15,8 @@ from pipeline.errors import MedindexError
 from pipeline.schemas import point_id
 from pipeline.settings import Settings, get_settings
 from pipeline.store import SearchRequest
-from pipeline.store.layout import CollectionLayout, collection_layout
+from pipeline.store.edge_build import search_params as edge_search_params
+from pipeline.store.layout import SEARCH_HNSW_EF, CollectionLayout, collection_layout
 from pipeline.store.server import ServerStore
 
 PRODUCTION = {
@@ -79,7 +80,16 @@ def test_a_created_collection_records_its_layout_and_searches_rescored(
     config = store.client.get_collection("c").config
     assert config.params.vectors.on_disk is True  # the one layout field local mode keeps
     assert plain.metadata("c")["layout"]["quantization"] == "none"
-    # Searches pass the rescoring parameters; local mode (exact, float32) ranks as before.
+    # Searches pass the rescoring parameters and the HNSW beam, on either engine; local mode
+    # (exact, float32) ranks as before.
     assert layout.search_params().quantization.rescore is True
+    assert (
+        layout.search_params().hnsw_ef
+        == CollectionLayout().search_params().hnsw_ef
+        == SEARCH_HNSW_EF
+    )
+    assert (
+        edge_search_params("int8").hnsw_ef == edge_search_params("none").hnsw_ef == SEARCH_HNSW_EF
+    )
     nearest = SearchRequest(vector=vectors[3].tolist(), limit=5)
     assert store.search("c", nearest) == plain.search("c", nearest)
