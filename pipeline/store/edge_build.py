@@ -20,7 +20,7 @@ import qdrant_edge as edge
 # int8: Qdrant's scalar quantization, kept in RAM, searches rescored on the float32 originals
 # (fetching `RESCORE_OVERSAMPLING` times the hits on the quantized vectors), and the search's
 # HNSW beam: the same as a server collection's.
-from pipeline.store.layout import INT8_QUANTILE, RESCORE_OVERSAMPLING, SEARCH_HNSW_EF
+from pipeline.store.spec import INT8_QUANTILE, RESCORE_OVERSAMPLING, SEARCH_HNSW_EF
 
 HNSW_M = 16
 # A build indexes every segment, however small (Qdrant's default leaves segments under 10 MB,

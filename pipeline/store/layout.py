@@ -14,15 +14,7 @@ from typing import Any
 from qdrant_client import models
 
 from pipeline.settings import Quantization, Settings
-
-# Oversampling for int8 search: fetch twice the hits on quantized vectors, rescore them on the
-# originals, keep the best (Qdrant's advice for scalar quantization).
-RESCORE_OVERSAMPLING = 2.0
-INT8_QUANTILE = 0.99  # clip the 1 % extreme values: int8 keeps its range for the rest
-# A search's HNSW beam (Qdrant's default is ef_construct, 100). At 1,000,000 points and a filter
-# keeping 15 % of them, recall@10 was 0.942 at the default and 0.984 at 200, for about 3 ms
-# more a search (BENCHMARKS.md, the scale curve).
-SEARCH_HNSW_EF = 200
+from pipeline.store.spec import INT8_QUANTILE, RESCORE_OVERSAMPLING, SEARCH_HNSW_EF
 
 
 @dataclass(frozen=True)

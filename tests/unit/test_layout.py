@@ -16,8 +16,9 @@ from pipeline.schemas import point_id
 from pipeline.settings import Settings, get_settings
 from pipeline.store import SearchRequest
 from pipeline.store.edge_build import search_params as edge_search_params
-from pipeline.store.layout import SEARCH_HNSW_EF, CollectionLayout, collection_layout
+from pipeline.store.layout import CollectionLayout, collection_layout
 from pipeline.store.server import ServerStore
+from pipeline.store.spec import SEARCH_HNSW_EF
 
 PRODUCTION = {
     "MEDINDEX_QDRANT_SHARD_NUMBER": "6",
