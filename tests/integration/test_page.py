@@ -183,6 +183,8 @@ def test_upload_a_file_through_the_page(browser: WebDriver, query_file: tuple[Pa
     _wait(browser, lambda d: _cards(d))
     first = _cards(browser)[0]
     assert _fields(first)["image_id"] == image_id  # the uploaded picture finds itself
+    # The audit's fingerprints (hashes) stay in the details, not on every card.
+    assert not [field for field in _fields(first) if field.startswith("fp_")]
     picture = browser.find_element(By.ID, "query-picture")
     assert browser.execute_script("return arguments[0].naturalWidth", picture) > 0
     assert "lesion.jpg" in browser.find_element(By.ID, "query-caption").text

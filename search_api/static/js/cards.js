@@ -61,8 +61,9 @@ export function markExample(article) {
 function fields(payload) {
   const list = element("dl");
   for (const [name, value] of Object.entries(payload)) {
-    // `source` (an object) is for the details
+    // `source` (an object) and the audit's fingerprints (`fp_*`, hashes) are for the details
     if (value === null || (typeof value === "object" && !Array.isArray(value))) continue;
+    if (name.startsWith("fp_")) continue;
     const term = element("dt", "", name);
     const data = element("dd", "", shown(value));
     data.dataset.field = name;
