@@ -21,7 +21,7 @@ import qdrant_edge as edge
 
 from pipeline.store import SearchRequest
 from pipeline.store import edge as edge_store
-from producers.scale import COLLECTION, FILTER, exact_answers, recall_at_10
+from producers.scale import COLLECTION, FILTER, exact_answers, store_recall
 
 BEAMS = (None, 128, 200, 300)  # None: Qdrant's default
 
@@ -42,7 +42,7 @@ def main() -> None:
                 hnsw_ef=beam
             )
             _search(store, timed[0])
-            found = [_keys(_search(store, q.tolist())) for q in queries]
+            recall = store_recall(store, queries, exact)
             times = []
             for vector in timed:
                 started = time.perf_counter()
@@ -51,7 +51,7 @@ def main() -> None:
             p50, p95 = np.percentile(times, [50, 95])
             print(json.dumps({
                 "round": round_, "hnsw_ef": beam or "default",
-                "recall_at_10": recall_at_10(found, exact),
+                "recall_at_10": recall,
                 "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
             }), flush=True)  # fmt: skip
     store.close()
@@ -59,10 +59,6 @@ def main() -> None:
 
 def _search(store: edge_store.EdgeStore, vector: list[float]) -> list[dict]:
     return store.search(COLLECTION, SearchRequest(vector=vector, filter=FILTER, limit=10))
-
-
-def _keys(hits: list[dict]) -> list[str]:
-    return [hit["payload"]["image_index"] for hit in hits]
 
 
 if __name__ == "__main__":

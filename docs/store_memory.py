@@ -72,7 +72,7 @@ def searched(root: Path, name: str) -> dict:
     holds."""
     from pipeline.store import SearchRequest
     from pipeline.store.edge import EdgeStore
-    from producers.scale import COLLECTION, FILTER, exact_answers, recall_at_10
+    from producers.scale import COLLECTION, FILTER, exact_answers, store_recall
 
     quantization, on_disk = LAYOUTS[name]
     before = _status()  # the interpreter and the libraries, no store yet
@@ -85,12 +85,7 @@ def searched(root: Path, name: str) -> dict:
         store.search(COLLECTION, request)
         if i >= 20:
             times.append(1000 * (time.perf_counter() - started))
-    queries, exact = exact_answers(root.parent / "data" / "Data_Entry_scale.csv")
-    found = [
-        [h["payload"]["image_index"] for h in store.search(
-            COLLECTION, SearchRequest(vector=q.tolist(), filter=FILTER, limit=10))]
-        for q in queries
-    ]  # fmt: skip
+    recall = store_recall(store, *exact_answers(root.parent / "data" / "Data_Entry_scale.csv"))
     p50, p95 = np.percentile(times, [50, 95])
     held = _status()
     store.close()
@@ -98,7 +93,7 @@ def searched(root: Path, name: str) -> dict:
         "store_rss_mib": held["rss_mib"] - before["rss_mib"],
         "search_p50_ms": round(float(p50), 2),
         "search_p95_ms": round(float(p95), 2),
-        "recall_at_10": recall_at_10(found, exact),
+        "recall_at_10": recall,
     }
 
 

@@ -260,13 +260,19 @@ def _int8_recall(root: Path, table: Path, queries: np.ndarray, exact: list[list[
     """The same points in an int8 collection (originals on disk), indexed, in this process:
     recall@10 of its rescored searches against the same exact answers."""
     store = embedded_copy(root, table, "int8", on_disk=True)
+    recall = store_recall(store, queries, exact)
+    store.close()
+    shutil.rmtree(root, ignore_errors=True)
+    return recall
+
+
+def store_recall(store: EdgeStore, queries: np.ndarray, exact: list[list[str]]) -> float:
+    """recall@10 of an embedded collection's filtered searches against the exact answers."""
     found = [
         [h["payload"]["image_index"] for h in store.search(
             COLLECTION, SearchRequest(vector=q.tolist(), filter=FILTER, limit=10))]
         for q in queries
     ]  # fmt: skip
-    store.close()
-    shutil.rmtree(root, ignore_errors=True)
     return recall_at_10(found, exact)
 
 
