@@ -1,6 +1,6 @@
 """The audit's merge keeps only the edges its findings can use (`pipeline.audit.needed`): the
 findings are the same as from every edge, whether the embedding threshold is derived or
-given."""
+given. The shards' results it reads come back from Redis as they were kept."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import audit
-from pipeline.neighbours import Edge, Facts
+from pipeline.neighbours import Edge, Facts, ShardResult, keep_shard, shard_results
+from pipeline.progress import connect_redis
 
 N = 400
 
@@ -59,3 +60,23 @@ def test_the_kept_edges_give_the_same_findings(given: float | None) -> None:
         (p.a.id, p.b.id, p.tier) for p in whole.pairs
     ]
     assert merged.clusters == whole.clusters and merged.keep == whole.keep
+
+
+def test_shard_results_come_back_as_kept_and_smaller_than_their_json(bare_redis: str) -> None:
+    facts, edges = _shards()
+    shards = [
+        ShardResult(
+            facts=facts[i : i + 64],
+            edges=[e for e in edges if e.a in {f.id for f in facts[i : i + 64]}],
+        )
+        for i in range(0, N, 64)
+    ]
+    redis = connect_redis(bare_redis)
+    for n, shard in enumerate(shards):
+        keep_shard(redis, "job", n, shard)
+    older = ShardResult(facts=facts[:1], edges=[])  # kept as plain JSON by an earlier version
+    redis.hset("medindex:audit:job:shards", "-1", older.model_dump_json())
+    back = [r.model_dump_json() for r in shard_results(redis, "job")]
+    assert sorted(back) == sorted(r.model_dump_json() for r in [*shards, older])
+    kept = sum(len(v) for v in redis.hvals("medindex:audit:job:shards"))
+    assert kept < sum(len(s.model_dump_json()) for s in [*shards, older]) / 2
