@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     # Points of an embedded collection outside its HNSW index (written since its last build)
     # at which the store worker builds it again in the background; an ingest's end does too.
     index_after_points: int = Field(20_000, ge=1)
+    # Seconds an embedded collection's writes may go unflushed to disk: a write is acknowledged
+    # once Edge's write-ahead log holds it (a killed store worker loses nothing); a power cut
+    # may lose this last interval, as with a Qdrant server. 0 flushes every write.
+    store_flush_s: float = Field(1.0, ge=0)
 
     # Reading NIfTI and DICOM (defaults of `medindex ingest`'s flags; a job records its own).
     nifti_variant: NiftiVariant = "slice"

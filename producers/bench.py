@@ -230,27 +230,32 @@ def preprocessing_parity(data: Path, model: str, settings: Settings, n: int = 12
     }
 
 
-def store_writes(rounds: int = 4, size: int = 1000) -> dict[str, float]:
-    """Median points/s of 1,000-point writes into the embedded engines: Qdrant Edge (the
-    default) and qdrant-client's local mode (the engine it replaced), alternating so that both
-    see the same machine."""
+def store_writes(rounds: int = 4, size: int = 1000, burst: int = 5) -> dict[str, float]:
+    """Median points/s of `burst` consecutive 1,000-point writes (as the upsert task sends
+    them) into the embedded engines: Qdrant Edge as configured (flushed every
+    `MEDINDEX_STORE_FLUSH_S`), Edge flushing every write, and qdrant-client's local mode (the
+    engine Edge replaced), alternating so that all see the same machine."""
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory() as tmp:
         stores: dict[str, Store] = {
             "edge": EdgeStore(Path(tmp) / "edge"),
+            "edge_flush_every_write": EdgeStore(Path(tmp) / "edge-flushed", flush_s=0),
             "local_mode": ServerStore.local(Path(tmp) / "local"),
         }
         for store in stores.values():
             store.ensure_collection("bench", SEARCH_SPEC)
         rates: dict[str, list[float]] = {engine: [] for engine in stores}
         for n in range(rounds):
-            ids = [point_id("bench", "train", f"{n}-{i}") for i in range(size)]
-            vectors = rng.random((size, DIM), dtype=np.float32)
-            payloads = sample_metadata(size, seed=n)
+            calls = []
+            for call in range(burst):
+                ids = [point_id("bench", "train", f"{n}-{call}-{i}") for i in range(size)]
+                payloads = sample_metadata(size, seed=n * burst + call)
+                calls.append((ids, rng.random((size, DIM), dtype=np.float32), payloads))
             for engine, store in stores.items():
                 started = time.perf_counter()
-                store.upsert("bench", ids, vectors, payloads)
-                rates[engine].append(size / (time.perf_counter() - started))
+                for ids, vectors, payloads in calls:
+                    store.upsert("bench", ids, vectors, payloads)
+                rates[engine].append(size * burst / (time.perf_counter() - started))
         for store in stores.values():
             store.close()
     return {engine: float(np.median(r)) for engine, r in rates.items()}

@@ -58,7 +58,10 @@ def connect(settings: Settings) -> Store:
     from pipeline.store.edge import EdgeStore
 
     layout = settings.qdrant_quantization, settings.qdrant_on_disk
-    return EdgeStore(settings.embedded_store_path, *layout, settings.index_after_points)
+    return EdgeStore(
+        settings.embedded_store_path, *layout, settings.index_after_points,
+        flush_s=settings.store_flush_s,
+    )  # fmt: skip
 
 
 def open_store(settings: Settings) -> Admin:

@@ -104,10 +104,11 @@ def _bench(args: argparse.Namespace) -> int:
         f"{parity['prep_ms_exact']:.2f} ms per image (decode + preprocess)"
     )
     writes = result["store_points_per_s"]
-    edge, local = writes["edge"], writes["local_mode"]
+    edge, flushed, local = writes["edge"], writes["edge_flush_every_write"], writes["local_mode"]
     out.print(
-        f"embedded store, 1,000-point writes: Qdrant Edge {edge:.0f} points/s, "
-        f"qdrant-client local mode {local:.0f} ({edge / local:.1f}x)"
+        f"embedded store, 1,000-point writes: Qdrant Edge {edge:.0f} points/s, flushing every "
+        f"write {flushed:.0f} ({edge / flushed:.2f}x), qdrant-client local mode {local:.0f} "
+        f"({edge / local:.1f}x)"
     )
     out.print(f"filtered search ({BENCH_FILTER_TEXT}), p50 / p95 ms:")
     for where in ("search_in_process", "search_client"):

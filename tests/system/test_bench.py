@@ -30,7 +30,7 @@ def test_bench_reports_every_figure(base_env: dict[str, str]) -> None:
     assert {"embed worker pool process", "store worker pool process"} <= set(result["peak_rss_mb"])
     assert 0 < result["redis_bytes_per_queued_job"] < 4096
     assert result["parity"]["mean_cosine"] > 0.99 and result["parity"]["top10_overlap"] > 0.5
-    assert set(result["store_points_per_s"]) == {"edge", "local_mode"}
+    assert set(result["store_points_per_s"]) == {"edge", "edge_flush_every_write", "local_mode"}
     assert all(rate > 0 for rate in result["store_points_per_s"].values())
     assert set(result["search_in_process"]) == {
         "search_1000", "search_3000", "search_3000_indexed"

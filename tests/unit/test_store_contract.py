@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,7 +322,7 @@ import os, signal, sys
 from pathlib import Path
 import numpy as np
 from pipeline.store.edge import EdgeStore
-store = EdgeStore(Path(sys.argv[1]))
+store = EdgeStore(Path(sys.argv[1]), flush_s=3600)  # never flushed: the log alone holds them
 store.ensure_collection("d", {"dim": 16})
 ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(1000)]
 vectors = np.random.default_rng(0).normal(size=(1000, 16)).astype(np.float32)
@@ -332,8 +333,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_an_acknowledged_write_survives_a_killed_process(tmp_path: Path) -> None:
-    """`upsert` returns once Edge's write-ahead log holds the points and they are flushed:
-    the process killed right after loses none of them."""
+    """`upsert` returns once Edge's write-ahead log holds the points, flushed or not: the
+    process killed right after loses none of them, and the vectors are the ones written."""
     done = subprocess.run(
         [sys.executable, "-c", WRITE_THEN_DIE, str(tmp_path / "edge")],
         capture_output=True,
@@ -343,10 +344,27 @@ def test_an_acknowledged_write_survives_a_killed_process(tmp_path: Path) -> None
     assert done.returncode == -signal.SIGKILL and "acknowledged" in done.stdout, done.stderr
     reopened = EdgeStore(tmp_path / "edge")
     assert reopened.count("d") == 1000
-    assert reopened.retrieve("d", ["00000000-0000-0000-0000-000000000999"])[0]["payload"] == {
-        "i": 999
-    }
+    [last] = reopened.retrieve("d", ["00000000-0000-0000-0000-000000000999"], with_vectors=True)
+    assert last["payload"] == {"i": 999}
+    vectors = np.random.default_rng(0).normal(size=(1000, 16)).astype(np.float32)  # the script's
+    unit = vectors[999] / np.linalg.norm(vectors[999])  # cosine: Qdrant keeps them normalised
+    assert np.allclose(last["vector"], unit, atol=1e-6)
     reopened.close()
+
+
+def test_a_written_collection_is_flushed_once_quiet(tmp_path: Path) -> None:
+    """Writes are flushed to disk at most `flush_s` apart: the maintenance thread flushes a
+    collection that was written and then left alone."""
+    store = EdgeStore(tmp_path / "edge", flush_s=0.3, index_poll_s=0.05)
+    store.ensure_collection("d", {"dim": 16})
+    vectors = np.random.default_rng(0).normal(size=(10, 16)).astype(np.float32)
+    store.upsert("d", [str(i) for i in range(10)], vectors, [{}] * 10)
+    assert "d" in store._unflushed
+    deadline = time.monotonic() + 10
+    while "d" in store._unflushed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "d" not in store._unflushed
+    store.close()
 
 
 class CountingShard:
