@@ -2,6 +2,7 @@
 searches served meanwhile. Figures in BENCHMARKS.md.
 
     .venv/bin/python docs/audit_scale.py --points 10000 20000 [--index] [--json]
+    .venv/bin/python docs/audit_scale.py --home /tmp/audit-scale-XXXX [--json]
 
 Per size, a fresh `medindex up` (Redis, an embed worker, the store worker owning the embedded
 Qdrant Edge engine); N points written through the upsert queue as the embed step sends them:
@@ -10,6 +11,8 @@ planted as near copies of another), a patient and a split each; `--index`: then 
 index built (`finish_bulk`, as a reindex leaves a collection; without it Edge searches every
 point, as it does an ingested collection today). Then `medindex audit`, timed,
 while a client runs one search after another; the same searches before it give the baseline.
+`--home`: the collection an earlier run left in its folder (written, and indexed with
+`--index`), audited again on a fresh stack, its write and build not repeated.
 Memory: the audit process' peak RSS, the store worker's and the embed worker's peak RSS
 sampled during the audit, Redis' peak memory.
 """
@@ -38,14 +41,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, nargs="+", default=[10_000])
     parser.add_argument("--index", action="store_true", help="build the HNSW index first")
+    parser.add_argument("--home", type=Path, help="audit the collection an earlier run left")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [measure(n, args.index) for n in args.points]
+    results = (
+        [measure(0, home=args.home)] if args.home else [measure(n, args.index) for n in args.points]
+    )
     print(json.dumps(results, indent=1) if args.json else "\n".join(map(str, results)))
 
 
-def measure(n: int, index: bool = False) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="audit-scale-"))
+def measure(n: int, index: bool = False, home: Path | None = None) -> dict:
+    again = home is not None
+    home = home or Path(tempfile.mkdtemp(prefix="audit-scale-"))
     os.environ.update(
         MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(_port()),
         MEDINDEX_MODEL=str(home / "model"),
@@ -56,8 +63,8 @@ def measure(n: int, index: bool = False) -> dict:
     from producers.harness import running_stack
 
     with running_stack(dict(os.environ), home / "up.log") as stack:
-        written = _write(n)
-        indexed = _index() if index else None
+        written, indexed = (None, None) if again else (_write(n), _index() if index else None)
+        n = n or _count()
         search = _searcher()
         before = _latencies(search, 50)
         during: list[float] = []
@@ -84,7 +91,7 @@ def measure(n: int, index: bool = False) -> dict:
         redis_peak = _redis_peak_mb()
     return {
         "points": n,
-        "write_s": round(written, 1),
+        "write_s": written and round(written, 1),
         "index_s": indexed,
         "audit_s": round(seconds, 1),
         "points_per_s": round(n / seconds, 1),
@@ -144,6 +151,13 @@ def _write(n: int) -> float:
     while store.count("scale") < n:
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def _count() -> int:
+    from pipeline.settings import get_settings
+    from pipeline.store import open_store
+
+    return open_store(get_settings()).count("scale")
 
 
 def _index() -> float:
