@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import qdrant_edge as edge
 
 from pipeline.store import SearchRequest
 from pipeline.store import edge as edge_store
 from producers.scale import COLLECTION, FILTER, exact_answers, store_recall
 
-BEAMS = (None, 128, 200, 300)  # None: Qdrant's default
+BEAMS = (100, 128, 200, 300)  # 100: Qdrant's default (the build's ef_construct)
 
 
 def main() -> None:
@@ -37,28 +36,25 @@ def main() -> None:
     timed = [rng.normal(size=384).tolist() for _ in range(200)]
     for round_ in range(args.rounds):
         for beam in BEAMS:
-            # The store asks its layout's search parameters for every search: this one beam.
-            edge_store.search_params = lambda _quantization, beam=beam: edge.SearchParams(
-                hnsw_ef=beam
-            )
-            _search(store, timed[0])
-            recall = store_recall(store, queries, exact)
+            _search(store, timed[0], beam)
+            recall = store_recall(store, queries, exact, beam)
             times = []
             for vector in timed:
                 started = time.perf_counter()
-                _search(store, vector)
+                _search(store, vector, beam)
                 times.append(1000 * (time.perf_counter() - started))
             p50, p95 = np.percentile(times, [50, 95])
             print(json.dumps({
-                "round": round_, "hnsw_ef": beam or "default",
+                "round": round_, "hnsw_ef": beam,
                 "recall_at_10": recall,
                 "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
             }), flush=True)  # fmt: skip
     store.close()
 
 
-def _search(store: edge_store.EdgeStore, vector: list[float]) -> list[dict]:
-    return store.search(COLLECTION, SearchRequest(vector=vector, filter=FILTER, limit=10))
+def _search(store: edge_store.EdgeStore, vector: list[float], beam: int) -> list[dict]:
+    request = SearchRequest(vector=vector, filter=FILTER, limit=10, hnsw_ef=beam)
+    return store.search(COLLECTION, request)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ CANDIDATES = 64  # fingerprint matches asked per point: more are one cluster any
 # them 12 % of the time (59 % among 5): the filtered search that then answers (about 70 % of
 # the engine's time at 100,000 points when asked of every point) is asked that much less.
 LOOKAHEAD = 20
+# HNSW's beam for the neighbour questions: Qdrant's default, half the beam of a user's search
+# (SEARCH_HNSW_EF). At 1,000,000 points the 21 nearest of a stored point cost half as much,
+# and 94.6 % of the 6 nearest are found against 98.8 % (random vectors, HNSW's hardest case;
+# BENCHMARKS.md): a near duplicate lies far nearer than the rest, and is found either way.
+AUDIT_HNSW_EF = 100
 SHARDS_TTL_S = 7 * 24 * 3600  # a shard's result waits this long for its audit's merge
 SCAN_PAGE = 16  # shard results read by the merge per round trip
 FACT_FIELDS = ["source", "fp_sha256", "fp_pixels", "fp_phash", "fp_phash256", "fp_volume"]
@@ -58,6 +63,7 @@ class AuditPlan(BaseModel):
     label_field: str | None = None
     group_field: str | None = None  # images of one lesion or case: near by nature
     splits: int = 1
+    hnsw_ef: int = AUDIT_HNSW_EF
 
 
 class Facts(BaseModel):
@@ -127,7 +133,9 @@ def _questions(plan: AuditPlan, point: Hit) -> list[NeighbourRequest]:
             )
         )
     limit = max(plan.k, LOOKAHEAD) if plan.splits > 1 else plan.k
-    asked.append(NeighbourRequest(id=itself, limit=limit, with_payload=[SPLIT_FIELD]))
+    asked.append(
+        NeighbourRequest(id=itself, limit=limit, with_payload=[SPLIT_FIELD], hnsw_ef=plan.hnsw_ef)
+    )
     return asked
 
 
@@ -140,14 +148,17 @@ def _far(
     for point, nearest in zip(points, ranked, strict=True):
         own = _split(point["payload"])
         fars.append(next(([h] for h in nearest if _split(h["payload"]) != own), None))
-    asked = [_apart(point) for point, far in zip(points, fars, strict=True) if far is None]
+    asked = [_apart(plan, point) for point, far in zip(points, fars, strict=True) if far is None]
     answers = iter(reader.neighbours(plan.collection, asked) if asked else [])
     return [far if far is not None else next(answers) for far in fars]
 
 
-def _apart(point: Hit) -> NeighbourRequest:
+def _apart(plan: AuditPlan, point: Hit) -> NeighbourRequest:
     other = {"key": SPLIT_FIELD, "match": {"except": [_split(point["payload"])]}}
-    return NeighbourRequest(id=point["id"], filter={"must": [other]}, limit=1, with_payload=False)
+    return NeighbourRequest(
+        id=point["id"], filter={"must": [other]}, limit=1, with_payload=False,
+        hnsw_ef=plan.hnsw_ef,
+    )  # fmt: skip
 
 
 def _hash_edge(plan: AuditPlan, point: Hit, hit: Hit) -> Edge | None:

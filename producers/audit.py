@@ -31,7 +31,15 @@ from pipeline.audit_report import (
 from pipeline.celery_app import senders
 from pipeline.errors import MedindexError
 from pipeline.fingerprint import FINE_DISTANCE, MAX_FOUND_DISTANCE
-from pipeline.neighbours import AuditPlan, Edge, Facts, ShardResult, keep_shard, shard_results
+from pipeline.neighbours import (
+    AUDIT_HNSW_EF,
+    AuditPlan,
+    Edge,
+    Facts,
+    ShardResult,
+    keep_shard,
+    shard_results,
+)
 from pipeline.progress import JobTracker, Progress, connect_redis
 from pipeline.settings import Settings
 from pipeline.sources import Schema
@@ -64,6 +72,7 @@ class AuditRequest:
     patient_field: str | None = None
     group_field: str | None = None
     shard_size: int = 64
+    beam: int = AUDIT_HNSW_EF  # HNSW's beam of the neighbour questions
     # Only the points the collection's last audit has not seen are queried (against all of
     # them); that audit's results are carried into this one (`medindex ingest --audit`).
     incremental: bool = False
@@ -154,6 +163,7 @@ def _plan(request: AuditRequest, schema: Schema, splits: int) -> AuditPlan:
     return AuditPlan(
         collection=request.collection,
         k=request.k,
+        hnsw_ef=request.beam,
         phash_distance=request.phash_distance,
         fine_distance=request.fine_distance,
         patient_field=request.patient_field

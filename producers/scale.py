@@ -266,11 +266,14 @@ def _int8_recall(root: Path, table: Path, queries: np.ndarray, exact: list[list[
     return recall
 
 
-def store_recall(store: EdgeStore, queries: np.ndarray, exact: list[list[str]]) -> float:
-    """recall@10 of an embedded collection's filtered searches against the exact answers."""
+def store_recall(
+    store: EdgeStore, queries: np.ndarray, exact: list[list[str]], hnsw_ef: int | None = None
+) -> float:
+    """recall@10 of an embedded collection's filtered searches against the exact answers
+    (with HNSW's beam `hnsw_ef`, or the store's)."""
     found = [
-        [h["payload"]["image_index"] for h in store.search(
-            COLLECTION, SearchRequest(vector=q.tolist(), filter=FILTER, limit=10))]
+        [h["payload"]["image_index"] for h in store.search(COLLECTION, SearchRequest(
+            vector=q.tolist(), filter=FILTER, limit=10, hnsw_ef=hnsw_ef))]
         for q in queries
     ]  # fmt: skip
     return recall_at_10(found, exact)

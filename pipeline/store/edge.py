@@ -432,15 +432,15 @@ class EdgeStore(Store):
 
     @_read
     def search(self, name: str, request: SearchRequest) -> list[Hit]:
-        query = _query(request, self._params(name))
+        query = _query(request, self._params(name, request.hnsw_ef))
         shard = self._shard(name)
         with self._errors():
             return [to_hit(p) for p in shard.query(query)]
 
     @_read
     def search_batch(self, name: str, requests: list[SearchRequest]) -> list[list[Hit]]:
-        params = self._params(name)
-        queries = [_query(r, params) for r in requests]
+        quantization = self._layout(name)["quantization"]
+        queries = [_query(r, search_params(quantization, r.hnsw_ef)) for r in requests]
         shard = self._shard(name)
         with self._errors():
             results = shard.query_batch(edge.QueryBatchRequest(queries))
@@ -459,7 +459,7 @@ class EdgeStore(Store):
         hits already read); `GROUP_READS` reads look for groups, as many again fill the best
         ones. Bounded like the server's, whatever the collection's size: with fewer values
         than `limit`, a read or two, and the groups found."""
-        shard, params = self._shard(name), self._params(name)
+        shard, params = self._shard(name), self._params(name, request.hnsw_ef)
         found = _Grouping(group_by, request.limit, group_size)
         for narrowing in (found.outside_full_groups, found.within_open_groups):
             for _ in range(GROUP_READS):
@@ -795,8 +795,8 @@ class EdgeStore(Store):
         made = self._meta(self._resolve(name))["metadata"].get("layout", {})
         return {"quantization": "none", "on_disk": False} | made
 
-    def _params(self, name: str) -> edge.SearchParams | None:
-        return search_params(self._layout(name)["quantization"])
+    def _params(self, name: str, hnsw_ef: int | None = None) -> edge.SearchParams:
+        return search_params(self._layout(name)["quantization"], hnsw_ef)
 
     def _meta(self, name: str) -> dict:
         return json.loads((self._folder(name) / "meta.json").read_text())

@@ -59,11 +59,13 @@ def vector_config(
     )
 
 
-def search_params(quantization: str) -> edge.SearchParams:
-    """The search's HNSW beam; for a quantized collection, rescoring on the originals."""
+def search_params(quantization: str, hnsw_ef: int | None = None) -> edge.SearchParams:
+    """The search's HNSW beam (SEARCH_HNSW_EF unless given); for a quantized collection,
+    rescoring on the originals."""
     rescored = edge.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
     return edge.SearchParams(
-        hnsw_ef=SEARCH_HNSW_EF, quantization=None if quantization == "none" else rescored
+        hnsw_ef=hnsw_ef or SEARCH_HNSW_EF,
+        quantization=None if quantization == "none" else rescored,
     )
 
 

@@ -43,11 +43,13 @@ class CollectionLayout:
             "quantization_config": int8 if self.quantization == "int8" else None,
         }
 
-    def search_params(self) -> models.SearchParams:
-        """The search's HNSW beam; for a quantized collection, rescoring on the originals."""
+    def search_params(self, hnsw_ef: int | None = None) -> models.SearchParams:
+        """The search's HNSW beam (SEARCH_HNSW_EF unless given); for a quantized collection,
+        rescoring on the originals."""
         rescored = models.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
         return models.SearchParams(
-            hnsw_ef=SEARCH_HNSW_EF, quantization=None if self.quantization == "none" else rescored
+            hnsw_ef=hnsw_ef or SEARCH_HNSW_EF,
+            quantization=None if self.quantization == "none" else rescored,
         )
 
     def record(self) -> dict[str, Any]:

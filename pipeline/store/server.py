@@ -51,7 +51,6 @@ class ServerStore(Store):
         self.client = client
         self.description = description
         self.layout = layout or CollectionLayout()
-        self._search_params = self.layout.search_params()
 
     @classmethod
     def connect(cls, settings: Settings) -> ServerStore:
@@ -211,7 +210,7 @@ class ServerStore(Store):
                     score_threshold=r.score_threshold,
                     with_payload=parse_payload_selector(r.with_payload),
                     with_vector=r.with_vectors,
-                    params=self._search_params,
+                    params=self.layout.search_params(r.hnsw_ef),
                 )
                 for r in requests
             ]
@@ -306,7 +305,7 @@ class ServerStore(Store):
             "score_threshold": options.score_threshold,
             "with_payload": parse_payload_selector(options.with_payload),
             "with_vectors": options.with_vectors,
-            "search_params": self._search_params,
+            "search_params": self.layout.search_params(options.hnsw_ef),
         }
 
     def _must_exist(self, name: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Hit = dict[str, Any]  # {"id", "score", "payload"[, "vector"]}
 
@@ -22,6 +22,9 @@ class HitOptions(BaseModel):
     # true, false, [fields], {"include": [...]} or {"exclude": [...]}
     with_payload: bool | list | dict = True
     with_vectors: bool = False
+    # HNSW's beam (`hnsw_ef`); None: the store's, SEARCH_HNSW_EF. Narrower is faster and may
+    # miss a near point: for bulk questions such as the audit's, not for a user's search.
+    hnsw_ef: int | None = Field(None, ge=1)
 
 
 class SearchRequest(HitOptions):

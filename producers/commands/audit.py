@@ -41,6 +41,10 @@ def register_audit(cmd: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     cmd.add_argument("--shard-size", type=_positive, default=64, help="points per shard")
     cmd.add_argument(
+        "--beam", type=_positive, default=100,
+        help="HNSW beam of the neighbour searches: wider is slower and misses fewer neighbours",
+    )  # fmt: skip
+    cmd.add_argument(
         "--incremental", action="store_true",
         help="query only the points the last audit has not seen, and add them to it",
     )  # fmt: skip
@@ -70,6 +74,7 @@ def _audit(args: argparse.Namespace) -> int:
         patient_field=args.patient_field,
         group_field=args.group_field,
         shard_size=args.shard_size,
+        beam=args.beam,
         incremental=args.incremental,
     )
     with progress_bar(f"audit of {request.collection}", None) as show:

@@ -135,10 +135,15 @@ def test_payload_selectors_and_vectors(store: Store, reference: Store) -> None:
 
 
 def test_batches_groups_and_recommend(store: Store, reference: Store) -> None:
+    """A batch's queries each with their own options (HNSW's beam among them: a collection
+    this small is searched exactly, whatever the beam)."""
     queries = [
-        SearchRequest(vector=VECTORS[i].tolist(), filter=FILTERS[i % len(FILTERS)], limit=3 + i)
+        SearchRequest(
+            vector=VECTORS[i].tolist(), filter=FILTERS[i % len(FILTERS)], limit=3 + i,
+            hnsw_ef=(None, 16, 300)[i % 3],
+        )
         for i in range(5)
-    ]
+    ]  # fmt: skip
     got, want = store.search_batch("c", queries), reference.search_batch("c", queries)
     assert [ids_scores(h) for h in got] == [ids_scores(h) for h in want]
     for limit, size, where in ((4, 1, None), (3, 5, FILTERS[1]), (10, 2, FILTERS[5])):
@@ -162,7 +167,11 @@ def test_neighbours_are_searches_from_stored_points(store: Store, reference: Sto
     rows = [0, 1, 2, 3, 4, 5, 9]
     asked = [
         NeighbourRequest(
-            id=IDS[i].upper(), filter=FILTERS[i % len(FILTERS)], limit=4, with_payload=["dx"]
+            id=IDS[i].upper(),
+            filter=FILTERS[i % len(FILTERS)],
+            limit=4,
+            with_payload=["dx"],
+            hnsw_ef=64,
         )
         for i in rows
     ]
