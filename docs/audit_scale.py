@@ -12,7 +12,10 @@ index built (`finish_bulk`, as a reindex leaves a collection; without it Edge se
 point, as it does an ingested collection today). Then `medindex audit`, timed,
 while a client runs one search after another; the same searches before it give the baseline.
 `--home`: the collection an earlier run left in its folder (written, and indexed with
-`--index`), audited again on a fresh stack, its write and build not repeated.
+`--index`), audited again on a fresh stack, its write and build not repeated. With `--beams
+200 100 ...`: instead of whole audits, one audit per beam in turn (`medindex audit --beam`),
+each cancelled after `--window` seconds, and the shards it answered in them counted (side by
+side on one warm store: the ratio of their rates is what the beam buys).
 Memory: the audit process' peak RSS, the store worker's and the embed worker's peak RSS
 sampled during the audit, Redis' peak memory.
 """
@@ -42,27 +45,25 @@ def main() -> None:
     parser.add_argument("--points", type=int, nargs="+", default=[10_000])
     parser.add_argument("--index", action="store_true", help="build the HNSW index first")
     parser.add_argument("--home", type=Path, help="audit the collection an earlier run left")
+    parser.add_argument("--beams", type=int, nargs="+", help="with --home: audits' rates by beam")
+    parser.add_argument("--window", type=float, default=120.0, help="seconds per --beams audit")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = (
-        [measure(0, home=args.home)] if args.home else [measure(n, args.index) for n in args.points]
-    )
+    if args.beams:
+        results = compare_beams(args.home, args.beams, args.window)
+    elif args.home:
+        results = [measure(0, home=args.home)]
+    else:
+        results = [measure(n, args.index) for n in args.points]
     print(json.dumps(results, indent=1) if args.json else "\n".join(map(str, results)))
 
 
 def measure(n: int, index: bool = False, home: Path | None = None) -> dict:
     again = home is not None
     home = home or Path(tempfile.mkdtemp(prefix="audit-scale-"))
-    os.environ.update(
-        MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(_port()),
-        MEDINDEX_MODEL=str(home / "model"),
-    )  # fmt: skip
-    from pipeline.settings import get_settings
-
-    get_settings.cache_clear()
     from producers.harness import running_stack
 
-    with running_stack(dict(os.environ), home / "up.log") as stack:
+    with running_stack(_environment(home), home / "up.log") as stack:
         written, indexed = (None, None) if again else (_write(n), _index() if index else None)
         n = n or _count()
         search = _searcher()
@@ -151,6 +152,58 @@ def _write(n: int) -> float:
     while store.count("scale") < n:
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def compare_beams(home: Path, beams: list[int], window: float) -> list[dict]:
+    """Per beam in turn, on one stack: an audit started, the shards it answers in `window`
+    seconds (after its first 10 s) counted from its results in Redis, then cancelled and its
+    queued shards drained before the next."""
+    from pipeline.progress import connect_redis
+    from pipeline.settings import get_settings
+    from producers.harness import running_stack
+
+    results = []
+    with running_stack(_environment(home), home / "up.log"):
+        redis = connect_redis(get_settings().broker_url)
+        for beam in beams:
+            known = set(redis.scan_iter("medindex:audit:*:shards"))
+            audit = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "audit", "--collection", "scale",
+                 "--beam", str(beam)],
+                env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            while not (new := set(redis.scan_iter("medindex:audit:*:shards")) - known):
+                time.sleep(0.5)
+            key = new.pop()
+            time.sleep(10)  # past the first shards, on a warm store
+            first, started = redis.hlen(key), time.monotonic()
+            time.sleep(window)
+            answered, seconds = redis.hlen(key) - first, time.monotonic() - started
+            audit.kill()
+            job = key.split(":")[2]
+            subprocess.run([sys.executable, "-m", "pipeline.cli", "cancel", job], check=True,
+                           env=dict(os.environ), capture_output=True)  # fmt: skip
+            while redis.llen("embed"):
+                time.sleep(1)
+            redis.delete(key)
+            results.append({
+                "beam": beam, "shards": answered, "seconds": round(seconds, 1),
+                "points_per_s": round(answered * 64 / seconds, 1), "load_average": os.getloadavg(),
+            })  # fmt: skip
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
+def _environment(home: Path) -> dict[str, str]:
+    """The stack's settings for `home` (this process reads them too)."""
+    os.environ.update(
+        MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(_port()),
+        MEDINDEX_MODEL=str(home / "model"),
+    )  # fmt: skip
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    return dict(os.environ)
 
 
 def _count() -> int:

@@ -41,9 +41,9 @@ CANDIDATES = 64  # fingerprint matches asked per point: more are one cluster any
 # the engine's time at 100,000 points when asked of every point) is asked that much less.
 LOOKAHEAD = 20
 # HNSW's beam for the neighbour questions: Qdrant's default, half the beam of a user's search
-# (SEARCH_HNSW_EF). At 1,000,000 points the 21 nearest of a stored point cost half as much,
-# and 94.6 % of the 6 nearest are found against 98.8 % (random vectors, HNSW's hardest case;
-# BENCHMARKS.md): a near duplicate lies far nearer than the rest, and is found either way.
+# (SEARCH_HNSW_EF). At 1,000,000 points the 20 nearest of a stored point cost about half as
+# much, and 93.9 % of the 5 nearest are found against 98.5 % (random vectors, HNSW's hardest
+# case; BENCHMARKS.md): a near duplicate lies far nearer than the rest, found either way.
 AUDIT_HNSW_EF = 100
 SHARDS_TTL_S = 7 * 24 * 3600  # a shard's result waits this long for its audit's merge
 SCAN_PAGE = 16  # shard results read by the merge per round trip
