@@ -32,9 +32,11 @@ UPSERT_QUEUE = "upsert"
 STORE_QUEUE = "store"
 QUEUES = (EMBED_QUEUE, UPSERT_QUEUE, STORE_QUEUE)
 UNACKED = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages here
-# Each message of a job names the job in its headers, so that a producer can tell whether any
-# of them is still out without reading the bodies (`jobs_in_flight`).
+# Each message of a job names the job and its task in its headers, so that a producer can tell
+# whether any of them is still out without reading the bodies (`jobs_in_flight`). Not "task":
+# a worker takes a message with that header for Celery's protocol 2.
 JOB_HEADER = "medindex_job"
+TASK_HEADER = "medindex_task"
 
 EMBED_TASK = "medindex.embed"
 UPSERT_TASK = "medindex.upsert"
@@ -85,7 +87,7 @@ class Senders:
             EMBED_TASK,
             args=(job.model_dump(exclude_defaults=True),),  # defaults stay out: small messages
             argsrepr=f"job {job.job_id} rows {job.rows[0]}-{job.rows[-1]}",
-            headers={JOB_HEADER: job.job_id},
+            headers=_job_headers(job.job_id, EMBED_TASK),
             producer=producer,
             queue=queue,  # None: the route's
             countdown=countdown,
@@ -112,7 +114,7 @@ class Senders:
             kwargs={"batch": batch.model_dump(), "ends_job": ends_job},
             argsrepr="()",
             kwargsrepr=f"job {batch.job_id}: {len(batch)} {kind}{retry}",
-            headers={JOB_HEADER: batch.job_id},
+            headers=_job_headers(batch.job_id, UPSERT_TASK),
             producer=producer,
             task_id=task_id,
             retries=retries,
@@ -149,17 +151,25 @@ class Senders:
         rows: list[int],
         ids: list[str],
         producer: Producer | None = None,
+        countdown: float | None = None,
+        retries: int = 0,
     ) -> None:
         """One shard of an audit (`pipeline.neighbours`). Flower shows the audit and the
-        shard's rows, never point ids."""
+        shard's rows, never point ids. `countdown` and `retries`: a try sent again, later."""
         self.app.send_task(
             AUDIT_TASK,
             kwargs={"job_id": job_id, "plan": plan, "shard": shard, "rows": rows, "ids": ids},
             argsrepr="()",
             kwargsrepr=f"audit {job_id} shard {shard}: rows {rows[0]}-{rows[-1]}",
-            headers={JOB_HEADER: job_id},
+            headers=_job_headers(job_id, AUDIT_TASK),
             producer=producer,
+            countdown=countdown,
+            retries=retries,
         )
+
+
+def _job_headers(job_id: str, task: str) -> dict[str, str]:
+    return {JOB_HEADER: job_id, TASK_HEADER: task}
 
 
 def send_store_query(redis: Redis, call: dict, expires: float) -> None:
@@ -201,5 +211,5 @@ def messages_in_flight(redis: Redis, task: str | None = None) -> Counter[str]:
     envelopes += [json.loads(raw)[0] for raw in redis.hvals(UNACKED)]
     headers = [e.get("headers") or {} for e in envelopes]
     return Counter(
-        job for h in headers if (job := h.get(JOB_HEADER)) and task in (None, h.get("task"))
+        job for h in headers if (job := h.get(JOB_HEADER)) and task in (None, h.get(TASK_HEADER))
     )

@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(2.0, gt=0)
     embed_concurrency: int = Field(1, ge=1)
     # Tries again of a job that met an unexpected, maybe passing error (CUDA out of memory, a
-    # file system hiccup) before its rows are recorded as failed with the reason.
+    # file system hiccup; for an audit's shard, a store outage) before its rows are recorded as
+    # failed with the reason.
     embed_max_retries: int = Field(3, ge=0, le=10)
     # Deliveries of one job whose worker died on it (OOM-killed, crashed) before its rows are
     # recorded as failed with the reason: a poisonous job must not come back forever.

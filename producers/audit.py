@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from pipeline.settings import Settings
 from pipeline.sources import Schema
 from pipeline.store import Reader, open_reader
 from pipeline.store.points import every_point
-from producers.ingest import shards, wait
+from producers.ingest import Sending, wait
 
 # Payload fields taken for the patient (the unit of leakage) and for images that belong
 # together (one lesion, one case), when not given: the readers' and seeds' names for them.
@@ -96,12 +97,16 @@ def run_audit(
     version = reader.aliases().get(request.collection, request.collection)
     earlier = _earlier(tracker.redis, version) if request.incremental else []
     seen = {f.id for r in earlier for f in r.facts}
-    job_id = _start(tracker, request, plan, [i for i in ids if i not in seen])
+    job_id, sending = _start(tracker, request, plan, [i for i in ids if i not in seen])
     for n, result in enumerate(earlier):  # carried on, for the next increment
         keep_shard(tracker.redis, job_id, -1 - n, result)
-    final = wait(tracker, job_id, on_progress)
+    final = wait(tracker, job_id, on_progress, settings=settings, sending=sending)
     if final.cancelled:
         raise AuditError(f"audit {job_id} was cancelled; `--job-id {job_id}` resumes it")
+    if final.failed:
+        reason = tracker.failure_sample(job_id, 1)[0]["reason"]
+        raise AuditError(f"audit {job_id}: {final.failed} of {final.total} points could not be "
+                         f"asked ({reason}); `--job-id {job_id}` asks them again")  # fmt: skip
     facts, edges = _merge(tracker.redis, job_id, set(ids), request)
     limits = audit.thresholds(
         facts, edges, request.embedding_threshold, request.phash_distance,
@@ -174,8 +179,11 @@ def _plan(request: AuditRequest, schema: Schema, splits: int) -> AuditPlan:
     )
 
 
-def _start(tracker: JobTracker, request: AuditRequest, plan: AuditPlan, ids: list[str]) -> str:
-    """A new audit job, or the one `--job-id` names resumed: its unanswered shards sent."""
+def _start(
+    tracker: JobTracker, request: AuditRequest, plan: AuditPlan, ids: list[str]
+) -> tuple[str, Sending]:
+    """A new audit job, or the one `--job-id` names resumed (its failed points asked again),
+    and how its shards are sent: the producer feeds them (`wait`), a bounded number out."""
     points = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     meta = {"kind": "audit", "collection": request.collection, "plan": plan.model_dump(),
             "points": points, "shard_size": request.shard_size}  # fmt: skip
@@ -189,16 +197,23 @@ def _start(tracker: JobTracker, request: AuditRequest, plan: AuditPlan, ids: lis
                              f"{job_id} started: start a new audit")  # fmt: skip
         meta = known
         tracker.resume(job_id)
+        tracker.clear_failures(job_id, [f["row"] for f in tracker.failures(job_id)])
+        tracker.set_fed(job_id, 0)  # from the start: the answered shards are skipped
     else:
         tracker.create(job_id, len(ids), meta)
-    done = tracker.done_rows(job_id)
     size = meta["shard_size"]
+    return job_id, Sending(size, lambda todo: _send(job_id, meta["plan"], ids, size, todo))
+
+
+def _send(job_id: str, plan: dict, ids: list[str], size: int, todo: list[list[int]]) -> None:
+    """These rows, a message per shard they belong to: a shard's result is kept under its
+    number, so that one sent again replaces its earlier answer."""
+    rows = sorted({row for shard in todo for row in shard})
     with senders.connection() as producer:
-        for shard, rows in enumerate(shards(range(len(ids)), size)):
-            if not set(rows) <= done:
-                shard_ids = [ids[row] for row in rows]
-                senders.send_audit_shard(job_id, meta["plan"], shard, rows, shard_ids, producer)
-    return job_id
+        for shard, group in groupby(rows, key=lambda row: row // size):
+            members = list(group)
+            shard_ids = [ids[row] for row in members]
+            senders.send_audit_shard(job_id, plan, shard, members, shard_ids, producer)
 
 
 def _pairwise(

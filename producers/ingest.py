@@ -99,24 +99,44 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     return job_id, total, sent
 
 
-def feed(tracker: JobTracker, job_id: str, settings: Settings) -> int:
+@dataclass(frozen=True)
+class Sending:
+    """How a job's rows go out: in shards of `size` rows, one message each, sent by `send` (an
+    ingest's embed jobs, an audit's neighbour queries)."""
+
+    size: int
+    send: Callable[[list[list[int]]], None]
+
+
+def sending_of(job_id: str, meta: dict, settings: Settings) -> Sending | None:
+    """An ingest's rows go out as embed jobs of its source; an audit's shards carry point ids
+    that only its own process holds (`medindex audit --job-id` resumes it): None."""
+    if meta.get("kind") == "audit":
+        return None
+    return Sending(settings.job_size, lambda todo: _enqueue_shards(job_id, meta, todo))
+
+
+def feed(
+    tracker: JobTracker, job_id: str, settings: Settings, sending: Sending | None = None
+) -> int:
     """Send a job's next shards (those holding a pending row) until `max_queued_jobs`
-    messages are out (queued, or delivered and not acknowledged, of any job: ingests running
-    side by side share the bound); returns how many were sent.
+    messages are out (queued, or delivered and not acknowledged, of any job: ingests and
+    audits running side by side share the bound); returns how many were sent.
 
     Redis then holds a bounded number of messages whatever the datasets' sizes. A cancelled
     job, one fed to its end and one enqueued whole (by an older producer) get nothing."""
     fed, progress = tracker.fed(job_id), tracker.progress(job_id)
-    if fed is None or fed >= progress.total or progress.cancelled:
+    sending = sending or sending_of(job_id, progress.meta, settings)
+    if sending is None or fed is None or fed >= progress.total or progress.cancelled:
         return 0
     room = settings.max_queued_jobs - messages_out(tracker.redis)
     todo: list[list[int]] = []
     while len(todo) < room and fed < progress.total:
-        rows = shards(range(fed, progress.total), settings.job_size)
+        rows = shards(range(fed, progress.total), sending.size)
         candidates = list(islice(rows, room - len(todo)))
         todo += tracker.pending_shards(job_id, candidates)
         fed = candidates[-1][-1] + 1
-    _enqueue_rows(job_id, progress.meta, [row for rows in todo for row in rows], settings)
+    sending.send(todo)
     tracker.set_fed(job_id, fed)
     return len(todo)
 
@@ -265,11 +285,13 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
         for batch in batches:
             senders.send_points(batch, parked=True, producer=producer)
     tracker.unpark(job_id, len(parked))
-    _enqueue_rows(job_id, meta, to_embed, settings)
+    _enqueue_shards(job_id, meta, list(shards(to_embed, settings.job_size)))
     return len(to_embed), len(parked_rows)
 
 
-def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
+def resend_pending(
+    tracker: JobTracker, job_id: str, settings: Settings, sending: Sending | None = None
+) -> int:
     """Enqueue again every row of a stalled job that was sent (`feed`) and is neither indexed
     nor failed (of a cancelled job, only those `retry` sent: the rows the cancel skipped stay
     skipped), when no
@@ -279,9 +301,10 @@ def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
     A message can vanish in ways no acknowledgement scheme covers (a broker killed before its
     append-only file held the write); ids are deterministic, so sending a row twice is safe.
     """
-    if job_id in jobs_in_flight(tracker.redis):
-        return 0
     progress = tracker.progress(job_id)
+    sending = sending or sending_of(job_id, progress.meta, settings)
+    if sending is None or job_id in jobs_in_flight(tracker.redis):
+        return 0
     if progress.cancelled:
         pending = tracker.retrying(job_id)
     else:
@@ -289,13 +312,13 @@ def resend_pending(tracker: JobTracker, job_id: str, settings: Settings) -> int:
         sent = tracker.fed(job_id)
         sent = progress.total if sent is None else sent
         pending = [row for row in range(sent) if row not in done]
-    _enqueue_rows(job_id, progress.meta, pending, settings)
+    sending.send(list(shards(pending, sending.size)))
     tracker.record_resent(job_id, len(pending))
     return len(pending)
 
 
-def _enqueue_rows(job_id: str, meta: dict, rows: list[int], settings: Settings) -> None:
-    """Rows of a known job, with the source, model and pooling it was started with."""
+def _enqueue_shards(job_id: str, meta: dict, todo: list[list[int]]) -> None:
+    """Shards of a known job's rows, with the source, model and pooling it was started with."""
     source_name = meta["source_name"] if meta["source_name"] != meta["dataset"] else None
     ref = SourceRef(
         dataset=meta["dataset"],
@@ -304,7 +327,6 @@ def _enqueue_rows(job_id: str, meta: dict, rows: list[int], settings: Settings) 
         format=meta.get("format", "hf"),
         options=ReadOptions(**meta.get("options", {})),
     )
-    todo = list(shards(rows, settings.job_size))
     enqueue(job_id, meta["collection"], ref, meta["model"], meta["pooling"], todo)
 
 
@@ -338,13 +360,14 @@ def wait(
     poll_s: float = 0.5,
     timeout_s: float | None = None,
     settings: Settings | None = None,
+    sending: Sending | None = None,
 ) -> Progress:
     """Poll the job's state in Redis until every image is indexed or failed.
 
-    With `settings`, the job's next shards are sent as its messages finish (`feed`), and a
-    job that makes no progress for `resend_quiet_s` while no message of it is queued,
-    delivered or buffered has its pending rows sent again (`resend_pending`): a lost message
-    costs about that long, not a visibility timeout.
+    With `settings`, the job's next shards are sent (by `sending`, or as its kind sends them)
+    as its messages finish (`feed`), and a job that makes no progress for `resend_quiet_s`
+    while no message of it is queued, delivered or buffered has its pending rows sent again
+    (`resend_pending`): a lost message costs about that long, not a visibility timeout.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     stall_s = settings.resend_quiet_s if settings else None
@@ -355,11 +378,11 @@ def wait(
         if progress.finished or (deadline is not None and time.monotonic() > deadline):
             return progress
         if settings:
-            feed(tracker, job_id, settings)
+            feed(tracker, job_id, settings, sending)
         if (progress.embedded, progress.done) != last:
             last, last_change = (progress.embedded, progress.done), time.monotonic()
         elif stall_s and time.monotonic() - last_change > stall_s:
-            resent = resend_pending(tracker, job_id, settings)
+            resent = resend_pending(tracker, job_id, settings, sending)
             if resent:
                 log.warning("job %s: no progress for %.0fs; sent %d rows again", job_id,
                             stall_s, resent)  # fmt: skip

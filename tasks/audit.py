@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.celery_app import app
+from celery import Task
+
+from pipeline.celery_app import app, senders
+from pipeline.errors import MedindexError, first_line
+from pipeline.logs import bind_job
 from pipeline.messages import AUDIT_TASK
 from pipeline.neighbours import AuditPlan, audit_shard, keep_shard
 from pipeline.settings import get_settings
@@ -15,12 +19,27 @@ from tasks.worker_state import tracker
 log = logging.getLogger(__name__)
 
 
-@app.task(name=AUDIT_TASK)
-def audit(job_id: str, plan: dict, shard: int, rows: list[int], ids: list[str]) -> None:
-    if tracker().is_cancelled(job_id):
-        log.info("audit %s cancelled: shard %d skipped", job_id, shard)
+@app.task(name=AUDIT_TASK, bind=True)
+def audit(self: Task, job_id: str, plan: dict, shard: int, rows: list[int], ids: list[str]) -> None:
+    bind_job(job_id, self.request.id)
+    if tracker().skips(job_id, rows):
+        log.info("audit cancelled: shard %d skipped", shard)
         return
-    result = audit_shard(open_reader(get_settings()), AuditPlan.model_validate(plan), ids)
+    settings = get_settings()
+    try:
+        result = audit_shard(open_reader(settings), AuditPlan.model_validate(plan), ids)
+    except Exception as exc:  # a shard ends answered, tried again or failed: never lost
+        tries = self.request.retries or 0
+        if getattr(exc, "transient", False) and tries < settings.embed_max_retries:
+            log.warning("shard %d: %s; try %d again", shard, first_line(exc), tries)
+            # What `Task.retry` does: a copy of the message, one try further, sent later.
+            senders.send_audit_shard(job_id, plan, shard, rows, ids, countdown=2**tries,
+                                     retries=tries + 1)  # fmt: skip
+            return
+        reason = f"neighbour queries failed: {type(exc).__name__}: {first_line(exc)}"
+        log.error("shard %d: %s", shard, reason, exc_info=not isinstance(exc, MedindexError))
+        tracker().fail_rows(job_id, rows, reason)
+        return
     keep_shard(tracker().redis, job_id, shard, result)
     tracker().mark_embedded(job_id, rows)
     tracker().mark_indexed(job_id, rows)

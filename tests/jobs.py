@@ -26,7 +26,7 @@ from pipeline import fingerprint
 from pipeline.celery_app import app
 from pipeline.errors import MedindexError
 from pipeline.messages import UPSERT_TASK
-from pipeline.progress import JobTracker, Progress, connect_redis
+from pipeline.progress import PREFIX, JobTracker, Progress, connect_redis
 from pipeline.samples import skin, write_sample_dataset
 from pipeline.samples.bad_images import bad_images
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
@@ -140,6 +140,19 @@ def point_message(job_id: str, collection: str, rows: range) -> dict:
 def send_points(message: dict, **options: object) -> None:
     """Sent as the embed step sends it, as it stands (a test may send a malformed one)."""
     app.send_task(UPSERT_TASK, kwargs=message, argsrepr="()", kwargsrepr="test points", **options)
+
+
+def write_points(store: Admin, tracker: JobTracker, collection: str, n: int) -> None:
+    """`n` points (`point_message`'s, the same each time) in `collection`, made if need be,
+    through the upsert queue; returns once all are written."""
+    store.ensure_collection(collection, {"dim": 384})
+    job_id = f"{collection}-points"
+    if written_before := list(tracker.redis.scan_iter(f"{PREFIX}{job_id}*")):
+        tracker.redis.delete(*written_before)  # counted afresh
+    tracker.create(job_id, n, {"collection": collection})
+    for start in range(0, n, 64):
+        send_points(point_message(job_id, collection, range(start, min(n, start + 64))))
+    wait_for(tracker, job_id, lambda progress: progress.indexed == n)
 
 
 def wait_for_log(stack: RunningStack, text: str, seen_before: int, timeout_s: float = 60) -> None:

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from jobs import encoded, planted_skin
+from jobs import encoded, planted_skin, wait_for, write_points
 from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from support import assert_one_line_error
 
 from pipeline.audit_report import last_report
-from pipeline.progress import connect_redis
+from pipeline.progress import JobTracker, connect_redis
 from pipeline.samples.brain_mri import write_brain_mri
 from pipeline.samples.dicom import write_dicom
 from pipeline.samples.xray import HEADER, write_xray
 from pipeline.settings import get_settings
-from producers.harness import RunningStack
+from pipeline.store import Admin
+from producers.harness import Result, RunningStack
 
 
 def ingest(stack: RunningStack, *args: str, failed: int = 0) -> None:
@@ -247,3 +250,33 @@ def test_ingest_with_audit_adds_the_new_points(stack: RunningStack, tmp_path: Pa
     report = last_report(connect_redis(get_settings().broker_url), "audit-grow")
     pairs = {frozenset((p["key_a"], p["key_b"])): p for p in report["pairs"]}
     assert pairs[frozenset(("again.png", first_image))]["tier"] == "bytes"
+
+
+def test_an_audit_whose_shards_fail_says_so_and_resumes(
+    stack: RunningStack, tracker: JobTracker, store: Admin
+) -> None:
+    """A shard the store refuses (its collection deleted under the audit) fails its points with
+    the reason: the audit ends on one line naming its resume, reports nothing, and once the
+    points are back `--job-id` asks only what failed."""
+    points = 320  # 80 shards of 4
+    write_points(store, tracker, "vanishing", points)
+    argv = ("audit", "--collection", "vanishing", "--shard-size", "4", "--job-id", "failing")
+    audit = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *argv],
+        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(tracker, "failing", lambda progress: progress.indexed > 0)
+    store.delete_collection("vanishing")
+    _, stderr = audit.communicate(timeout=240)
+    assert_one_line_error(Result(audit.returncode, "", stderr), "could not be asked",
+                          "neighbour queries failed", "--job-id failing")  # fmt: skip
+    failed = tracker.progress("failing")
+    assert failed.failed > 0 and failed.done == points
+    assert last_report(tracker.redis, "vanishing") is None
+
+    write_points(store, tracker, "vanishing", points)  # the same points again
+    resumed = stack.medindex(*argv, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.json()["points_audited"] == points
+    progress = tracker.progress("failing")
+    assert (progress.indexed, progress.failed) == (points, 0)

@@ -9,7 +9,17 @@ import pytest
 from kombu import Connection
 
 from pipeline.celery_app import create_app
-from pipeline.messages import EMBED_QUEUE, UPSERT_QUEUE, Senders, jobs_in_flight, messages_out
+from pipeline.messages import (
+    AUDIT_TASK,
+    EMBED_QUEUE,
+    EMBED_TASK,
+    UPSERT_QUEUE,
+    UPSERT_TASK,
+    Senders,
+    jobs_in_flight,
+    messages_in_flight,
+    messages_out,
+)
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef
 from pipeline.settings import Settings
 
@@ -48,3 +58,17 @@ def test_a_queued_or_unacknowledged_message_keeps_its_job_in_flight(
         assert jobs_in_flight(redis) == {"b"} and messages_out(redis) == 2
         broker.SimpleQueue(UPSERT_QUEUE, no_ack=False, accept=["msgpack"]).get(timeout=5).ack()
     assert jobs_in_flight(redis) == set() and messages_out(redis) == 1  # the map request
+
+
+def test_a_jobs_messages_are_counted_by_task(senders: Senders) -> None:
+    """What the backpressure tests bound: a job's messages of one task (the bodies are
+    protocol 1's, so the task is told by a header of ours)."""
+    redis = senders.app.connection_for_write().default_channel.client
+    senders.send_embed_job(embed_job("a"))
+    senders.send_embed_job(embed_job("a"))
+    senders.send_points(points("a"))
+    senders.send_audit_shard("audit-1", {}, 0, [0, 1], ["x", "y"])
+    assert messages_in_flight(redis, EMBED_TASK) == {"a": 2}
+    assert messages_in_flight(redis, UPSERT_TASK) == {"a": 1}
+    assert messages_in_flight(redis, AUDIT_TASK) == {"audit-1": 1}
+    assert messages_in_flight(redis) == {"a": 3, "audit-1": 1}
