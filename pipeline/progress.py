@@ -82,6 +82,15 @@ class Progress:
             return "failed" if self.failed and not self.indexed else "done"
         return "cancelled" if self.cancelled else "running"
 
+    @property
+    def resumed_by(self) -> str:
+        """The command that resumes the job: an audit's, or an ingest's (given its dataset)."""
+        if self.meta.get("kind") == "audit":
+            incremental = " --incremental" if self.meta.get("incremental") else ""
+            collection = self.meta.get("collection")
+            return f"medindex audit --collection {collection} --job-id {self.job_id}{incremental}"
+        return f"medindex ingest --job-id {self.job_id}"
+
     def rate(self, now: float | None = None) -> float:
         """Images per second since the job was created."""
         elapsed = (now or time.time()) - self.created_at
@@ -268,6 +277,11 @@ class JobTracker:
     def unpark(self, job_id: str, count: int) -> None:
         """Drop the first `count` parked batches, once they were sent again."""
         self.redis.ltrim(f"{PREFIX}{job_id}:parked", count, -1)
+
+    def forget_failures(self, job_id: str) -> None:
+        """Every failed row pending again, to be sent again by whoever feeds the job (a
+        resumed audit); unlike `clear_failures`, a cancel still stops them."""
+        self.redis.delete(f"{PREFIX}{job_id}:failed")
 
     def clear_failures(self, job_id: str, rows: list[int]) -> None:
         """Rows about to be tried again are pending, no longer failed, and let through a

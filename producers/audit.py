@@ -102,11 +102,11 @@ def run_audit(
         keep_shard(tracker.redis, job_id, -1 - n, result)
     final = wait(tracker, job_id, on_progress, settings=settings, sending=sending)
     if final.cancelled:
-        raise AuditError(f"audit {job_id} was cancelled; `--job-id {job_id}` resumes it")
+        raise AuditError(f"audit {job_id} was cancelled; `{final.resumed_by}` resumes it")
     if final.failed:
-        reason = tracker.failure_sample(job_id, 1)[0]["reason"]
+        reason = next((f["reason"] for f in tracker.failure_sample(job_id, 1)), "unknown")
         raise AuditError(f"audit {job_id}: {final.failed} of {final.total} points could not be "
-                         f"asked ({reason}); `--job-id {job_id}` asks them again")  # fmt: skip
+                         f"asked ({reason}); `{final.resumed_by}` asks them again")  # fmt: skip
     facts, edges = _merge(tracker.redis, job_id, set(ids), request)
     limits = audit.thresholds(
         facts, edges, request.embedding_threshold, request.phash_distance,
@@ -186,7 +186,8 @@ def _start(
     and how its shards are sent: the producer feeds them (`wait`), a bounded number out."""
     points = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     meta = {"kind": "audit", "collection": request.collection, "plan": plan.model_dump(),
-            "points": points, "shard_size": request.shard_size}  # fmt: skip
+            "points": points, "shard_size": request.shard_size,
+            "incremental": request.incremental}  # fmt: skip
     job_id = request.job_id or f"audit-{uuid.uuid4().hex[:12]}"
     if tracker.exists(job_id):
         known = tracker.progress(job_id).meta
@@ -197,7 +198,7 @@ def _start(
                              f"{job_id} started: start a new audit")  # fmt: skip
         meta = known
         tracker.resume(job_id)
-        tracker.clear_failures(job_id, [f["row"] for f in tracker.failures(job_id)])
+        tracker.forget_failures(job_id)
         tracker.set_fed(job_id, 0)  # from the start: the answered shards are skipped
     else:
         tracker.create(job_id, len(ids), meta)

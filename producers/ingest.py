@@ -81,6 +81,8 @@ def start_ingest(request: IngestRequest, settings: Settings) -> tuple[str, int, 
     model = request.spec.model or settings.model
     pooling = request.spec.pooling or default_pooling(model)
     tracker = JobTracker(connect_redis(settings.broker_url))
+    if request.job_id and tracker.exists(request.job_id):
+        _an_ingest(tracker.progress(request.job_id))  # before the collection is touched
     spec = describe(model, pooling, settings.preprocessing) | {"dataset": ref.dataset}
     name = _lock_name(request.collection, store)
     busy = f"{name!r} is being reindexed (or another ingest into it starts): run this again later"
@@ -273,7 +275,7 @@ def retry_failed(job_id: str, settings: Settings) -> tuple[int, int]:
     cancelled, and the rows its cancel skipped stay pending (`ingest --job-id` resumes them).
     """
     tracker = JobTracker(connect_redis(settings.broker_url))
-    meta = tracker.progress(job_id).meta
+    meta = _an_ingest(tracker.progress(job_id)).meta
     parked = tracker.parked(job_id)
     batches = [PointBatch.model_validate_json(kept) for kept in parked]
     parked_rows = {row for batch in batches for row in batch.rows}
@@ -409,6 +411,14 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
         if same and progress.state not in ("done", "failed"):
             return job_id
     return None
+
+
+def _an_ingest(progress: Progress) -> Progress:
+    """The job, unless it is an audit's (its rows are point ids only its command holds)."""
+    if progress.meta.get("kind") == "audit":
+        raise MedindexError(f"job {progress.job_id} is an audit: `{progress.resumed_by}` "
+                            "resumes it and asks its failed points again")  # fmt: skip
+    return progress
 
 
 class JobChanged(MedindexError):

@@ -152,6 +152,9 @@ def register_cancel(cmd: argparse.ArgumentParser) -> None:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    JobTracker(connect_redis(get_settings().broker_url)).cancel(args.job_id)
-    err.print(f"job {args.job_id} cancelled; `medindex ingest --job-id {args.job_id}` resumes it")
+    tracker = JobTracker(connect_redis(get_settings().broker_url))
+    tracker.cancel(args.job_id)
+    err.print(
+        f"job {args.job_id} cancelled; `{tracker.progress(args.job_id).resumed_by}` resumes it"
+    )
     return 0

@@ -253,7 +253,7 @@ def test_ingest_with_audit_adds_the_new_points(stack: RunningStack, tmp_path: Pa
 
 
 def test_an_audit_whose_shards_fail_says_so_and_resumes(
-    stack: RunningStack, tracker: JobTracker, store: Admin
+    stack: RunningStack, tracker: JobTracker, store: Admin, dataset: Path
 ) -> None:
     """A shard the store refuses (its collection deleted under the audit) fails its points with
     the reason: the audit ends on one line naming its resume, reports nothing, and once the
@@ -268,11 +268,17 @@ def test_an_audit_whose_shards_fail_says_so_and_resumes(
     wait_for(tracker, "failing", lambda progress: progress.indexed > 0)
     store.delete_collection("vanishing")
     _, stderr = audit.communicate(timeout=240)
+    resume = "medindex audit --collection vanishing --job-id failing"
     assert_one_line_error(Result(audit.returncode, "", stderr), "could not be asked",
-                          "neighbour queries failed", "--job-id failing")  # fmt: skip
+                          "neighbour queries failed", f"`{resume}` asks them again")  # fmt: skip
     failed = tracker.progress("failing")
     assert failed.failed > 0 and failed.done == points
     assert last_report(tracker.redis, "vanishing") is None
+    # An ingest's commands refuse the audit's job, and leave its failures be.
+    ingest = ["ingest", "--dataset", str(dataset), "--job-id", "failing"]
+    for wrong in (["retry", "failing"], ingest):
+        assert_one_line_error(stack.medindex(*wrong), "is an audit", resume)
+    assert tracker.progress("failing").failed == failed.failed
 
     write_points(store, tracker, "vanishing", points)  # the same points again
     resumed = stack.medindex(*argv, "--json")

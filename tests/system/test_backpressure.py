@@ -112,8 +112,8 @@ def test_an_audit_keeps_its_shards_bounded_and_sends_lost_ones_again(
         while tracker.redis.llen(EMBED_QUEUE) < 4:  # the worker has taken what it prefetches
             assert time.monotonic() < deadline and audit.is_alive(), "no shards queued"
             time.sleep(0.005)
-        lost = tracker.redis.llen(EMBED_QUEUE)
-        tracker.redis.delete(EMBED_QUEUE)  # queued shards gone, as with a broker that lost them
+        with tracker.redis.pipeline() as gone:  # as with a broker that lost them, in one step
+            lost, _ = gone.llen(EMBED_QUEUE).delete(EMBED_QUEUE).execute()
         audit.join(timeout=240)
     assert finished and finished[0].returncode == 0, finished and finished[0].stderr
     assert finished[0].json()["points_audited"] == points
