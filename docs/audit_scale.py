@@ -196,9 +196,11 @@ def compare_beams(home: Path, beams: list[int], window: float) -> list[dict]:
 
 def _environment(home: Path) -> dict[str, str]:
     """The stack's settings for `home` (this process reads them too)."""
+    from producers.harness import free_port
+
     os.environ.update(
-        MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_LOCAL_REDIS_PORT=str(_port()),
-        MEDINDEX_MODEL=str(home / "model"),
+        MEDINDEX_HOME=str(home), MEDINDEX_FLOWER_PORT="0", MEDINDEX_MODEL=str(home / "model"),
+        MEDINDEX_LOCAL_REDIS_PORT=str(free_port()),
     )  # fmt: skip
     from pipeline.settings import get_settings
 
@@ -279,14 +281,6 @@ def _percentiles(values: list[float]) -> dict:
         return {}
     p50, p95 = np.percentile(values, [50, 95])
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1)}
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

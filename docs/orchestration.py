@@ -23,7 +23,8 @@ from pipeline.celery_app import app
 from pipeline.model_info import TRIVIAL_MODEL
 from pipeline.samples import write_sample_dataset
 from pipeline.settings import get_settings
-from producers.bench import Stack, _free_port
+from producers.bench import Stack
+from producers.harness import free_port
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--embed-workers", type=int, default=None, help="default: the settings'")
     parser.add_argument("--home", type=Path, help="keep the data and the last stack's log here")
     args = parser.parse_args()
-    update = {"local_redis_port": _free_port(), "redis_url": None}
+    update = {"local_redis_port": free_port(), "redis_url": None}
     settings = get_settings().model_copy(update=update)
     app.conf.broker_url = settings.broker_url
     with tempfile.TemporaryDirectory() as tmp:

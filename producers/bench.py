@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -48,7 +47,7 @@ from pipeline.settings import PREPROCESSINGS, Settings
 from pipeline.store import Admin, SearchRequest, Store, open_store
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
-from producers.harness import start_stack
+from producers.harness import free_port, start_stack
 from producers.ingest import IngestRequest, feed, start_ingest
 from producers.spec import SourceSpec
 from search_api.client import Query, SearchClient
@@ -446,12 +445,6 @@ def _sample_rss(root: int, peaks: dict[str, int], done: threading.Event) -> None
         time.sleep(0.2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _role(process: psutil.Process) -> str:
     cmdline = " ".join(process.cmdline())
     if "redis-server" in cmdline:
@@ -473,7 +466,7 @@ def run_bench(
     device = bench_device(device)
     # The stacks run one after the other on a free port of their own, so a running
     # `medindex up` is left alone; this process' Celery app is pointed there before it connects.
-    update = {"local_redis_port": _free_port(), "redis_url": None, "device": device,
+    update = {"local_redis_port": free_port(), "redis_url": None, "device": device,
               "embed_concurrency": embed_workers}  # fmt: skip
     settings = settings.model_copy(update=update)
     app.conf.broker_url = settings.broker_url

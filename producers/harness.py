@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ from pipeline.errors import MedindexError
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    """A port free on this host now: a stack's Redis, Flower or page."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

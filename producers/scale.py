@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from pipeline.schemas import point_id
 from pipeline.settings import Settings
 from pipeline.store import SearchRequest, finish_bulk, open_store
 from pipeline.store.edge import EdgeStore
-from producers.harness import RunningStack, start_stack
+from producers.harness import RunningStack, free_port, start_stack
 from producers.ingest import IngestRequest, feed, start_ingest
 from producers.spec import SourceSpec
 from search_api.client import Query, SearchClient
@@ -88,7 +87,7 @@ def write_table(folder: Path, n: int, seed: int = 23) -> Path:
 
 def run_scale(settings: Settings, points: int, say: Callable[[str], None]) -> dict:
     home = settings.home.resolve() / "bench-scale"
-    port = _free_port()
+    port = free_port()
     update = {"home": home, "model": TRIVIAL_MODEL, "redis_url": None, "flower_port": 0,
               "local_redis_port": port}  # fmt: skip
     settings = settings.model_copy(update=update)
@@ -324,9 +323,3 @@ def _store_rss(stack: RunningStack) -> int:
 
 def _disk(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

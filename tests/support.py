@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import datetime
 import io
-import socket
 from pathlib import Path
 
 import datasets
 from PIL import Image
 
 from producers.harness import Result
+from producers.harness import free_port as free_port  # the tiers' free ports
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 ARTIFACTS = ROOT / "test-artifacts"
 N_IMAGES = 1100  # more than one full write of 1,000 points
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_one_line_error(result: Result, *words: str) -> None:

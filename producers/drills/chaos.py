@@ -20,7 +20,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import psutil
 
 from pipeline.samples.bad_images import bad_images, odd_images
 from pipeline.store.points import every_point
+from producers.harness import free_port
 
 COLLECTION = "chaos"
 VICTIMS = ("embed pool process", "embed worker", "store worker", "redis")
@@ -125,12 +125,6 @@ def _write(folder: Path, rows: list[dict], features: datasets.Features) -> None:
 
 
 # --- the stack and its processes ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find(up: psutil.Process, victim: str) -> psutil.Process | None:
