@@ -25,6 +25,7 @@ PREFIX = "medindex:job:"
 JOB_INDEX = "medindex:jobs"
 WRITE_LOG = "medindex:writes"  # recent Qdrant writes: collection, points, seconds
 WRITE_LOG_LENGTH = 10_000
+AUDIT_KIND = "audit"  # an audit job's meta "kind" (an ingest's has none)
 # A restarted Redis (AOF reload, failover) is ridden out, not reported: about 30 s of retries.
 RECONNECT_RETRIES = 20
 RECONNECT_BACKOFF = {"cap": 2.0, "base": 0.1}
@@ -83,9 +84,13 @@ class Progress:
         return "cancelled" if self.cancelled else "running"
 
     @property
+    def is_audit(self) -> bool:
+        return self.meta.get("kind") == AUDIT_KIND
+
+    @property
     def resumed_by(self) -> str:
         """The command that resumes the job: an audit's, or an ingest's (given its dataset)."""
-        if self.meta.get("kind") == "audit":
+        if self.is_audit:
             incremental = " --incremental" if self.meta.get("incremental") else ""
             collection = self.meta.get("collection")
             return f"medindex audit --collection {collection} --job-id {self.job_id}{incremental}"

@@ -41,7 +41,7 @@ from pipeline.neighbours import (
     keep_shard,
     shard_results,
 )
-from pipeline.progress import JobTracker, Progress, connect_redis
+from pipeline.progress import AUDIT_KIND, JobTracker, Progress, connect_redis
 from pipeline.settings import Settings
 from pipeline.sources import Schema
 from pipeline.store import Reader, open_reader
@@ -185,18 +185,18 @@ def _start(
     """A new audit job, or the one `--job-id` names resumed (its failed points asked again),
     and how its shards are sent: the producer feeds them (`wait`), a bounded number out."""
     points = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-    meta = {"kind": "audit", "collection": request.collection, "plan": plan.model_dump(),
+    meta = {"kind": AUDIT_KIND, "collection": request.collection, "plan": plan.model_dump(),
             "points": points, "shard_size": request.shard_size,
             "incremental": request.incremental}  # fmt: skip
     job_id = request.job_id or f"audit-{uuid.uuid4().hex[:12]}"
     if tracker.exists(job_id):
-        known = tracker.progress(job_id).meta
-        if known.get("kind") != "audit" or known.get("collection") != request.collection:
+        known = tracker.progress(job_id)
+        if not known.is_audit or known.meta.get("collection") != request.collection:
             raise AuditError(f"job {job_id} is no audit of {request.collection!r}")
-        if known.get("points") != points:
+        if known.meta.get("points") != points:
             raise AuditError(f"the points of {request.collection!r} changed since audit "
                              f"{job_id} started: start a new audit")  # fmt: skip
-        meta = known
+        meta = known.meta
         tracker.resume(job_id)
         tracker.forget_failures(job_id)
         tracker.set_fed(job_id, 0)  # from the start: the answered shards are skipped

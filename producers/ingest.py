@@ -110,11 +110,12 @@ class Sending:
     send: Callable[[list[list[int]]], None]
 
 
-def sending_of(job_id: str, meta: dict, settings: Settings) -> Sending | None:
+def sending_of(progress: Progress, settings: Settings) -> Sending | None:
     """An ingest's rows go out as embed jobs of its source; an audit's shards carry point ids
     that only its own process holds (`medindex audit --job-id` resumes it): None."""
-    if meta.get("kind") == "audit":
+    if progress.is_audit:
         return None
+    job_id, meta = progress.job_id, progress.meta
     return Sending(settings.job_size, lambda todo: _enqueue_shards(job_id, meta, todo))
 
 
@@ -128,7 +129,7 @@ def feed(
     Redis then holds a bounded number of messages whatever the datasets' sizes. A cancelled
     job, one fed to its end and one enqueued whole (by an older producer) get nothing."""
     fed, progress = tracker.fed(job_id), tracker.progress(job_id)
-    sending = sending or sending_of(job_id, progress.meta, settings)
+    sending = sending or sending_of(progress, settings)
     if sending is None or fed is None or fed >= progress.total or progress.cancelled:
         return 0
     room = settings.max_queued_jobs - messages_out(tracker.redis)
@@ -304,7 +305,7 @@ def resend_pending(
     append-only file held the write); ids are deterministic, so sending a row twice is safe.
     """
     progress = tracker.progress(job_id)
-    sending = sending or sending_of(job_id, progress.meta, settings)
+    sending = sending or sending_of(progress, settings)
     if sending is None or job_id in jobs_in_flight(tracker.redis):
         return 0
     if progress.cancelled:
@@ -415,7 +416,7 @@ def _unfinished_job(tracker: JobTracker, meta: dict) -> str | None:
 
 def _an_ingest(progress: Progress) -> Progress:
     """The job, unless it is an audit's (its rows are point ids only its command holds)."""
-    if progress.meta.get("kind") == "audit":
+    if progress.is_audit:
         raise MedindexError(f"job {progress.job_id} is an audit: `{progress.resumed_by}` "
                             "resumes it and asks its failed points again")  # fmt: skip
     return progress

@@ -9,7 +9,7 @@ from collections import Counter
 
 from fastapi import APIRouter, Request
 
-from pipeline.progress import JobTracker
+from pipeline.progress import AUDIT_KIND, JobTracker, Progress
 from pipeline.settings import get_settings
 from search_api.deps import broker
 
@@ -37,7 +37,7 @@ def _job(tracker: JobTracker, job_id: str) -> dict:
     reasons = Counter(f["reason"] for f in tracker.failure_sample(job_id, REASON_SAMPLE))
     return {
         "job_id": job_id,
-        "kind": _kind(progress.meta, version),
+        "kind": _kind(progress, version),
         "collection": collection,
         "dataset": progress.meta.get("dataset"),
         "state": progress.state,
@@ -51,7 +51,7 @@ def _job(tracker: JobTracker, job_id: str) -> dict:
     }
 
 
-def _kind(meta: dict, version: re.Match | None) -> str:
-    if meta.get("kind") == "audit":
-        return "audit"
+def _kind(progress: Progress, version: re.Match | None) -> str:
+    if progress.is_audit:
+        return AUDIT_KIND
     return f"reindex of {version['alias']}" if version else "ingest"
