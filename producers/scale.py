@@ -10,8 +10,12 @@ filtered searches taken meanwhile (the store worker builds the index past every
 `MEDINDEX_INDEX_AFTER_POINTS` points, in the background). Then: the rest indexed (`start_index`,
 as an ingest's end asks; `indexed`: no point left outside the index, the collection served
 throughout), searches on the indexed collection and their recall@10 against exact search,
-and the same points in an int8 collection (built in this process) for its recall. The last
-line is one JSON object (`KEYS`).
+and the same points in an int8 collection (built in this process). Once the stack has
+stopped, a fresh process opens each collection, searches it and says what it holds
+(`footprint`: what a restarted store worker would start from), the int8 one's recall taken
+there. The last line is one JSON object (`KEYS`).
+
+    python -m producers.scale ROOT LAYOUT TABLE   # a footprint, in a process of its own
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -56,9 +62,12 @@ KEYS = (
     "points", "ingest_images_per_s", "slowest_100k_images_per_s", "store_rss_mib", "disk_mib",
     "redis_peak_mib", "producer_rss_mib", "index_build_s", "indexed", "search_idle_p50_ms",
     "search_idle_p95_ms", "search_ingest_p50_ms", "search_ingest_p95_ms", "recall_at_10",
-    "recall_at_10_int8",
+    "recall_at_10_int8", "store_anon_mib", "store_reopened_mib", "store_int8_mib",
 )  # fmt: skip
 RECALL_QUERIES = 50
+LAYOUTS = {"float32": ("none", False), "int8": ("int8", True)}
+STATUS_FIELDS = {"VmRSS": "rss_mib", "RssAnon": "anon_mib", "RssFile": "file_mib",
+                 "VmHWM": "peak_rss_mib"}  # fmt: skip
 
 
 def write_table(folder: Path, n: int, seed: int = 23) -> Path:
@@ -103,9 +112,14 @@ def run_scale(settings: Settings, points: int, say: Callable[[str], None]) -> di
         figures = _ingest_and_search(stack, settings, table, points, say)
     finally:
         stack.stop(timeout_s=120)
-    queries, exact = figures.pop("_exact")
-    figures["recall_at_10_int8"] = _int8_recall(home / "int8", table, queries, exact)
-    return figures
+    reopened = measured_apart(settings.embedded_store_path, "float32", table)
+    int8 = _int8_footprint(home / "int8", table)
+    return figures | {
+        "recall_at_10_int8": int8["recall_at_10"],
+        "store_reopened_mib": reopened["store_rss_mib"],
+        "store_int8_mib": int8["store_rss_mib"],
+        "footprints": {"float32": reopened, "int8": int8},
+    }
 
 
 def _ingest_and_search(
@@ -116,7 +130,7 @@ def _ingest_and_search(
     tracker = JobTracker(redis)
     producer = psutil.Process()
     spec = SourceSpec(dataset=str(table), options=settings.read_options(key_column="Image Index"))
-    peaks = {"store": 0, "redis": 0, "producer": 0}
+    peaks = {"store": 0, "store_anon": 0, "redis": 0, "producer": 0}
     latencies: list[float] = []
     searching = threading.Event()
     searcher = threading.Thread(target=_search_while, args=(client, searching, latencies))
@@ -129,7 +143,9 @@ def _ingest_and_search(
     while True:
         feed(tracker, job_id, settings)
         progress = tracker.progress(job_id)
-        peaks["store"] = max(peaks["store"], _store_rss(stack))
+        rss, anon = _store_memory(stack)
+        peaks["store"] = max(peaks["store"], rss)
+        peaks["store_anon"] = max(peaks["store_anon"], anon)
         peaks["redis"] = max(peaks["redis"], int(redis.info("memory")["used_memory"]))
         peaks["producer"] = max(peaks["producer"], producer.memory_info().rss)
         if progress.done >= next_step:
@@ -167,6 +183,7 @@ def _ingest_and_search(
         "slowest_100k_images_per_s": round(min(s["images_per_s"] for s in steps), 1),
         "first_100k_images_per_s": round(steps[0]["images_per_s"], 1),
         "store_rss_mib": round(peaks["store"] / 2**20),
+        "store_anon_mib": round(peaks["store_anon"] / 2**20),
         "disk_mib": round(_disk(settings.embedded_store_path) / 2**20),
         "redis_peak_mib": round(peaks["redis"] / 2**20, 1),
         "producer_rss_mib": round(peaks["producer"] / 2**20),
@@ -180,7 +197,6 @@ def _ingest_and_search(
         "search_indexed_p95_ms": indexed_p95,
         "recall_at_10": recall,
         "steps": steps,
-        "_exact": (queries, exact),
     }
 
 
@@ -189,10 +205,12 @@ def _step_line(
 ) -> dict:
     recent = latencies[-200:]
     p50, p95 = _percentiles(recent) if recent else (None, None)
+    rss, anon = _store_memory(stack)
     return {
         "points": done,
         "images_per_s": round(rate, 1),
-        "store_rss_mib": round(_store_rss(stack) / 2**20),
+        "store_rss_mib": round(rss / 2**20),
+        "store_anon_mib": round(anon / 2**20),
         "disk_mib": round(_disk(settings.embedded_store_path) / 2**20),
         "redis_used_mib": round(
             int(connect_redis(settings.broker_url).info("memory")["used_memory"]) / 2**20, 1
@@ -255,14 +273,15 @@ def recall_at_10(found: list[list[str]], exact: list[list[str]]) -> float:
     return round(float(np.mean(shares)), 4)
 
 
-def _int8_recall(root: Path, table: Path, queries: np.ndarray, exact: list[list[str]]) -> float:
-    """The same points in an int8 collection (originals on disk), indexed, in this process:
-    recall@10 of its rescored searches against the same exact answers."""
-    store = embedded_copy(root, table, "int8", on_disk=True)
-    recall = store_recall(store, queries, exact)
-    store.close()
-    shutil.rmtree(root, ignore_errors=True)
-    return recall
+def _int8_footprint(root: Path, table: Path) -> dict:
+    """The same points in an int8 collection (originals on disk), written and indexed in this
+    process, then opened by a fresh one: its memory, and the recall@10 of its rescored
+    searches against exact search."""
+    embedded_copy(root, table, "int8", on_disk=True).close()
+    try:
+        return measured_apart(root, "int8", table)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def store_recall(
@@ -309,17 +328,73 @@ def _write(store: EdgeStore, rows: list[dict]) -> None:
     store.upsert(COLLECTION, ids, trivial_vectors(keys), payloads)
 
 
-def _store_rss(stack: RunningStack) -> int:
-    """The store worker's processes (the one serving writes and store calls, its children)."""
-    total = 0
+def _store_memory(stack: RunningStack) -> tuple[int, int]:
+    """Resident and anonymous bytes of the store worker's processes (the one serving writes and
+    store calls, its children); the rest of resident is mapped files (Edge's segments)."""
+    rss = anon = 0
     for process in psutil.Process(stack.process.pid).children(recursive=True):
         try:
             if "upsert" in " ".join(process.cmdline()):
-                total += process.memory_info().rss
+                memory = process.memory_info()
+                rss, anon = rss + memory.rss, anon + memory.rss - memory.shared
         except psutil.Error:
             continue
-    return total
+    return rss, anon
 
 
 def _disk(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def measured_apart(root: Path, layout: str, table: Path) -> dict:
+    """`footprint` taken by a fresh process (this module run as a script)."""
+    opened = subprocess.run(
+        [sys.executable, "-m", "producers.scale", str(root), layout, str(table)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(opened.stdout)
+
+
+def footprint(root: Path, layout: str, table: Path) -> dict:
+    """This process opens the collection at `root` (written from `table`), runs the filtered
+    search (20 to warm up, 200 timed, 50 for recall@10 against exact search) and reads its
+    own `/proc/self/status`: resident memory, its anonymous and file-backed parts (Edge maps
+    its segments: their pages count as they are touched), its peak, and the store's part
+    (resident less what the process held before opening it: the interpreter, numpy, the Edge
+    binding). A fresh process is what a restarted store worker starts from: it holds the
+    collection, not what writing it left behind."""
+    quantization, on_disk = LAYOUTS[layout]
+    before = _status()  # the interpreter and the libraries, no store yet
+    store = EdgeStore(root, quantization, on_disk=on_disk)
+    rng = np.random.default_rng(11)
+    times = []
+    for i in range(220):
+        request = SearchRequest(vector=rng.normal(size=384).tolist(), filter=FILTER, limit=10)
+        started = time.perf_counter()
+        store.search(COLLECTION, request)
+        if i >= 20:
+            times.append(1000 * (time.perf_counter() - started))
+    recall = store_recall(store, *exact_answers(table))
+    p50, p95 = np.percentile(times, [50, 95])
+    held = _status()
+    store.close()
+    return held | {
+        "store_rss_mib": held["rss_mib"] - before["rss_mib"],
+        "search_p50_ms": round(float(p50), 2),
+        "search_p95_ms": round(float(p95), 2),
+        "recall_at_10": recall,
+    }
+
+
+def _status() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        field, _, value = line.partition(":")
+        if field in STATUS_FIELDS:
+            out[STATUS_FIELDS[field]] = round(int(value.split()[0]) / 1024)
+    return out
+
+
+if __name__ == "__main__":
+    root, layout, table = sys.argv[1:4]
+    print(json.dumps(footprint(Path(root), layout, Path(table))))

@@ -23,6 +23,9 @@ def test_bench_scale_reports_every_figure(base_env: dict[str, str]) -> None:
     assert [step["points"] for step in steps] == [POINTS] == [s["points"] for s in result["steps"]]
     assert result["ingest_images_per_s"] > 0 and result["slowest_100k_images_per_s"] > 0
     assert result["store_rss_mib"] > 0 and result["disk_mib"] > 0
+    assert 0 < result["store_anon_mib"] <= result["store_rss_mib"]
+    # each collection opened afresh holds something, and the int8 one less than float32's
+    assert 0 < result["store_int8_mib"] < result["store_reopened_mib"], result["footprints"]
     assert 0 < result["redis_peak_mib"] < 100  # bounded queues: a few MiB whatever N
     assert result["indexed"] is True  # every point in the index, the collection served meanwhile
     assert result["recall_at_10"] >= 0.95 and result["recall_at_10_int8"] >= 0.93, result

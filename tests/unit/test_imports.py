@@ -1,8 +1,8 @@
 """What the house imports: no module cycle (the graph read from the source of pipeline/, tasks/,
 producers/ and search_api/, imports inside functions and under TYPE_CHECKING included: a cycle
 postponed is still a cycle), and only embed workers import torch (producers, the operator's
-commands and the search API start without it and without transformers, each checked in a fresh
-interpreter)."""
+commands, the search API and a store worker's task modules start without it and without
+transformers, each checked in a fresh interpreter)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ SIDES = {
     "build_parser('status'); build_parser('collections'); "
     "import producers.status, pipeline.catalog, pipeline.store.remote",
     "search API": "import search_api, search_api.client, search_api.http",
+    # every worker loads every task module; an embed worker loads the model code at its start
+    "store worker": "from pipeline.celery_app import app; app.loader.import_default_modules()",
 }
 
 
