@@ -23,7 +23,10 @@ COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 LEGEND_COLUMNS, LEGEND_ROW = 4, 16
 PANELS = (
     ("write rate, images/s", ("images_per_s",)),
-    ("store process RSS, MiB", ("store_rss_mib",)),
+    (
+        "store worker RSS, MiB (its anonymous part dashed, measured since run 8)",
+        ("store_rss_mib", "store_anon_mib"),
+    ),
     ("filtered search during the ingest, ms (p50, p95 dashed)", ("search_p50_ms", "search_p95_ms")),
 )
 
@@ -38,13 +41,13 @@ def main(out: Path, runs: list[Path]) -> None:
     most = max(step["points"] for run in steps for step in run)
     for i, (title, keys) in enumerate(PANELS):
         top = 20 + i * PANEL
-        values = [s[k] for run in steps for s in run for k in keys if s[k] is not None]
+        values = [s[k] for run in steps for s in run for k in keys if s.get(k) is not None]
         high = max(values, default=1) * 1.1
         _axes(draw, top, title, most, high)
         for colour, run in zip(COLOURS, steps, strict=False):  # a colour a run, checked above
             for dashed, key in enumerate(keys):
                 points = [(_x(s["points"], most), _y(s[key], high, top)) for s in run
-                          if s[key] is not None]  # fmt: skip
+                          if s.get(key) is not None]  # fmt: skip
                 _line(draw, points, colour, dashed=bool(dashed))
     for n, (colour, path) in enumerate(zip(COLOURS, runs, strict=False)):
         row, column = divmod(n, LEGEND_COLUMNS)

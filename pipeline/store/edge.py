@@ -14,6 +14,7 @@ outside the index are searched exactly (payload indexes narrow a filtered search
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import wraps
+from functools import cache, wraps
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,19 @@ def _write_json(path: Path, value: Any) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; elsewhere none
+
+
+def _return_freed_memory() -> None:
+    """What glibc holds freed handed back to the system (`malloc_trim`): a replaced shard's
+    memory stays otherwise in the arenas of the threads that used it, counted in the store
+    worker's RSS (measured at 1,000,000 points: 317 MiB of its 2.5 GiB anonymous)."""
+    if trim := _malloc_trim():
+        trim(0)
 
 
 def _point_id(value: str) -> str | int:
@@ -747,6 +761,8 @@ class EdgeStore(Store):
         for _, shard, folder in due:
             shard.close()
             shutil.rmtree(folder, ignore_errors=True)
+        if due:
+            _return_freed_memory()
 
     def _tidy_builds(self) -> list[str]:
         """At open: what crashed builds left removed; the collections whose build was asked
