@@ -155,12 +155,22 @@ def write_points(store: Admin, tracker: JobTracker, collection: str, n: int) -> 
     wait_for(tracker, job_id, lambda progress: progress.indexed == n)
 
 
-def wait_for_log(stack: RunningStack, text: str, seen_before: int, timeout_s: float = 60) -> None:
-    """Until `text` appears in the stack's log once more than `seen_before` times."""
+def wait_for_log(
+    stack: RunningStack, text: str | tuple[str, ...], seen_before: int, timeout_s: float = 60
+) -> None:
+    """Until `text` (or any of several texts, counted together) appears in the stack's log
+    more than `seen_before` times."""
+    texts = (text,) if isinstance(text, str) else text
     deadline = time.monotonic() + timeout_s
-    while log(stack).count(text) <= seen_before:
-        assert time.monotonic() < deadline, f"{text!r} not logged again in {timeout_s:.0f}s"
+    while logged(stack, texts) <= seen_before:
+        assert time.monotonic() < deadline, f"{texts!r} not logged again in {timeout_s:.0f}s"
         time.sleep(0.1)
+
+
+def logged(stack: RunningStack, texts: tuple[str, ...]) -> int:
+    """How many times the stack's log holds any of `texts`."""
+    whole = log(stack)
+    return sum(whole.count(text) for text in texts)
 
 
 @contextmanager
