@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import N_IMAGES, free_port
+from support import N_IMAGES, free_port, sample_dataset
 
-from pipeline.samples import write_sample_dataset
 from pipeline.stack import redis_argv
 
 TIERS = ("unit", "integration", "system")
@@ -46,7 +45,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample_dataset(tmp_path_factory.mktemp("data") / "skin", N_IMAGES, seed=7)
+    return sample_dataset(tmp_path_factory.mktemp("data") / "skin", N_IMAGES, seed=7)
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import qdrant_edge
 from PIL import Image
+from support import sample_dataset
 
 from pipeline import fingerprint
 from pipeline.celery_app import app
 from pipeline.errors import MedindexError
 from pipeline.messages import UPSERT_TASK
 from pipeline.progress import PREFIX, JobTracker, Progress, connect_redis
-from pipeline.samples import skin, write_sample_dataset
+from pipeline.samples import skin
 from pipeline.samples.bad_images import bad_images
 from pipeline.schemas import EmbedJob, PointBatch, SourceRef, point_id
 from pipeline.settings import get_settings
@@ -48,12 +49,12 @@ AS_INGEST_MAKES_IT = {"dim": 384, "payload_indexes": skin.payload_indexes() | fi
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample_dataset(tmp_path_factory.mktemp("resilience") / "small", N_SMALL, 11)
+    return sample_dataset(tmp_path_factory.mktemp("resilience") / "small", N_SMALL, 11)
 
 
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample_dataset(tmp_path_factory.mktemp("resilience") / "medium", N_BUFFERED, 12)
+    return sample_dataset(tmp_path_factory.mktemp("resilience") / "medium", N_BUFFERED, 12)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,7 @@ def scroll_all(store: object, collection: str) -> list[dict]:
 def write_failing_first(folder: Path, n: int) -> tuple[Path, dict[str, str]]:
     """Sample images whose first rows are bad ones (the first job fails them), in
     `folder/failing`; returns it and {bad image key: reason}, as `chaos.write_laced_dataset`."""
-    table = datasets.load_dataset(str(write_sample_dataset(folder / "base", n)), split="train")
+    table = datasets.load_dataset(str(sample_dataset(folder / "base", n)), split="train")
     rows = table.to_list()
     bad = {}
     for row, (name, (data, reason)) in zip(rows, bad_images().items(), strict=False):
@@ -217,7 +218,7 @@ def planted_skin(folder: Path, n: int, seed: int) -> tuple[dict, dict]:
     """The skin sample with two rows planted: `ISIC_copy`, the first image's bytes under
     another diagnosis, and `ISIC_reencoded`, the second image as a JPEG of quality 70.
     Returns the first and second rows."""
-    write_sample_dataset(folder, n, seed)
+    sample_dataset(folder, n, seed)
     table = datasets.load_dataset(str(folder), split="train")
     first, second = table[0], table[1]
     other_dx = next(dx for dx in table["dx"] if dx != first["dx"])

@@ -11,12 +11,11 @@ import datasets
 import numpy as np
 import pytest
 from PIL import Image
-from support import TYPED, assert_one_line_error, png, write_typed
+from support import TYPED, assert_one_line_error, png, sample_dataset, write_typed
 
 from pipeline.fingerprint import INDEXES as FINGERPRINTS
 from pipeline.images import decode_rgb
 from pipeline.quality import knn_agreement, label_field
-from pipeline.samples import write_sample_dataset
 from pipeline.samples.dicom import write_dicom
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.schemas import point_id
@@ -79,7 +78,7 @@ def test_a_label_field_given_by_flag_drives_quality(
     store = SearchClient().store
     quality, sample = knn_agreement(store, "typed", label_field(store.metadata("typed")))
     assert 0 <= quality <= 1 and len(sample) == N  # the class label column, found alone
-    skin = write_sample_dataset(tmp_path / "skin", 40, seed=3)
+    skin = sample_dataset(tmp_path / "skin", 40, seed=3)
     for collection, flags in (("unlabelled", []), ("labelled", ["--label-field", LABEL_FIELD])):
         result = stack.medindex(
             "ingest", "--dataset", str(skin), "--collection", collection, *flags
@@ -95,7 +94,7 @@ def test_a_label_field_given_by_flag_drives_quality(
 def test_a_second_source_adds_fields_and_a_conflicting_type_is_refused(
     stack: RunningStack, typed: dict, tmp_path: Path
 ) -> None:
-    skin = write_sample_dataset(tmp_path / "skin", 20, seed=4)
+    skin = sample_dataset(tmp_path / "skin", 20, seed=4)
     result = stack.medindex("ingest", "--dataset", str(skin), "--collection", "typed")
     assert result.returncode == 0, result.stderr
     store = SearchClient().store

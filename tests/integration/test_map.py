@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import httpx
+from support import sample_dataset
 from test_http import serving
 from test_operations import flower
 
 from pipeline.messages import MAP_TASK
-from pipeline.samples import write_sample_dataset
 from producers.harness import RunningStack
 
 COLLECTION = "growing"
@@ -38,8 +38,8 @@ def map_tasks(since: float, settle_s: float = 5) -> int:
 
 def test_polling_a_growing_collection_asks_for_one_map(stack: RunningStack, tmp_path: Path) -> None:
     since = time.time()
-    first = write_sample_dataset(tmp_path / "first", FIRST, seed=21)
-    second = write_sample_dataset(tmp_path / "second", SECOND, seed=22)
+    first = sample_dataset(tmp_path / "first", FIRST, seed=21)
+    second = sample_dataset(tmp_path / "second", SECOND, seed=22)
     done = stack.medindex("ingest", "--dataset", str(first), "--collection", COLLECTION)
     assert done.returncode == 0, done.stderr
     with serving(stack.env | {"MEDINDEX_MAP_REFRESH_S": "600"}, "serve-map.log") as api:

@@ -26,12 +26,11 @@ from jobs import (
     send_points,
     start_ingest,
 )
-from support import ROOT
+from support import ROOT, sample_dataset
 
 from pipeline.celery_app import app
 from pipeline.messages import EMBED_TASK
 from pipeline.progress import JobTracker
-from pipeline.samples import write_sample_dataset
 from pipeline.schemas import SourceRef
 from pipeline.settings import Settings, get_settings
 from pipeline.sources import resolve
@@ -77,7 +76,7 @@ def test_unwritable_point_messages_fail_alone_and_the_rest_is_written(
     it joined (or in the consumer's flush, for one without ids) and came back with the good
     messages beside it forever: nothing was indexed. Each is now refused when it arrives, its
     rows failed with the reason, and the images beside it are indexed."""
-    data = write_sample_dataset(tmp_path / "beside", 32, seed=13)
+    data = sample_dataset(tmp_path / "beside", 32, seed=13)
     store.ensure_collection("beside_bad", AS_INGEST_MAKES_IT)
     tracker.create("bad-points", 64, {"collection": "beside_bad"})
     bad = [point_message("bad-points", "beside_bad", range(at, at + 16)) for at in (0, 16, 32, 48)]

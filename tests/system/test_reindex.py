@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 from datasets import load_dataset
-from support import assert_one_line_error
+from support import assert_one_line_error, sample_dataset
 
 from pipeline.progress import JobTracker, connect_redis
 from pipeline.random_models import build_random_vit
-from pipeline.samples import write_sample_dataset
 from pipeline.samples.skin import LABEL_FIELD
 from pipeline.settings import get_settings
 from producers.harness import RunningStack, run_medindex
@@ -31,7 +30,7 @@ ALIAS = "lesions"
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample_dataset(tmp_path_factory.mktemp("reindex") / "skin", N, seed=11)
+    return sample_dataset(tmp_path_factory.mktemp("reindex") / "skin", N, seed=11)
 
 
 def reindex(stack: RunningStack, dataset: Path, *extra: str, alias: str = ALIAS) -> dict:
@@ -242,7 +241,7 @@ def test_a_reindex_refuses_to_drop_another_datasets_points(
 ) -> None:
     """Issue 21, item 4: a collection holding another dataset too is not replaced by a version
     built from one of them: refused before anything is built, the collection untouched."""
-    other = write_sample_dataset(tmp_path / "other", 24, seed=12)
+    other = sample_dataset(tmp_path / "other", 24, seed=12)
     for data in (small_dataset, other):
         ingest(stack, data, "mixed")
     result = stack.medindex("reindex", "--alias", "mixed", "--dataset", str(small_dataset))
@@ -272,9 +271,9 @@ def test_a_reindex_rerun_over_changed_data_starts_a_new_version(
 ) -> None:
     """Issue 21, item 5: a reindex killed, then run again after its dataset changed, abandons
     (deletes) the version it was building, says so, and builds a new one."""
-    data = write_sample_dataset(tmp_path / "release", N, seed=13)
+    data = sample_dataset(tmp_path / "release", N, seed=13)
     interrupted = kill_mid_reindex(stack, data, "release")
-    write_sample_dataset(data, N + 16, seed=14)  # the next release, in the same folder
+    sample_dataset(data, N + 16, seed=14)  # the next release, in the same folder
     summary = reindex(stack, data, alias="release")
     assert summary["abandoned"].startswith(f"{interrupted} (job ")
     assert "changed since job" in summary["abandoned"]

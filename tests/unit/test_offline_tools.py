@@ -9,10 +9,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 from PIL import Image
-from support import assert_one_line_error
+from support import assert_one_line_error, sample_dataset
 
 from pipeline.embedder import Embedder
 from pipeline.model_info import describe
+from pipeline.samples import write_sample_dataset
 from producers.harness import run_medindex
 
 
@@ -53,3 +54,15 @@ def test_sample_data_writes_the_kind_asked_for(tmp_path: Path) -> None:
         result = run_medindex("sample-data", "--kind", kind, "--out", str(out), "--n", "6", env=env)
         assert result.returncode == 0, result.stderr
         assert list(out.glob(written)), f"{kind}: no {written} in {out}"
+
+
+def test_the_tests_kept_sample_is_what_the_generator_writes(tmp_path: Path) -> None:
+    """`support.sample_dataset` copies a rendering kept across test processes; it must be the
+    generator's own output, and a second copy a file of its own."""
+    written = write_sample_dataset(tmp_path / "written", 12, seed=5)
+    first = sample_dataset(tmp_path / "first", 12, seed=5)
+    second = sample_dataset(tmp_path / "second", 12, seed=5)
+    tables = [datasets.load_dataset(str(d), split="train") for d in (written, first, second)]
+    assert tables[0].to_list() == tables[1].to_list() == tables[2].to_list()
+    files = [d / "data" / "train-00000-of-00001.parquet" for d in (first, second)]
+    assert not files[0].samefile(files[1])
