@@ -410,8 +410,12 @@ def _query_id(browser: WebDriver) -> str:
     return browser.find_element(By.ID, "query-figure").get_attribute("data-id")
 
 
-def _ids(browser: WebDriver) -> list[str]:
-    return [card.get_attribute("data-id") for card in _cards(browser)]
+def _ids(browser: WebDriver, grid: str = "results") -> list[str]:
+    """The cards' point ids, in order, in one round trip."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(c => c.dataset.id)",
+        f"#{grid} .card",
+    )
 
 
 def _fields(card: WebElement) -> dict[str, str]:

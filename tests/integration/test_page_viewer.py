@@ -39,6 +39,7 @@ from test_page import (
     _all_pictures_loaded,
     _cards,
     _fields,
+    _ids,
     _query_id,
     _shot,
     _sign_in,
@@ -400,20 +401,20 @@ def test_browse_pages_through_the_collection(site: Site) -> None:
     browser, server, keyed, _ = site
     _open(browser, server, "skin")
     _wait(browser, lambda d: len(_cards(d, "browse")) == 24)
-    first = [c.get_attribute("data-id") for c in _cards(browser, "browse")]
+    first = _ids(browser, "browse")
     place = browser.find_element(By.ID, "browse-place")
     assert place.text.startswith(f"cases 1{DASH}24 of {N_IMAGES}")
     assert not browser.find_element(By.ID, "browse-previous").is_enabled()
     browser.find_element(By.ID, "browse-next").click()
     _wait(browser, lambda d: place.text.startswith(f"cases 25{DASH}48 of {N_IMAGES}"))
-    second = [c.get_attribute("data-id") for c in _cards(browser, "browse")]
+    second = _ids(browser, "browse")
     assert len(second) == 24 and not set(first) & set(second)
     assert first + second == [
         p["id"] for p in keyed.post("/collections/skin/scroll", json={"limit": 48}).json()["points"]
     ]
     browser.find_element(By.ID, "browse-previous").click()
     _wait(browser, lambda d: place.text.startswith(f"cases 1{DASH}24"))
-    assert [c.get_attribute("data-id") for c in _cards(browser, "browse")] == first
+    assert _ids(browser, "browse") == first
     # Filters apply as they change: no button pressed.
     Select(_facet(browser, "sex")).select_by_value("female")
     female = {"must": [{"key": "sex", "match": {"any": ["female"]}}]}
