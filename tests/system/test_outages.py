@@ -70,7 +70,7 @@ def test_a_store_call_whose_caller_gave_up_is_refused_not_run_late(
     impatient = RemoteAdmin(get_settings().model_copy(update={"store_call_timeout_s": 2}))
     failed_tries = log(stack).count("points failed (try 1)")
     # Dropped by the store worker if it took the call in time and reached it late, or by
-    # Celery if the call was delivered after it expired (the write held the prefetch).
+    # Celery if the call reached the store worker after it expired.
     dropped = (
         "store call delete_collection refused: its caller gave up",
         f"Discarding revoked task: {STORE_MANAGE_TASK}[",
